@@ -151,7 +151,9 @@ def _load_private(path: Path, kind: type[_K], label: str) -> _K:
             "consider running `qkd-gateway keygen --out-dir DIR`"
         ) from None
     except PermissionError:
-        raise IdentityError(f"cannot read {label} private key file {path}: permission denied") from None
+        raise IdentityError(
+            f"cannot read {label} private key file {path}: permission denied"
+        ) from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):

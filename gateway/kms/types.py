@@ -60,7 +60,9 @@ class KeySource(Protocol):
         """Get status for the link towards ``slave_sae_id``."""
         ...
 
-    async def get_keys(self, slave_sae_id: str, number: int = 1, size: int | None = None) -> list[QKDKey]:
+    async def get_keys(
+        self, slave_sae_id: str, number: int = 1, size: int | None = None
+    ) -> list[QKDKey]:
         """Get key (enc_keys): this SAE becomes the master SAE of the returned keys."""
         ...
 

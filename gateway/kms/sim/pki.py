@@ -177,7 +177,9 @@ def ensure_pki(
     for kme_id, hosts in (kmes or {}).items():
         if pki.kme_cert(kme_id).exists():
             continue
-        sans = [x509.UniformResourceIdentifier(KME_ID_URI_PREFIX + kme_id)]
+        sans: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(KME_ID_URI_PREFIX + kme_id)
+        ]
         sans += _host_names(["127.0.0.1", "localhost", *hosts])
         _issue(pki, kme_id, sans, ExtendedKeyUsageOID.SERVER_AUTH,
                pki.kme_cert(kme_id), pki.kme_key(kme_id))

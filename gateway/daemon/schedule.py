@@ -1,0 +1,63 @@
+"""When to rotate a tunnel's keys: the jittered interval and the key-stock-aware stretch.
+
+The rule (documented for operators in docs/operations.md, "Key-stock-aware rotation"):
+
+* Normally a tunnel rotates every ``rekey_interval``, minus up to ``JITTER_FRACTION`` of it drawn
+  at random, so the tunnels of a busy gateway (and both ends of a link) do not all rekey at the
+  same instant. Jitter only shortens the interval: it can never push a rotation past the point
+  operators configured.
+* When the KMS reports that the link's ``stored_key_count`` is below ``low_water`` keys, the
+  interval is stretched in inverse proportion to the remaining stock:
+  ``interval * low_water / max(stock, 1)``. A link that delivers keys slower than the gateway
+  consumes them thus spends them more slowly instead of running dry and failing closed.
+* The stretched interval never exceeds ``reject_after - REKEY_MARGIN``: the tunnel always gets a
+  rotation attempt while its current key is still accepted, and a failed attempt still has
+  ``REKEY_MARGIN`` to succeed on retry. Stretching never weakens the fail-closed deadline.
+* As soon as the stock is back at or above ``low_water``, the normal interval applies again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+__all__ = ["JITTER_FRACTION", "REKEY_MARGIN_FRACTION", "RotationPlan", "plan_rotation"]
+
+#: Up to 10 % earlier than configured. WireGuard's own timers are fixed (REKEY_AFTER_TIME 120 s);
+#: Rosenpass staggers its two roles by 10 s (120/130 s) for the same reason: avoid collisions.
+JITTER_FRACTION = 0.10
+
+#: Part of the window between rekey_interval and reject_after that stays reserved for retries
+#: when the interval is stretched: with the defaults (120 s / 180 s) the stretch stops at 165 s,
+#: leaving 15 s for a second attempt before the tunnel fails closed.
+REKEY_MARGIN_FRACTION = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class RotationPlan:
+    delay: float  # seconds until the next rotation attempt
+    low_stock: bool  # True when the interval was stretched because of low key stock
+
+
+def plan_rotation(
+    rekey_interval: float,
+    reject_after: float,
+    stored_key_count: int | None,
+    low_water: int,
+    rng: random.Random | None = None,
+) -> RotationPlan:
+    """The delay before the next rotation of one tunnel (see the module docstring for the rule).
+
+    ``stored_key_count`` is the lowest stock over the tunnel's KMS links, or None when unknown
+    (no status answer yet, or a PQC-only tunnel): then the normal interval applies.
+    """
+    if rekey_interval <= 0 or reject_after <= rekey_interval:
+        raise ValueError("need 0 < rekey_interval < reject_after")
+    rng = rng or random.Random()
+    base = rekey_interval
+    low = stored_key_count is not None and low_water > 0 and stored_key_count < low_water
+    if low:
+        assert stored_key_count is not None
+        ceiling = reject_after - (reject_after - rekey_interval) * REKEY_MARGIN_FRACTION
+        base = min(rekey_interval * low_water / max(stored_key_count, 1), ceiling)
+    return RotationPlan(delay=base * (1.0 - JITTER_FRACTION * rng.random()), low_stock=low)

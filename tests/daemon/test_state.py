@@ -1,0 +1,52 @@
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from gateway.daemon.state import StateError, StateStore, TunnelState
+
+pytestmark = pytest.mark.unit
+
+
+def test_round_trip_and_permissions(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.prepare()
+    key_ids = ("0f2c8a0e-8d7b-4c55-9b7e-2ad1a3f2c001",)
+    st = TunnelState("buc-clj", 7, 1700000000.5, key_ids, "qkd+pqc", "qkd+pqc")
+    store.save(st)
+    assert store.load("buc-clj") == st
+    path = tmp_path / "state" / "tunnels" / "buc-clj.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert store.load("other") is None
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.prepare()
+    for epoch in range(5):
+        store.save(TunnelState("t", epoch, 1.0))
+    assert store.load("t") == TunnelState("t", 4, 1.0)
+    assert [p.name for p in (tmp_path / "tunnels").iterdir()] == ["t.json"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{", json.dumps({"version": 99, "tunnel": "t", "epoch": 1, "activated_at": 0}),
+     json.dumps({"version": 1, "tunnel": "x", "epoch": 1, "activated_at": 0}),
+     json.dumps({"version": 1, "tunnel": "t", "epoch": -1, "activated_at": 0}),
+     json.dumps({"version": 1, "tunnel": "t"})],
+)
+def test_corrupt_state_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    store = StateStore(tmp_path)
+    store.prepare()
+    (tmp_path / "tunnels" / "t.json").write_text(content)
+    with pytest.raises(StateError, match="remove it to start over"):
+        store.load("t")
+
+
+def test_hostile_tunnel_names_are_refused(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    with pytest.raises(StateError):
+        store.save(TunnelState("../../etc/passwd", 1, 0.0))
