@@ -84,7 +84,8 @@ async def request(path: Path, req: dict[str, Any], timeout: float = 10.0) -> dic
         )
     except (FileNotFoundError, ConnectionRefusedError):
         raise ControlError(
-            f"no daemon is listening on {path}: is `qkd-gateway run` (systemd: qkd-gateway) running?"
+            f"no daemon is listening on {path}: "
+            "is `qkd-gateway run` (systemd: qkd-gateway) running?"
         ) from None
     except PermissionError:
         raise ControlError(f"permission denied on {path}: run as root") from None
