@@ -212,6 +212,8 @@ class Etsi014Client:
                     body = await self._exchange("POST", path, "dec_keys", None, payload)
                 break
             except RETRYABLE as exc:
+                if isinstance(exc, KmsUnavailable):
+                    raise  # the KME answered with an error: it delivered nothing, but is unwell
                 if _maybe_delivered(exc):
                     raise KmsIndeterminate(
                         f"kms {self._name!r}: dec_keys for {len(ids)} key(s) may have reached "
@@ -279,8 +281,12 @@ class Etsi014Client:
                 raise _tag(KmsTlsError(f"{what}: KME closed the TLS session ({cause}): check "
                                        f"cert_file/key_file are issued by the KME's CA"),
                            True) from None
-            raise _tag(KmsConnectionError(f"{what}: connection to {self._base} broke: "
-                                          f"{type(exc).__name__} {_short(exc)}"), True) from None
+            # Under TLS 1.3 a KME that refuses the client certificate just closes the
+            # connection after the handshake, which looks like this too: say so.
+            raise _tag(KmsConnectionError(
+                f"{what}: connection to {self._base} broke ({type(exc).__name__}: "
+                f"{_short(exc)}); if this persists, check the KME accepts this SAE's "
+                f"certificate (cert_file/key_file)"), True) from None
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         _log.debug("kms_request", **self._ctx(op), method=method, status=status,
                    duration_ms=elapsed_ms)
