@@ -1,5 +1,30 @@
 """Telemetry: structured logs with redaction, MQTT events/alarms, Prometheus metrics, sd_notify."""
 
+from gateway.telemetry.catalog import GatewayMetrics
+from gateway.telemetry.errors import (
+    MetricsError,
+    MetricsServerError,
+    TelemetryError,
+    TelemetryNameError,
+    TelemetrySettingsError,
+)
 from gateway.telemetry.logging import LogFormat, configure_logging
+from gateway.telemetry.metrics import Counter, Gauge, Histogram, Registry
+from gateway.telemetry.metrics_http import DEFAULT_METRICS_PORT, MetricsServer
 
-__all__ = ["LogFormat", "configure_logging"]
+__all__ = [
+    "DEFAULT_METRICS_PORT",
+    "Counter",
+    "GatewayMetrics",
+    "Gauge",
+    "Histogram",
+    "LogFormat",
+    "MetricsError",
+    "MetricsServer",
+    "MetricsServerError",
+    "Registry",
+    "TelemetryError",
+    "TelemetryNameError",
+    "TelemetrySettingsError",
+    "configure_logging",
+]

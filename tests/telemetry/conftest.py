@@ -9,7 +9,6 @@ import pytest
 import structlog
 
 
-
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """configure_logging() changes process-wide state; put it back for the rest of the suite."""

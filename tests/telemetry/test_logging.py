@@ -47,7 +47,7 @@ def _emit_everything(key: bytes) -> None:
         lib = logging.getLogger("aiohttp.server")
         lib.warning("library logged %r and %s", key, key)
         lib.error("library object %s", {"k": key})
-        lib.warning(key)  # type: ignore[arg-type]
+        lib.warning(key)
     finally:
         structlog.contextvars.clear_contextvars()
 
