@@ -11,6 +11,7 @@ from gateway.telemetry.errors import (
 from gateway.telemetry.logging import LogFormat, configure_logging
 from gateway.telemetry.metrics import Counter, Gauge, Histogram, Registry
 from gateway.telemetry.metrics_http import DEFAULT_METRICS_PORT, MetricsServer
+from gateway.telemetry.sdnotify import SdNotifier, watchdog_interval
 
 __all__ = [
     "DEFAULT_METRICS_PORT",
@@ -23,8 +24,10 @@ __all__ = [
     "MetricsServer",
     "MetricsServerError",
     "Registry",
+    "SdNotifier",
     "TelemetryError",
     "TelemetryNameError",
     "TelemetrySettingsError",
     "configure_logging",
+    "watchdog_interval",
 ]
