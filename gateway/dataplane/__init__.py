@@ -1,0 +1,43 @@
+"""WireGuard data plane: kernel (netlink) and user-space (wireguard-go UAPI) backends.
+
+The daemon builds a :class:`WgInterfaceSpec`, calls ``select_backend(...).apply(spec)`` and then
+``set_psk`` for every new key. See docs/dataplane.md.
+"""
+
+from gateway.dataplane.errors import (
+    BackendCallFailed,
+    BackendUnavailable,
+    DataplaneError,
+    DataplaneTimeout,
+    InterfaceConflict,
+    InterfaceNotFound,
+    PeerNotFound,
+    PskNotApplied,
+    SpecError,
+)
+from gateway.dataplane.types import (
+    BackendPreference,
+    PeerStatus,
+    WgInterfaceSpec,
+    WgPeerSpec,
+    WireGuardBackend,
+)
+from gateway.dataplane.userspace import UserspaceBackend
+
+__all__ = [
+    "BackendCallFailed",
+    "BackendPreference",
+    "BackendUnavailable",
+    "DataplaneError",
+    "DataplaneTimeout",
+    "InterfaceConflict",
+    "InterfaceNotFound",
+    "PeerNotFound",
+    "PeerStatus",
+    "PskNotApplied",
+    "SpecError",
+    "UserspaceBackend",
+    "WgInterfaceSpec",
+    "WgPeerSpec",
+    "WireGuardBackend",
+]
