@@ -1,0 +1,112 @@
+"""Rules across sections: unique names, references that resolve, networks owned by one tunnel.
+
+These run on the raw parsed data, not on the validated model, so they still report when some
+other part of the file is broken: the operator gets every problem in one pass. Values that are
+malformed are skipped here; the field validation already reports them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Any
+
+from gateway.config.errors import Problem, render_path
+from gateway.config.loader import Document, Loc
+
+__all__ = ["cross_check"]
+
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _items(data: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    section = data.get(key) if isinstance(data, dict) else None
+    if isinstance(section, list):
+        for i, item in enumerate(section):
+            if isinstance(item, dict):
+                yield i, item
+
+
+class _Checker:
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def add(self, loc: Loc, message: str, fix: str) -> None:
+        self.problems.append(Problem(render_path(loc), self.doc.line_of(loc), message, fix))
+
+    def unique(self, section: str, key: str, what: str) -> dict[str, int]:
+        """Report repeated ``section[*].key`` values; return value -> first index."""
+        seen: dict[str, int] = {}
+        for i, item in _items(self.doc.data, section):
+            value = item.get(key)
+            if not isinstance(value, str):
+                continue
+            if value in seen:
+                self.add((section, i, key), f"{what} '{value}' is already used by "
+                         f"{section}[{seen[value]}]", f"give each {what} a different value")
+            else:
+                seen[value] = i
+        return seen
+
+    def reference(self, loc: Loc, value: Any, names: dict[str, int], section: str) -> None:
+        if not isinstance(value, str) or value in names:
+            return
+        what = "peer" if section == "peers" else "KMS"
+        if names:
+            self.add(loc, f"no {what} named '{value}'", f"defined {section}: {', '.join(names)}")
+        else:
+            self.add(loc, f"no {what} named '{value}'", f"define it under {section}:")
+
+    def networks(self) -> None:
+        owners: list[tuple[_Net, Loc, str]] = []
+        for i, tunnel in _items(self.doc.data, "tunnels"):
+            for block, key in (("wireguard", "allowed_ips"), ("xfrm", "remote_subnets")):
+                sub = tunnel.get(block)
+                nets = sub.get(key) if isinstance(sub, dict) else None
+                if not isinstance(nets, list):
+                    continue
+                for j, text in enumerate(nets):
+                    try:
+                        net = ipaddress.ip_network(str(text), strict=False)
+                    except ValueError:
+                        continue
+                    loc: Loc = ("tunnels", i, block, key, j)
+                    for other, other_loc, other_name in owners:
+                        if other_loc[1] != i and net.version == other.version \
+                                and net.overlaps(other):
+                            self.add(loc, f"{net} overlaps {other} of "
+                                     f"{render_path(other_loc)} (tunnel {other_name})",
+                                     "route each network through one tunnel only")
+                            break
+                    owners.append((net, loc, str(tunnel.get("name", "?"))))
+
+
+def cross_check(doc: Document) -> list[Problem]:
+    """Every cross-section problem in ``doc``."""
+    c = _Checker(doc)
+    data = doc.data
+    kms = c.unique("kms", "name", "KMS name")
+    peers = c.unique("peers", "name", "peer name")
+    c.unique("peers", "sae_id", "SAE ID")
+    c.unique("tunnels", "name", "tunnel name")
+    c.unique("tunnels", "interface", "interface")
+    site = data.get("site") if isinstance(data, dict) else None
+    own_sae = site.get("sae_id") if isinstance(site, dict) else None
+    for i, peer in _items(data, "peers"):
+        if isinstance(own_sae, str) and peer.get("sae_id") == own_sae:
+            c.add(("peers", i, "sae_id"), f"'{own_sae}' is this site's own SAE ID",
+                  "write the peer's SAE ID here")
+    for i, tunnel in _items(data, "tunnels"):
+        c.reference(("tunnels", i, "peer"), tunnel.get("peer"), peers, "peers")
+        names = tunnel.get("kms")
+        if isinstance(names, list):
+            seen: set[str] = set()
+            for j, name in enumerate(names):
+                c.reference(("tunnels", i, "kms", j), name, kms, "kms")
+                if isinstance(name, str) and name in seen:
+                    c.add(("tunnels", i, "kms", j), f"KMS '{name}' is listed twice",
+                          "list each KMS once")
+                seen.add(str(name))
+    c.networks()
+    return c.problems

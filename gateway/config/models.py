@@ -1,0 +1,225 @@
+"""The configuration file, key by key: site, listener, KMS, peers, tunnels, telemetry.
+
+Every model forbids unknown keys (a typo must not silently become a default). Durations are
+``float`` seconds; paths are absolute (resolved against the file's directory); public keys are
+raw ``bytes``; private keys are :class:`~gateway.config.sources.SecretSource` (a path to read).
+The reference with every default is docs/config.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from gateway.config.fields import (
+    Duration,
+    Ed25519PublicKey,
+    ExistingFile,
+    HostPort,
+    IpAddress,
+    MlDsa65PublicKey,
+    Name,
+    PeerAddress,
+    Port,
+    ResolvedPath,
+    fail,
+    show,
+)
+from gateway.config.sources import SecretSource
+from gateway.config.tunnels import Tunnel
+
+__all__ = [
+    "GatewayConfig",
+    "Identity",
+    "Kms",
+    "KmsPool",
+    "KmsTimeouts",
+    "Listen",
+    "LogSettings",
+    "MetricsSettings",
+    "MqttSettings",
+    "Peer",
+    "PublicKeys",
+    "Site",
+    "Telemetry",
+]
+
+# The peer control protocol's TCP port. Unassigned by IANA; chosen for this project.
+DEFAULT_LISTEN_PORT = 7447
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _url(schemes: tuple[str, ...], example: str) -> BeforeValidator:
+    def validate(value: object) -> str:
+        if not isinstance(value, str):
+            raise fail("url", f"{show(value)} is not a URL", f"write e.g. {example}")
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            raise fail("url", f"{show(value)} must start with {' or '.join(schemes)}://",
+                       f"write e.g. {example}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1 or parts.query or parts.fragment or parts.username:
+            raise fail("url", f"{show(value)} is not scheme://host:port",
+                       f"write e.g. {example}")
+        return value.rstrip("/")
+
+    return BeforeValidator(validate)
+
+
+HttpsUrl = Annotated[str, _url(("https",), "https://127.0.0.1:8443")]
+MqttUrl = Annotated[str, _url(("mqtt", "mqtts"), "mqtts://broker.example:8883")]
+
+
+class Identity(_Strict):
+    """This site's private keys, as written by ``qkd-gateway keygen``."""
+
+    ed25519_key: SecretSource
+    mldsa65_key: SecretSource
+
+
+class Site(_Strict):
+    name: Name
+    sae_id: Name
+    identity: Identity
+
+
+class Listen(_Strict):
+    """Where the peer control protocol accepts connections from peers."""
+
+    address: IpAddress = Field(default="0.0.0.0", validate_default=True)
+    port: Port = DEFAULT_LISTEN_PORT
+
+
+class KmsTimeouts(_Strict):
+    connect: Duration = 5.0
+    request: Duration = 10.0
+
+
+class KmsPool(_Strict):
+    """Keys fetched ahead: refill in ``batch``es up to ``target`` when below ``low_water``."""
+
+    target: int = Field(default=64, gt=0)
+    batch: int = Field(default=8, gt=0)
+    low_water: int = Field(default=16, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> KmsPool:
+        if self.batch > self.target:
+            raise fail("order", "batch is larger than target", "make batch <= target", "batch")
+        if self.low_water >= self.target:
+            raise fail("order", "low_water must be below target", "e.g. target: 64, "
+                       "low_water: 16", "low_water")
+        return self
+
+
+class Kms(_Strict):
+    """One key management system this site's gateway (the SAE) fetches keys from."""
+
+    name: Name
+    kind: Literal["etsi014", "skip"]
+    url: HttpsUrl
+    kme_id: Name | None = None
+    ca_file: ExistingFile
+    client_cert: ExistingFile
+    client_key: SecretSource
+    timeouts: KmsTimeouts = Field(default_factory=KmsTimeouts)
+    pool: KmsPool = Field(default_factory=KmsPool)
+
+    @model_validator(mode="after")
+    def _kme_id(self) -> Kms:
+        # ETSI GS QKD 014 forbids using a KME whose ID was not confirmed from its certificate.
+        if self.kind == "etsi014" and self.kme_id is None:
+            raise fail("missing_rule", "required for kind: etsi014 (the KME ID is checked "
+                       "against the KME's certificate)", "add kme_id: ID", "kme_id")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 443
+
+
+class PublicKeys(_Strict):
+    """A peer's pinned identity: base64 inline, or ``{file: PATH}`` to a ``.pub`` file."""
+
+    ed25519: Ed25519PublicKey
+    mldsa65: MlDsa65PublicKey
+
+
+class Peer(_Strict):
+    name: Name
+    sae_id: Name
+    address: PeerAddress
+    public_keys: PublicKeys
+
+
+class LogSettings(_Strict):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class MqttSettings(_Strict):
+    url: MqttUrl
+    topic_prefix: str = Field(default="qkd-gateway", min_length=1)
+    ca_file: ExistingFile | None = None
+    client_cert: ExistingFile | None = None
+    client_key: SecretSource | None = None
+    keepalive: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttSettings:
+        if (self.client_cert is None) != (self.client_key is None):
+            missing = "client_key" if self.client_key is None else "client_cert"
+            raise fail("missing_rule", "client_cert and client_key go together",
+                       f"add {missing}, or remove both", missing)
+        tls = self.url.startswith("mqtts://")
+        for key in ("ca_file", "client_cert"):
+            if getattr(self, key) is not None and not tls:
+                raise fail("tls", f"{key} needs an mqtts:// URL", "use mqtts://", key)
+        if any(c in self.topic_prefix for c in "#+") or self.topic_prefix.endswith("/"):
+            raise fail("topic", "topic_prefix cannot hold '#', '+' or end with '/'",
+                       "write e.g. qkd-gateway/bucharest", "topic_prefix")
+        return self
+
+
+class MetricsSettings(_Strict):
+    listen: HostPort
+
+
+class Telemetry(_Strict):
+    log: LogSettings = Field(default_factory=LogSettings)
+    mqtt: MqttSettings | None = None
+    metrics: MetricsSettings | None = None
+
+
+class GatewayConfig(_Strict):
+    """The whole file. Build it with :func:`gateway.config.load_config`, which also runs the
+    checks across sections (unique names, references, overlapping subnets)."""
+
+    site: Site
+    state_dir: ResolvedPath = Path("/var/lib/qkd-gateway")
+    control_socket: ResolvedPath = Path("/run/qkd-gateway/control.sock")
+    listen: Listen = Field(default_factory=Listen)
+    kms: list[Kms] = Field(default_factory=list)
+    peers: list[Peer] = Field(default_factory=list)
+    tunnels: list[Tunnel] = Field(default_factory=list)
+    telemetry: Telemetry = Field(default_factory=Telemetry)
+
+    def peer(self, name: str) -> Peer:
+        return next(p for p in self.peers if p.name == name)
+
+    def kms_named(self, name: str) -> Kms:
+        return next(k for k in self.kms if k.name == name)
+

@@ -1,0 +1,157 @@
+"""Tunnel models: what each protected link is, its key policy, timers and data-plane settings.
+
+A tunnel's ``kind`` selects exactly one sub-block (``wireguard:`` or ``xfrm:``). Rules between
+keys of one tunnel are checked here; rules between tunnels (unique names, overlapping subnets,
+references to peers and KMS) are in :mod:`gateway.config.crosscheck`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.config.fields import (
+    Cidr,
+    Duration,
+    HostPort,
+    IfName,
+    Interface,
+    IpAddress,
+    Name,
+    Port,
+    WireGuardPublicKey,
+    fail,
+)
+from gateway.config.sources import SecretSource
+
+__all__ = ["EspLifetime", "Policy", "Tunnel", "WireGuardSettings", "XfrmSettings"]
+
+Policy = Literal["qkd+pqc", "qkd", "pqc", "any"]
+
+# WireGuard's own timers (REKEY_AFTER_TIME 120 s, REJECT_AFTER_TIME 180 s in the whitepaper):
+# a fresh PSK per WireGuard session keeps QKD keys and sessions in step.
+DEFAULT_REKEY_INTERVAL = 120.0
+DEFAULT_REJECT_AFTER = 180.0
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireGuardSettings(_Strict):
+    """The WireGuard interface and its one peer. With ``adopt: true`` the interface exists
+    already (wg-quick, networkd) and the gateway only ever writes the peer's preshared key."""
+
+    backend: Literal["auto", "kernel", "userspace"] = "auto"
+    adopt: bool = False
+    private_key: SecretSource | None = None
+    listen_port: Port | None = None
+    address: Interface | None = None
+    peer_public_key: WireGuardPublicKey
+    endpoint: HostPort | None = None
+    allowed_ips: list[Cidr] = Field(default_factory=list)
+    persistent_keepalive: Duration | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> WireGuardSettings:
+        if self.adopt:
+            for key in ("private_key", "listen_port", "address", "endpoint", "allowed_ips"):
+                if getattr(self, key):
+                    raise fail("adopt", f"with adopt: true the gateway only sets the preshared "
+                               f"key and never touches {key}",
+                               f"remove {key}, or set adopt: false", key)
+        else:
+            if self.private_key is None:
+                raise fail("missing_rule", "required key is missing (unless adopt: true)",
+                           "add private_key: {file: PATH}; "
+                           "`qkd-gateway keygen --wireguard` writes one", "private_key")
+            if not self.allowed_ips:
+                raise fail("missing_rule", "no allowed_ips: no traffic would enter the tunnel",
+                           "list the peer's networks, e.g. [10.77.0.2/32, 10.2.0.0/16]",
+                           "allowed_ips")
+        keepalive = self.persistent_keepalive
+        if keepalive is not None and (keepalive != int(keepalive) or keepalive > 65535):
+            raise fail("keepalive", "WireGuard takes a whole number of seconds up to 65535",
+                       "write e.g. 25s", "persistent_keepalive")
+        return self
+
+
+class EspLifetime(_Strict):
+    """Kernel-enforced SA limits. Unset means no kernel limit: the gateway replaces SAs every
+    ``rekey_interval`` and removes them after ``reject_after`` itself."""
+
+    soft_bytes: int | None = Field(default=None, gt=0)
+    hard_bytes: int | None = Field(default=None, gt=0)
+    soft_time: Duration | None = None
+    hard_time: Duration | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> EspLifetime:
+        for soft, hard in (("soft_bytes", "hard_bytes"), ("soft_time", "hard_time")):
+            s, h = getattr(self, soft), getattr(self, hard)
+            if s is not None and h is not None and s >= h:
+                raise fail("order", f"{soft} must be below {hard}",
+                           f"lower {soft} or raise {hard}", soft)
+        return self
+
+
+class XfrmSettings(_Strict):
+    """An ESP tunnel-mode SA pair between two addresses, carrying the listed subnets."""
+
+    local_address: IpAddress
+    remote_address: IpAddress
+    local_subnets: list[Cidr] = Field(min_length=1)
+    remote_subnets: list[Cidr] = Field(min_length=1)
+    lifetime: EspLifetime = Field(default_factory=EspLifetime)
+
+    @model_validator(mode="after")
+    def _families(self) -> XfrmSettings:
+        if self.local_address.version != self.remote_address.version:
+            raise fail("family", "local_address and remote_address are different IP versions",
+                       "use two IPv4 or two IPv6 addresses", "remote_address")
+        return self
+
+
+class Tunnel(_Strict):
+    """One protected link to one peer."""
+
+    name: Name
+    kind: Literal["wireguard", "xfrm"]
+    interface: IfName
+    peer: Name
+    policy: Policy = "qkd+pqc"
+    kms: list[Name] = Field(default_factory=list)
+    rekey_interval: Duration = DEFAULT_REKEY_INTERVAL
+    reject_after: Duration = DEFAULT_REJECT_AFTER
+    on_shutdown: Literal["keep", "teardown"] = "keep"
+    wireguard: WireGuardSettings | None = None
+    xfrm: XfrmSettings | None = None
+
+    @model_validator(mode="after")
+    def _rules(self) -> Tunnel:
+        other = "xfrm" if self.kind == "wireguard" else "wireguard"
+        if getattr(self, self.kind) is None:
+            raise fail("missing_rule", f"required for kind: {self.kind}",
+                       f"add a {self.kind}: block", self.kind)
+        if getattr(self, other) is not None:
+            raise fail("kind", f"a {other}: block does not belong in a tunnel of kind "
+                       f"{self.kind}", f"remove it, or set kind: {other}", other)
+        if self.policy == "pqc" and self.kms:
+            raise fail("policy", "policy pqc never fetches QKD keys",
+                       "remove kms, or choose policy qkd+pqc", "kms")
+        if self.policy != "pqc" and not self.kms:
+            raise fail("missing_rule", f"policy {self.policy} needs at least one KMS",
+                       "list KMS names, e.g. kms: [kms-bucharest], or choose policy pqc", "kms")
+        if self.rekey_interval < 1:
+            raise fail("timer", "rekey_interval must be at least 1s", "write e.g. 120s",
+                       "rekey_interval")
+        if self.reject_after <= self.rekey_interval:
+            raise fail("timer", "reject_after must be longer than rekey_interval",
+                       "e.g. rekey_interval: 120s with reject_after: 180s", "reject_after")
+        hard = self.xfrm.lifetime.hard_time if self.xfrm else None
+        if hard is not None and hard <= self.rekey_interval:
+            raise fail("timer", "the SAs would expire before the gateway replaces them",
+                       "make hard_time longer than rekey_interval", "xfrm")
+        return self
