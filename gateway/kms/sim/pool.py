@@ -22,6 +22,8 @@ from gateway.kms.sim.errors import PoolExhausted
 
 __all__ = ["LinkPool", "link_name"]
 
+_ROUNDING_BITS = 1e-6
+
 
 def link_name(a: str, b: str) -> tuple[str, str]:
     """The canonical (sorted) name of the undirected link between KMEs ``a`` and ``b``."""
@@ -67,7 +69,8 @@ class LinkPool:
     def stock_bits(self) -> int:
         """Whole bits in the pool now (after refilling for the time elapsed)."""
         self._refill()
-        return int(self._bits)
+        # Tolerate float rounding in elapsed-time sums (0.6 s can add 59.99999 bits).
+        return int(self._bits + _ROUNDING_BITS)
 
     @property
     def stock_keys(self) -> int:
@@ -85,7 +88,7 @@ class LinkPool:
         if bits <= 0 or bits % 8:
             raise ValueError(f"can only draw a positive multiple of 8 bits, got {bits}")
         self.check(bits)
-        self._bits -= bits
+        self._bits = max(0.0, self._bits - bits)
         self.drawn_bits += bits
         return os.urandom(bits // 8)
 
