@@ -1,0 +1,108 @@
+"""Key schedule and peer protocol: the security core (pure state machine + thin TCP transport).
+
+The daemon builds a :class:`Node` from the configuration, runs it with :class:`Endpoint` (or
+drives it directly), performs the actions it emits and feeds back their results as events.
+See docs/protocol.md for the messages, the state machines and the security argument.
+"""
+
+from gateway.protocol.combiner import (
+    CombinerSecrets,
+    QkdSlot,
+    RekeyTranscript,
+    SessionKeys,
+    combine,
+    confirm_mac,
+)
+from gateway.protocol.constants import DEFAULT_PORT, MAX_FRAME, Timers
+from gateway.protocol.errors import (
+    AuthError,
+    BadMac,
+    BadSignature,
+    FrameTooLarge,
+    PolicyError,
+    ProtocolError,
+    ReplayError,
+    StateError,
+    UnknownPeer,
+    UnsupportedVersion,
+    WireError,
+)
+from gateway.protocol.events import (
+    Action,
+    Activate,
+    Alarm,
+    AllocateSpi,
+    Close,
+    Event,
+    Expire,
+    FetchQkdKeys,
+    InstallFailed,
+    InstallKeys,
+    Installed,
+    KeysFetched,
+    KeysFetchFailed,
+    KeysTaken,
+    KeysTakeFailed,
+    Output,
+    Retire,
+    Send,
+    SessionUp,
+    SpiAllocated,
+    TakeQkdKeys,
+    TunnelKeys,
+)
+from gateway.protocol.machine import Node, PeerConfig
+from gateway.protocol.policy import Kind, Mode, TunnelPolicy
+from gateway.protocol.transport import Endpoint, PeerAddress
+
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_FRAME",
+    "Action",
+    "Activate",
+    "Alarm",
+    "AllocateSpi",
+    "AuthError",
+    "BadMac",
+    "BadSignature",
+    "Close",
+    "CombinerSecrets",
+    "Endpoint",
+    "Event",
+    "Expire",
+    "FetchQkdKeys",
+    "FrameTooLarge",
+    "InstallFailed",
+    "InstallKeys",
+    "Installed",
+    "KeysFetchFailed",
+    "KeysFetched",
+    "KeysTakeFailed",
+    "KeysTaken",
+    "Kind",
+    "Mode",
+    "Node",
+    "Output",
+    "PeerAddress",
+    "PeerConfig",
+    "PolicyError",
+    "ProtocolError",
+    "QkdSlot",
+    "RekeyTranscript",
+    "ReplayError",
+    "Retire",
+    "Send",
+    "SessionKeys",
+    "SessionUp",
+    "SpiAllocated",
+    "StateError",
+    "TakeQkdKeys",
+    "Timers",
+    "TunnelKeys",
+    "TunnelPolicy",
+    "UnknownPeer",
+    "UnsupportedVersion",
+    "WireError",
+    "combine",
+    "confirm_mac",
+]

@@ -1,0 +1,228 @@
+"""What goes in and out of the protocol core besides bytes.
+
+Actions (core -> daemon) are requests the daemon performs; events (daemon -> core) are their
+results, fed back with ``Node.handle``. Every action that expects a result names it. All carry the
+tunnel and epoch so that a late result for an abandoned rekey is recognised and dropped.
+
+Activate semantics: make-before-break. InstallKeys installs the INBOUND side only (ESP: the SA
+for ``spi_in`` with ``esp_in``; WireGuard: nothing to do yet) and is answered by Installed. Each
+side sends its key-confirming message only after Installed, so when a side receives the peer's
+confirmation, the peer is already able to receive with the new keys. Activate then switches the
+OUTBOUND side (ESP: outbound SA/policy to ``spi_out`` with ``esp_out``; WireGuard: set the PSK,
+which WireGuard uses from its next handshake on). Retire removes a superseded epoch's inbound SA
+after a grace period; Expire means "no valid key any more": install a random PSK / remove SAs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.keymaterial import Secret
+from gateway.kms.types import QKDKey
+
+__all__ = [
+    "Action",
+    "Activate",
+    "Alarm",
+    "AllocateSpi",
+    "Close",
+    "Event",
+    "Expire",
+    "FetchQkdKeys",
+    "InstallFailed",
+    "InstallKeys",
+    "Installed",
+    "KeysFetchFailed",
+    "KeysFetched",
+    "KeysTakeFailed",
+    "KeysTaken",
+    "Output",
+    "Retire",
+    "Send",
+    "SessionUp",
+    "SpiAllocated",
+    "TakeQkdKeys",
+    "TunnelKeys",
+]
+
+
+# -- actions ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TakeQkdKeys:
+    """Get ``n`` new keys from KMS ``kms`` for ``slave_sae_id`` (ETSI 014 enc_keys) -> KeysTaken
+    or KeysTakeFailed."""
+
+    tunnel: str
+    epoch: int
+    kms: str
+    slave_sae_id: str
+    n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FetchQkdKeys:
+    """Get keys by ID from KMS ``kms`` (ETSI 014 dec_keys) -> KeysFetched or KeysFetchFailed."""
+
+    tunnel: str
+    epoch: int
+    kms: str
+    master_sae_id: str
+    key_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllocateSpi:
+    """ESP tunnels only: reserve an inbound SPI >= 256 (XFRM_MSG_ALLOCSPI) -> SpiAllocated."""
+
+    tunnel: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelKeys:
+    """Keys of one epoch from this side's point of view. ``achieved`` lists the inputs used."""
+
+    mode: str
+    achieved: tuple[str, ...]
+    key_ids: tuple[str, ...]
+    wg_psk: Secret
+    esp_in: Secret
+    esp_out: Secret
+    spi_in: int
+    spi_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallKeys:
+    """Install the inbound side of ``epoch`` (see module doc) -> Installed or InstallFailed."""
+
+    tunnel: str
+    epoch: int
+    keys: TunnelKeys
+
+
+@dataclass(frozen=True, slots=True)
+class Activate:
+    tunnel: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    tunnel: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    tunnel: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Something an operator must see (policy mismatch, downgrade attempt, key expiry ...)."""
+
+    name: str
+    peer: str
+    tunnel: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close connection ``conn``; the core has already forgotten it."""
+
+    conn: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUp:
+    peer: str
+    conn: int
+    initiator: bool
+
+
+Action = (
+    TakeQkdKeys | FetchQkdKeys | AllocateSpi | InstallKeys | Activate | Retire | Expire | Alarm
+    | Close | SessionUp
+)
+
+
+# -- events (results of actions) -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeysTaken:
+    tunnel: str
+    epoch: int
+    kms: str
+    keys: tuple[QKDKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeysTakeFailed:
+    tunnel: str
+    epoch: int
+    kms: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeysFetched:
+    tunnel: str
+    epoch: int
+    kms: str
+    keys: tuple[QKDKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeysFetchFailed:
+    tunnel: str
+    epoch: int
+    kms: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpiAllocated:
+    tunnel: str
+    epoch: int
+    spi: int
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    tunnel: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallFailed:
+    tunnel: str
+    epoch: int
+    reason: str
+
+
+Event = (
+    KeysTaken | KeysTakeFailed | KeysFetched | KeysFetchFailed | SpiAllocated | Installed
+    | InstallFailed
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    conn: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class Output:
+    """Everything one call into the core produced, in order."""
+
+    sends: list[Send]
+    actions: list[Action]
+
+    @classmethod
+    def empty(cls) -> Output:
+        return cls([], [])
