@@ -25,11 +25,13 @@ from gateway.kms.errors import (
     KmsUnavailable,
 )
 from gateway.kms.etsi014 import Etsi014Client
+from gateway.kms.pool import KeyPool, PoolStats
 from gateway.kms.retry import RetryPolicy
 from gateway.kms.types import KeySource, KeyStatus, QKDKey
 
 __all__ = [
     "Etsi014Client",
+    "KeyPool",
     "KeyPoolClosed",
     "KeyPoolError",
     "KeyPoolTimeout",
@@ -45,6 +47,7 @@ __all__ = [
     "KmsTlsError",
     "KmsUnauthorized",
     "KmsUnavailable",
+    "PoolStats",
     "QKDKey",
     "RetryPolicy",
 ]
