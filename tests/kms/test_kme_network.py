@@ -183,3 +183,17 @@ async def test_logs_name_events_and_never_carry_keys(kme_chain: KmeNetwork, raw_
         raw = base64.b64decode(k["key"])
         for form in (raw.hex(), raw.hex().upper(), k["key"], k["key"].rstrip("=")):
             assert form not in text
+
+
+async def test_answers_every_request_under_concurrent_load(
+        kme_pair: KmeNetwork, raw_sae: Any) -> None:
+    a, b = raw_sae(kme_pair, SAE_A, KME_A), raw_sae(kme_pair, SAE_B, KME_B)
+
+    async def pair() -> bool:
+        _, body, _ = await a.enc_keys(SAE_B, number=2)
+        _, got, _ = await b.dec_keys(SAE_A, [k["key_ID"] for k in body["keys"]])
+        return bool(got["keys"] == body["keys"])
+
+    results = await asyncio.wait_for(asyncio.gather(*(pair() for _ in range(200))), timeout=30)
+    assert all(results)
+    assert kme_pair.link_stock(KME_A, KME_B) == 1000 - 400
