@@ -12,56 +12,27 @@ was lost, :class:`KmsIndeterminate` is raised and the caller starts over with ne
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import structlog
 
-from gateway.kms.errors import (
-    KmsBadRequest,
-    KmsConnectionError,
-    KmsError,
-    KmsIndeterminate,
-    KmsProtocolError,
-    KmsTimeout,
-    KmsTlsError,
-    KmsUnauthorized,
-    KmsUnavailable,
-)
-from gateway.kms.retry import RETRYABLE, RetryPolicy, backoff_delay, call_with_retries
-from gateway.kms.tls import KmeCheckingConnector, client_ssl_context
+from gateway.kms.http import KmeHttp, fetch_once
+from gateway.kms.retry import RetryPolicy, call_with_retries
 from gateway.kms.types import KeyStatus, QKDKey
 from gateway.kms.wire import (
-    MAX_BODY_BYTES,
     canonical_key_id,
-    error_text,
     parse_json_object,
     parse_key_container,
     parse_status,
-    says_not_found,
 )
 
 __all__ = ["Etsi014Client"]
 
 _log = structlog.get_logger("gateway.kms")
 _API = "/api/v1/keys/"
-
-
-def _maybe_delivered(exc: BaseException) -> bool:
-    # Unknown counts as "maybe": only a failed connect proves the KME saw nothing.
-    return bool(getattr(exc, "maybe_delivered", True))
-
-
-def _tag(exc: KmsError, maybe_delivered: bool) -> KmsError:
-    """Record whether the request may have reached the KME (read by the dec_keys path)."""
-    exc.maybe_delivered = maybe_delivered  # type: ignore[attr-defined]
-    return exc
 
 
 class Etsi014Client:
@@ -91,22 +62,13 @@ class Etsi014Client:
         max_connections: int = 4,
         check_hostname: bool = True,
     ) -> None:
-        if not url.startswith("https://"):
-            raise ValueError(f"kms {name!r}: url {url!r} must start with https:// (ETSI 014)")
-        if timeout <= 0 or connect_timeout <= 0:
-            raise ValueError(f"kms {name!r}: timeouts must be positive seconds")
+        self._http = KmeHttp(
+            name=name, url=url, kme_id=kme_id, ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file, timeout=timeout, connect_timeout=connect_timeout,
+            max_connections=max_connections, check_hostname=check_hostname)
         self._name = name
-        self._base = url.rstrip("/")
-        self._kme_id = kme_id
-        self._ssl: ssl.SSLContext = client_ssl_context(
-            ca_file, cert_file, key_file, check_hostname=check_hostname)
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout, connect=connect_timeout, sock_connect=connect_timeout)
         self._retry = retry or RetryPolicy()
         self._use_get = use_get
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
 
     @property
     def name(self) -> str:
@@ -114,7 +76,7 @@ class Etsi014Client:
 
     @property
     def kme_id(self) -> str:
-        return self._kme_id
+        return self._http.kme_id
 
     async def __aenter__(self) -> Etsi014Client:
         return self
@@ -123,25 +85,7 @@ class Etsi014Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise KmsConnectionError(f"kms {self._name!r}: client is closed")
-        if self._session is None:
-            connector = KmeCheckingConnector(
-                kme_id=self._kme_id, kms_name=self._name, ssl=self._ssl,
-                limit=self._max_connections, keepalive_timeout=30.0)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, raise_for_status=False,
-                headers={"Accept": "application/json"})
-            # aiohttp silently re-sends an idempotent request (GET) once when a kept-alive
-            # connection turns out dead. A dec_keys GET may consume keys: never re-send blindly.
-            self._session._retry_connection = False
-        return self._session
+        await self._http.aclose()
 
     # -- the three methods -----------------------------------------------------------------
 
@@ -149,7 +93,7 @@ class Etsi014Client:
         path = f"{_API}{quote(slave_sae_id, safe='')}/status"
 
         async def once() -> KeyStatus:
-            body = await self._exchange("GET", path, "status", None, None)
+            body = await self._http.exchange("GET", path, "status", None, None)
             return parse_status(parse_json_object(body, self._what("status")))
 
         return await call_with_retries(once, self._retry, event_context=self._ctx("status"))
@@ -183,9 +127,9 @@ class Etsi014Client:
 
         async def once() -> list[QKDKey]:
             if self._use_get and not extras:
-                body = await self._exchange("GET", path, "enc_keys", request, None)
+                body = await self._http.exchange("GET", path, "enc_keys", request, None)
             else:
-                body = await self._exchange("POST", path, "enc_keys", None, request)
+                body = await self._http.exchange("POST", path, "enc_keys", None, request)
             return parse_key_container(parse_json_object(body, self._what("enc_keys")),
                                        self._what("enc_keys"), size_bits=size, number=number)
 
@@ -202,28 +146,15 @@ class Etsi014Client:
         if len(set(ids)) != len(ids):
             raise ValueError("key_ids contains duplicates")
         path = f"{_API}{quote(master_sae_id, safe='')}/dec_keys"
-        failures = 0
-        while True:
-            try:
-                if self._use_get and len(ids) == 1:
-                    body = await self._exchange("GET", path, "dec_keys", {"key_ID": ids[0]}, None)
-                else:
-                    payload = {"key_IDs": [{"key_ID": k} for k in ids]}
-                    body = await self._exchange("POST", path, "dec_keys", None, payload)
-                break
-            except RETRYABLE as exc:
-                if isinstance(exc, KmsUnavailable):
-                    raise  # the KME answered with an error: it delivered nothing, but is unwell
-                if _maybe_delivered(exc):
-                    raise KmsIndeterminate(
-                        f"kms {self._name!r}: dec_keys for {len(ids)} key(s) may have reached "
-                        f"the KME but the answer was lost ({type(exc).__name__}: {exc}); the "
-                        f"keys may be consumed: abort this rekey and start with new keys"
-                    ) from exc
-                failures += 1
-                if failures >= self._retry.attempts:
-                    raise
-                await asyncio.sleep(backoff_delay(self._retry, failures))
+
+        async def once() -> bytes:
+            if self._use_get and len(ids) == 1:
+                return await self._http.exchange("GET", path, "dec_keys", {"key_ID": ids[0]})
+            payload = {"key_IDs": [{"key_ID": k} for k in ids]}
+            return await self._http.exchange("POST", path, "dec_keys", None, payload)
+
+        body = await fetch_once(once, self._retry,
+                                f"kms {self._name!r}: dec_keys for {len(ids)} key(s)")
         what = self._what("dec_keys")
         keys = parse_key_container(parse_json_object(body, what), what, size_bits=None,
                                    expected_ids=ids)
@@ -238,96 +169,3 @@ class Etsi014Client:
 
     def _ctx(self, op: str) -> dict[str, object]:
         return {"kms": self._name, "op": op}
-
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        op: str,
-        params: Mapping[str, Any] | None,
-        payload: Mapping[str, Any] | None,
-    ) -> bytes:
-        """One request; returns the 200 body or raises a typed, tagged :class:`KmsError`."""
-        session = self._get_session()
-        what = self._what(op)
-        started = time.perf_counter()
-        try:
-            async with session.request(
-                method, self._base + path, params=dict(params) if params else None,
-                json=dict(payload) if payload is not None else None,
-            ) as resp:
-                status = resp.status
-                body = await resp.content.read(MAX_BODY_BYTES + 1)
-        except KmsError:
-            raise  # the KME identity check: nothing was sent
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise _tag(KmsTlsError(f"{what}: KME certificate rejected ({exc.certificate_error}): "
-                                   f"check ca_file and the KME's host name"), False) from None
-        except aiohttp.ClientSSLError as exc:
-            raise _tag(KmsTlsError(f"{what}: TLS handshake failed: {_short(exc)}"), False) from None
-        except aiohttp.ConnectionTimeoutError:
-            raise _tag(KmsTimeout(f"{what}: no connection within "
-                                  f"{self._timeout.connect} s to {self._base}"), False) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise _tag(KmsConnectionError(f"{what}: cannot connect to {self._base}: "
-                                          f"{_short(exc)}"), False) from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise _tag(KmsTimeout(f"{what}: no answer within {self._timeout.total} s "
-                                  f"from {self._base}"), True) from None
-        except aiohttp.ClientError as exc:
-            cause = _ssl_cause(exc)
-            if cause is not None:
-                # Under TLS 1.3 a refused client certificate surfaces on the first read.
-                raise _tag(KmsTlsError(f"{what}: KME closed the TLS session ({cause}): check "
-                                       f"cert_file/key_file are issued by the KME's CA"),
-                           True) from None
-            # Under TLS 1.3 a KME that refuses the client certificate just closes the
-            # connection after the handshake, which looks like this too: say so.
-            raise _tag(KmsConnectionError(
-                f"{what}: connection to {self._base} broke ({type(exc).__name__}: "
-                f"{_short(exc)}); if this persists, check the KME accepts this SAE's "
-                f"certificate (cert_file/key_file)"), True) from None
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        _log.debug("kms_request", **self._ctx(op), method=method, status=status,
-                   duration_ms=elapsed_ms)
-        if len(body) > MAX_BODY_BYTES:
-            raise _tag(KmsProtocolError(f"{what}: answer larger than {MAX_BODY_BYTES} bytes"), True)
-        if status == 200:
-            return body
-        raise _tag(self._status_error(what, status, body, op), True)
-
-    def _status_error(self, what: str, status: int, body: bytes, op: str) -> KmsError:
-        text = error_text(body)
-        if status == 400:
-            return KmsBadRequest(f"{what}: KME rejected the request (400): {text!r}",
-                                 server_message=text, not_found=says_not_found(body))
-        if status == 401:
-            return KmsUnauthorized(
-                f"{what}: KME refused this SAE (401): check the SAE certificate and, for "
-                f"dec_keys, that the peer named this SAE as slave when it fetched the keys")
-        if status == 503:
-            return KmsUnavailable(f"{what}: KME error on its side (503): {text!r}")
-        if op == "dec_keys" and status == 500 and says_not_found(body):
-            # Some KMEs let their web framework answer unknown key IDs with a 500.
-            return KmsBadRequest(f"{what}: KME does not know the key IDs (500): {text!r}",
-                                 server_message=text, not_found=True)
-        if 500 <= status < 600:
-            return KmsUnavailable(f"{what}: KME answered {status}: {text!r}")
-        hint = ": check the url and the SAE ID" if status == 404 else ""
-        return KmsProtocolError(f"{what}: unexpected HTTP status {status}{hint}: {text!r}")
-
-
-def _ssl_cause(exc: BaseException) -> str | None:
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLError):
-            return str(seen.reason or seen)
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc)[:160]
-
