@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,9 +27,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.cli.keygen import write_wireguard_key  # noqa: E402
-from gateway.identity import SiteIdentity  # noqa: E402
-from gateway.kms.sim.pki import ensure_pki, safe_id  # noqa: E402
+from gateway.cli.keygen import write_wireguard_key
+from gateway.identity import SiteIdentity
+from gateway.kms.sim.pki import ensure_pki, safe_id
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder holding the example YAML files (default: configs/)")
     args = parser.parse_args(argv)
     root: Path = args.root
-    kmes: dict[str, list[str]] = {}
+    kmes: dict[str, Iterable[str]] = {}
     saes: set[str] = set()
     wireguard_sites: set[str] = set()
     identities: set[str] = set()

@@ -254,7 +254,7 @@ def _public_key(length: int, label: str, how: str) -> Callable[[Any, ValidationI
             raise fail("base64", f"{where} is not valid base64", f"copy it from {how}") from None
         if len(raw) != length:
             raise fail("key_length",
-                       f"{where} decodes to {len(raw)} bytes; a {label} public key is {length}",
+                       f"{where} decodes to {len(raw)} bytes; {label} public keys are {length}",
                        f"copy the whole key from {how}")
         return raw
 

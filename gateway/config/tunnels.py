@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.config.durations import format_duration
 from gateway.config.fields import (
     Cidr,
     Duration,
@@ -134,7 +135,7 @@ class Tunnel(_Strict):
         other = "xfrm" if self.kind == "wireguard" else "wireguard"
         if getattr(self, self.kind) is None:
             raise fail("missing_rule", f"required for kind: {self.kind}",
-                       f"add a {self.kind}: block", self.kind)
+                       f"add the {self.kind}: block", self.kind)
         if getattr(self, other) is not None:
             raise fail("kind", f"a {other}: block does not belong in a tunnel of kind "
                        f"{self.kind}", f"remove it, or set kind: {other}", other)
@@ -148,8 +149,14 @@ class Tunnel(_Strict):
             raise fail("timer", "rekey_interval must be at least 1s", "write e.g. 120s",
                        "rekey_interval")
         if self.reject_after <= self.rekey_interval:
-            raise fail("timer", "reject_after must be longer than rekey_interval",
-                       "e.g. rekey_interval: 120s with reject_after: 180s", "reject_after")
+            # Point at the key the operator actually wrote: usually only one of the two is set.
+            explicit = "reject_after" in self.model_fields_set
+            rekey, reject = (format_duration(v) for v in (self.rekey_interval, self.reject_after))
+            raise fail("timer",
+                       f"reject_after ({reject}{'' if explicit else ', the default'}) must be "
+                       f"longer than rekey_interval ({rekey})",
+                       "e.g. rekey_interval: 120s with reject_after: 180s",
+                       "reject_after" if explicit else "rekey_interval")
         hard = self.xfrm.lifetime.hard_time if self.xfrm else None
         if hard is not None and hard <= self.rekey_interval:
             raise fail("timer", "the SAs would expire before the gateway replaces them",

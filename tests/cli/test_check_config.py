@@ -1,0 +1,75 @@
+"""`qkd-gateway check-config FILE`: a summary and exit 0, or every problem and exit 2."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.config.sitefiles import BASE, assert_no_secrets, run_cli
+
+pytestmark = pytest.mark.unit
+
+Write = Callable[[str], Path]
+
+
+def test_valid_file_prints_summary(
+    write_config: Write, site_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(BASE + "    rekey_interval: 90s\n    reject_after: 150s\n")
+    assert run_cli("check-config", str(path)) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"{path}: OK"
+    assert lines[1] == ("  site alpha: SAE sae-alpha, peer protocol on 0.0.0.0:7447, state in "
+                        "/var/lib/qkd-gateway")
+    assert lines[2] == ("  kms kms-a: etsi014 https://127.0.0.1:8443 KME kme-a, pool 64 "
+                        "(batch 8, refill below 16)")
+    assert lines[3].startswith("  peer beta: SAE sae-beta at 198.51.100.2:7447, identity ")
+    assert lines[4] == ("  tunnel t0: wireguard on wg-beta to beta, policy qkd+pqc, kms kms-a, "
+                        "rekey 1m30s, reject after 2m30s, on shutdown keep, backend auto")
+    assert lines[5] == "  telemetry: log auto/info"
+    assert_no_secrets(out, [site_dir])
+    assert run_cli("check-config", "--quiet", str(path)) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_invalid_file_lists_problems_on_stderr_exit_2(
+    write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE.replace("    peer: beta\n", "    peer: bet\n") + "    rekey_interval: 5x\n"
+    path = write_config(text)
+    assert run_cli("check-config", str(path)) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"{path}: 2 problems\n"
+        "  tunnels[0].peer (line 26): no peer named 'bet'; defined peers: beta\n"
+        "  tunnels[0].rekey_interval (line 32): '5x' is not a duration; write e.g. 120s or 5m\n"
+    )
+    assert "Traceback" not in err
+
+
+def test_missing_and_unparsable_files(
+    write_config: Write, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("check-config", str(tmp_path / "nope.yaml")) == 2
+    assert capsys.readouterr().err == (
+        f"{tmp_path}/nope.yaml: 1 problem\n  file: configuration file {tmp_path}/nope.yaml does "
+        "not exist; check the path, or start from an example in configs/\n")
+    path = write_config("site: {name: x\n")
+    assert run_cli("check-config", str(path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}: 1 problem\n  line 2, column 1: YAML syntax error: ")
+
+
+def test_missing_key_file_is_an_error(
+    write_config: Write, site_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(BASE.replace("keys/alpha/mldsa65.key", "keys/alpha/gone.key"))
+    assert run_cli("check-config", str(path)) == 2
+    assert capsys.readouterr().err.splitlines()[1] == (
+        f"  site.identity.mldsa65_key.file (line 6): file {site_dir}/keys/alpha/gone.key does "
+        "not exist; create it with `qkd-gateway keygen` or fix the path")
