@@ -197,3 +197,24 @@ async def test_answers_every_request_under_concurrent_load(
     results = await asyncio.wait_for(asyncio.gather(*(pair() for _ in range(200))), timeout=30)
     assert all(results)
     assert kme_pair.link_stock(KME_A, KME_B) == 1000 - 400
+
+
+def test_fault_settings_are_validated() -> None:
+    from gateway.kms.sim import Faults
+
+    faults = Faults()
+    with pytest.raises(ValueError, match=r"drop_rate must be a probability in \[0, 1\], got 2"):
+        faults.drop_rate = 2
+    with pytest.raises(ValueError, match="latency must be >= 0 seconds, got -1"):
+        faults.latency = -1
+    faults.error_503_rate = 0.5
+    faults.clear()
+    assert (faults.latency, faults.error_503_rate, faults.drop_rate, faults.paused) == (
+        0.0, 0.0, 0.0, False)
+
+
+async def test_oversized_body_is_413_json(kme_pair: KmeNetwork, raw_sae: Any) -> None:
+    a = raw_sae(kme_pair, SAE_A, KME_A)
+    status, body, _ = await a.request("POST", f"/api/v1/keys/{SAE_B}/enc_keys",
+                                      data=b" " * (2 * 1024 * 1024))
+    assert status == 413 and body == {"message": "Request Entity Too Large"}

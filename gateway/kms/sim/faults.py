@@ -57,13 +57,15 @@ class Faults:
         self.latency = self.error_503_rate = self.drop_rate = 0.0
         self.paused = False
 
-    def _check(self) -> None:
-        for name in ("error_503_rate", "drop_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
-        if self.latency < 0:
-            raise ValueError(f"latency must be >= 0 seconds, got {self.latency}")
+    def __setattr__(self, name: str, value: object) -> None:
+        # Validate on assignment so a bad test setting fails at the line that made it, not as
+        # a 500 inside some later request.
+        if name in ("error_503_rate", "drop_rate"):
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        elif name == "latency" and (not isinstance(value, int | float) or value < 0):
+            raise ValueError(f"latency must be >= 0 seconds, got {value!r}")
+        object.__setattr__(self, name, value)
 
     async def _wait_resumed(self) -> bool:
         """Wait until resumed; False when the KME is stopping instead."""
@@ -96,7 +98,6 @@ def faults_middleware(faults: Faults) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         faults.requests += 1
-        faults._check()
         if not await faults._wait_resumed():
             return _drop(request)
         if faults.latency:

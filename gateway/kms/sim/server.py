@@ -76,6 +76,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                         f"{' or '.join(sorted(exc.allowed_methods))}"},
             status=405, headers={"Allow": ",".join(sorted(exc.allowed_methods))},
         )
+    except web.HTTPException as exc:  # e.g. 413 from aiohttp's body size limit
+        return web.json_response({"message": exc.reason}, status=exc.status)
+    except Exception:
+        # A bug here must still answer in the standard's shape; the traceback holds no key
+        # bytes (keys live only in Secret, whose repr is redacted).
+        ctx.log.exception("kme_internal_error", method=request.method, path=request.path)
+        return web.json_response({"message": "internal KME error; see the KME log"}, status=500)
 
 
 def caller_sae(request: web.Request) -> str | None:
