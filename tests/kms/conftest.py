@@ -40,25 +40,28 @@ def kme_pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def pair_network(pki_dir: Path, **kwargs: Any) -> KmeNetwork:
+    """KME_A---KME_B with SAE_A@KME_A, SAE_B@KME_B; ``kwargs`` go to :class:`KmeNetwork`."""
+    return KmeNetwork(pki_dir, kmes={KME_A: (LOOPBACK, 0), KME_B: (LOOPBACK, 0)},
+                      links=[(KME_A, KME_B)], saes={SAE_A: KME_A, SAE_B: KME_B}, **kwargs)
+
+
+def chain_network(pki_dir: Path, **kwargs: Any) -> KmeNetwork:
+    """KME_A---KME_R---KME_B (KME_R a trusted relay), same SAEs as :func:`pair_network`."""
+    return KmeNetwork(
+        pki_dir, kmes={KME_A: (LOOPBACK, 0), KME_R: (LOOPBACK, 0), KME_B: (LOOPBACK, 0)},
+        links=[(KME_A, KME_R), (KME_R, KME_B)], saes={SAE_A: KME_A, SAE_B: KME_B}, **kwargs)
+
+
 @pytest.fixture
 async def kme_pair(kme_pki_dir: Path) -> AsyncIterator[KmeNetwork]:
-    async with KmeNetwork(
-        kme_pki_dir,
-        kmes={KME_A: (LOOPBACK, 0), KME_B: (LOOPBACK, 0)},
-        links=[(KME_A, KME_B)],
-        saes={SAE_A: KME_A, SAE_B: KME_B},
-    ) as net:
+    async with pair_network(kme_pki_dir) as net:
         yield net
 
 
 @pytest.fixture
 async def kme_chain(kme_pki_dir: Path) -> AsyncIterator[KmeNetwork]:
-    async with KmeNetwork(
-        kme_pki_dir,
-        kmes={KME_A: (LOOPBACK, 0), KME_R: (LOOPBACK, 0), KME_B: (LOOPBACK, 0)},
-        links=[(KME_A, KME_R), (KME_R, KME_B)],
-        saes={SAE_A: KME_A, SAE_B: KME_B},
-    ) as net:
+    async with chain_network(kme_pki_dir) as net:
         yield net
 
 

@@ -13,19 +13,14 @@ import pytest
 import structlog
 
 from gateway.kms.sim import MSG_INJECTED_503, PATH_EXTENSION, KmeNetwork
-from tests.kms.conftest import KME_A, KME_B, KME_R, LOOPBACK, SAE_A, SAE_B
+from tests.kms.conftest import KME_A, KME_B, KME_R, SAE_A, SAE_B, pair_network
 
 pytestmark = pytest.mark.unit
 
 
-def _small_pair(pki: Path, **kw: Any) -> KmeNetwork:
-    return KmeNetwork(pki, {KME_A: (LOOPBACK, 0), KME_B: (LOOPBACK, 0)}, [(KME_A, KME_B)],
-                      {SAE_A: KME_A, SAE_B: KME_B}, **kw)
-
-
 # -- exhaustion and refill ----------------------------------------------------------------------
 async def test_exhaustion_is_503_and_consumes_nothing(kme_pki_dir: Path, raw_sae: Any) -> None:
-    async with _small_pair(kme_pki_dir, max_key_count=4) as net:
+    async with pair_network(kme_pki_dir, max_key_count=4) as net:
         a = raw_sae(net, SAE_A, KME_A)
         status, body, _ = await a.enc_keys(SAE_B, number=5)
         assert status == 503
@@ -43,7 +38,7 @@ async def test_exhaustion_is_503_and_consumes_nothing(kme_pki_dir: Path, raw_sae
 
 async def test_refill_at_key_rate(kme_pki_dir: Path, raw_sae: Any) -> None:
     rate_keys_per_s = 40.0
-    async with _small_pair(kme_pki_dir, max_key_count=20,
+    async with pair_network(kme_pki_dir, max_key_count=20,
                            key_rate=rate_keys_per_s * 256) as net:
         a = raw_sae(net, SAE_A, KME_A)
         assert (await a.enc_keys(SAE_B, number=20))[0] == 200
