@@ -49,8 +49,16 @@ class _Checker:
                 seen[value] = i
         return seen
 
+    def readable(self, section: str) -> bool:
+        """Whether every name in ``section`` could be read: otherwise a reference that does not
+        resolve may be the broken entry's fault, already reported by field validation."""
+        data = self.doc.data
+        items = data.get(section, []) if isinstance(data, dict) else []
+        return isinstance(items, list) and all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items)
+
     def reference(self, loc: Loc, value: Any, names: dict[str, int], section: str) -> None:
-        if not isinstance(value, str) or value in names:
+        if not isinstance(value, str) or value in names or not self.readable(section):
             return
         what = "peer" if section == "peers" else "KMS"
         if names:

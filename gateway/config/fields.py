@@ -74,6 +74,8 @@ def _base_dir(info: ValidationInfo) -> Path:
 
 # -- names -----------------------------------------------------------------------------------
 def _name(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `name: 2024` reads as a number in YAML; it is still a fine name
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise fail("name", f"{show(value)} is not a valid name",
                    "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")

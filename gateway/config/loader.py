@@ -118,7 +118,18 @@ def parse_yaml(text: str, name: str = "<config>") -> Document:
     if root is None:
         return walker.doc
     walker.doc.lines[()] = root.start_mark.line + 1
-    walker.doc.data = walker.walk(root, ())
+    try:
+        walker.doc.data = walker.walk(root, ())
+    except yaml.MarkedYAMLError as exc:
+        # Tags this loader will not build (!!python/object, unknown !tags, bad !!binary).
+        mark = exc.problem_mark or exc.context_mark
+        raise ConfigError(
+            [Problem("", mark.line + 1 if mark else 0,
+                     f"YAML value cannot be read: {exc.problem or exc.context}",
+                     "remove the !tag and write plain text, numbers, lists or mappings",
+                     mark.column + 1 if mark else 0)],
+            name,
+        ) from None
     return walker.doc
 
 

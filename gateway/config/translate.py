@@ -102,6 +102,8 @@ def _one(root: type[BaseModel], doc: Document, err: Any) -> Problem:
         message, fix = str(ctx["message"]), str(ctx["fix"])
         if ctx.get("field"):
             loc = (*loc, str(ctx["field"]))
+        elif value is None:
+            message = "has no value"  # `key:` with nothing after it reads as null
     elif kind == "missing":
         message, fix = "required key is missing", f"add {loc[-1]}: (see docs/config.md)"
     elif kind == "extra_forbidden":
@@ -114,7 +116,7 @@ def _one(root: type[BaseModel], doc: Document, err: Any) -> Problem:
     elif kind in _TYPE_ERRORS:
         expected, fix = _TYPE_ERRORS[kind]
         if value is None:
-            message, fix = "has no value", f"write {expected} after the ':', or remove the key"
+            message, fix = "has no value", f"write {expected} after the ':'"
         elif kind.startswith(("int", "float", "bool")) and not isinstance(value, dict | list):
             message = f"{show(value)} is not {expected}"
         else:
