@@ -49,7 +49,7 @@ async def _ready(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     while True:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=START_TIMEOUT_S)
         assert line, "kms-sim exited before it was ready"
-        event = json.loads(line)
+        event: dict[str, Any] = json.loads(line)
         if event["event"] == "kms_sim_ready":
             return event
 

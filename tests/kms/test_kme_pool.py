@@ -61,7 +61,7 @@ def test_pool_rejects_bad_parameters(kwargs: dict[str, float], message: str) -> 
 def test_pool_never_overdraws_nor_overfills(steps: list[tuple[float, int]]) -> None:
     clock = FakeClock()
     pool = LinkPool("A", "B", max_key_count=8, key_size=64, key_rate=48.0, clock=clock)
-    elapsed = drawn = 0
+    elapsed, drawn = 0.0, 0
     for dt, nbytes in steps:
         clock.now += dt
         elapsed += dt
