@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
+
+from tests.telemetry.broker import MOSQUITTO, Broker
 
 
 @pytest.fixture
@@ -19,3 +22,15 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
     logging.captureWarnings(False)
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto not installed: `apt-get install mosquitto` (Debian package)")
+    b = Broker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
