@@ -29,21 +29,25 @@ class KeyLink:
     name: str
     issued: dict[str, Secret] = field(default_factory=dict)
     delivered: set[str] = field(default_factory=set)
-    fail_fetch: set[str] = field(default_factory=set)  # key IDs the far KMS "cannot return"
+    fail_fetches: int = 0  # the next N fetches fail, as if the far KMS lost the key IDs
     empty: bool = False
+    reissue: str | None = None  # a broken master KMS that hands out an old key ID again
     all_keys: list[Secret] = field(default_factory=list)
 
     def take(self) -> QKDKey | None:
         if self.empty:
             return None
-        kid = str(uuid.uuid4())
+        kid = self.reissue or str(uuid.uuid4())
         key = Secret.random(32)
         self.issued[kid] = key
         self.all_keys.append(key)
         return QKDKey(kid, key)
 
     def fetch(self, kid: str) -> QKDKey | None:
-        if kid in self.fail_fetch or kid in self.delivered or kid not in self.issued:
+        if self.fail_fetches > 0:
+            self.fail_fetches -= 1
+            return None
+        if kid in self.delivered or kid not in self.issued:
             return None
         self.delivered.add(kid)
         return QKDKey(kid, self.issued[kid])

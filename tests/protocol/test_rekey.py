@@ -1,0 +1,193 @@
+"""Per-tunnel rekeys driven through two Nodes in memory: all modes, failures, collisions, expiry."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import pytest
+
+from gateway.identity import SiteIdentity
+from gateway.protocol import (
+    Activate, Alarm, Expire, FetchQkdKeys, InstallKeys, Kind, Mode, Retire, TakeQkdKeys,
+    TunnelPolicy,
+)
+from tests.protocol.harness import FAST, KeyLink, Site, Wire, make_pair
+
+Ids = tuple[SiteIdentity, SiteIdentity]
+
+
+def _run(w: Wire, until: float, step: float = 0.25, start: float = 0.0) -> None:
+    t = start
+    while t < until:
+        t += step
+        w.tick(t)
+
+
+def _assert_no_key_bytes(sites: tuple[Site, Site], links: dict[str, KeyLink]) -> None:
+    text = "\n".join(repr(x) for s in sites for x in s.actions) + "\n".join(
+        str(x) for s in sites for x in s.actions)
+    secrets = [k.reveal() for link in links.values() for k in link.all_keys]
+    for s in sites:
+        for keys in s.installed.values():
+            secrets += [keys.wg_psk.reveal(), keys.esp_in.reveal(), keys.esp_out.reveal()]
+    assert secrets
+    for sec in secrets:
+        assert sec.hex() not in text and base64.b64encode(sec).decode() not in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("mode", "kms", "kind", "achieved"), [
+    (Mode.QKD_PQC, ("k1", "k2", "k3"), Kind.WIREGUARD,
+     ("qkd:k1", "qkd:k2", "qkd:k3", "ml-kem-768", "x25519")),
+    (Mode.QKD, ("k1",), Kind.ESP, ("qkd:k1", "x25519")),
+    (Mode.PQC, (), Kind.ESP, ("ml-kem-768", "x25519")),
+    (Mode.ANY, ("k1",), Kind.WIREGUARD, ("qkd:k1", "ml-kem-768", "x25519")),
+])
+def test_rekeys_in_every_mode_agree_on_keys(ids: Ids, mode: Mode, kms: tuple[str, ...],
+                                            kind: Kind, achieved: tuple[str, ...]) -> None:
+    a, b = make_pair([TunnelPolicy("t", mode, kms, kind)], ids=ids)
+    w = Wire(a, b)
+    w.open()
+    _run(w, 4.0)
+    assert a.active["t"] == b.active["t"] >= 4
+    for epoch in range(1, a.active["t"] + 1):
+        ka, kb = a.installed[("t", epoch)], b.installed[("t", epoch)]
+        assert ka.wg_psk == kb.wg_psk and ka.esp_in == kb.esp_out and ka.esp_out == kb.esp_in
+        assert ka.spi_in == kb.spi_out and ka.spi_out == kb.spi_in
+        assert ka.achieved == achieved and ka.key_ids == kb.key_ids
+        if kind is Kind.ESP:
+            assert ka.spi_in >= 256
+    psks = [a.installed[("t", e)].wg_psk.reveal() for e in range(1, a.active["t"] + 1)]
+    assert len(set(psks)) == len(psks)
+    all_ids = [i for e in range(1, a.active["t"] + 1) for i in a.installed[("t", e)].key_ids]
+    assert len(all_ids) == len(set(all_ids))  # each QKD key used once
+    _assert_no_key_bytes((a, b), a.links)
+
+
+@pytest.mark.unit
+def test_make_before_break_order(ids: Ids) -> None:
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",), Kind.ESP)], ids=ids)
+    w = Wire(a, b)
+    w.open()
+    _run(w, 2.5)
+    for site in (a, b):
+        kinds = [(type(x).__name__, getattr(x, "epoch", None)) for x in site.actions
+                 if isinstance(x, InstallKeys | Activate | Retire)]
+        for epoch in range(1, site.active["t"] + 1):
+            assert kinds.index(("InstallKeys", epoch)) < kinds.index(("Activate", epoch))
+        assert ("Retire", 1) in kinds
+        assert kinds.index(("Activate", 2)) < kinds.index(("Retire", 1))
+    # B installs its inbound SA before A activates (A only gets RekeyResp after B's Installed)
+    acts = [x for x in b.actions if isinstance(x, InstallKeys | Activate)]
+    assert isinstance(acts[0], InstallKeys) and isinstance(acts[1], Activate)
+
+
+@pytest.mark.unit
+def test_fetch_failure_aborts_and_the_retry_uses_new_keys(ids: Ids) -> None:
+    links = {"k1": KeyLink("k1", fail_fetches=1)}
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids, links=links)
+    w = Wire(a, b)
+    w.open()
+    taken = [x for x in a.actions if isinstance(x, TakeQkdKeys)]
+    assert len(taken) == 1 and "t" not in a.active  # first attempt aborted
+    assert any(isinstance(x, Alarm) and x.name == "qkd_unavailable" for x in b.actions)
+    failed_id = next(x for x in b.actions if isinstance(x, FetchQkdKeys)).key_ids[0]
+    _run(w, 0.5, step=0.05)
+    assert a.active["t"] == b.active["t"] == 2  # epoch 1 was the aborted one
+    keys = a.keys("t")
+    assert keys.key_ids != (failed_id,) and keys.wg_psk == b.keys("t").wg_psk
+    assert not any(failed_id in k.key_ids for k in a.installed.values())
+
+
+@pytest.mark.unit
+def test_empty_pool_fails_closed_then_expires(ids: Ids) -> None:
+    links = {"k1": KeyLink("k1")}
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids, links=links)
+    w = Wire(a, b)
+    w.open()
+    links["k1"].empty = True
+    _run(w, 4.5)
+    assert a.active["t"] == 1
+    for site in (a, b):
+        assert [x for x in site.actions if isinstance(x, Expire)] == [
+            Expire("t", 1, "no new key within reject_after")]
+        assert any(isinstance(x, Alarm) and x.name == "key_expired" for x in site.actions)
+    assert any(isinstance(x, Alarm) and x.name == "qkd_unavailable" for x in a.actions)
+    links["k1"].empty = False
+    _run(w, 6.0, start=4.5)
+    assert a.active["t"] > 1 and a.keys("t").wg_psk == b.keys("t").wg_psk
+
+
+@pytest.mark.unit
+def test_any_mode_reports_what_it_achieved(ids: Ids) -> None:
+    links = {"k1": KeyLink("k1"), "k2": KeyLink("k2", empty=True)}
+    a, b = make_pair([TunnelPolicy("t", Mode.ANY, ("k1", "k2"))], ids=ids, links=links)
+    w = Wire(a, b)
+    w.open()
+    assert a.keys("t").achieved == b.keys("t").achieved == ("qkd:k1", "ml-kem-768", "x25519")
+
+
+@pytest.mark.unit
+def test_rekey_collision_is_resolved_deterministically(ids: Ids) -> None:
+    # Equal timers on both sides: every rekey (the first one too) starts on both ends at once.
+    timers = dataclasses.replace(FAST, rekey_after_backup=FAST.rekey_after)
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids, timers=timers)
+    w = Wire(a, b)
+    w.open()
+    w.tick(1.0)  # both ticks run before either's RekeyInit is delivered
+    for epoch in (1, 2):
+        takes = [x for s in (a, b) for x in s.actions
+                 if isinstance(x, TakeQkdKeys) and x.epoch == epoch]
+        assert len(takes) == 2  # both really started
+    assert a.active["t"] == b.active["t"] == 2
+    assert a.keys("t").wg_psk == b.keys("t").wg_psk
+    # sae-a < sae-b: A wins every collision; the keys B took were discarded, never used.
+    used = {i for k in a.installed.values() for i in k.key_ids}
+    assert used == {i for k in b.installed.values() for i in k.key_ids}
+    b_fetched = {i for x in b.actions if isinstance(x, FetchQkdKeys) for i in x.key_ids}
+    assert used == b_fetched
+    assert len(set(a.links["k1"].issued) - used) == 2
+    assert not any(x for x in a.actions if isinstance(x, FetchQkdKeys))
+
+
+@pytest.mark.unit
+def test_unanswered_rekey_times_out_and_retries(ids: Ids) -> None:
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids)
+    b.auto_install = False  # B's data plane never confirms an install
+    w = Wire(a, b)
+    w.open()
+    assert "t" not in a.active
+    _run(w, 3.0)
+    assert "t" not in a.active and "t" not in b.active
+    epochs = [x.epoch for s in (a, b) for x in s.actions if isinstance(x, TakeQkdKeys)]
+    assert len(epochs) >= 3 and len(set(epochs)) == len(epochs)  # never an epoch twice
+    assert any(isinstance(x, Retire) for x in b.actions)  # B drops the half-installed epoch
+
+
+@pytest.mark.unit
+def test_a_reused_key_id_is_refused(ids: Ids) -> None:
+    links = {"k1": KeyLink("k1")}
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids, links=links)
+    w = Wire(a, b)
+    w.open()
+    links["k1"].reissue = a.keys("t").key_ids[0]
+    _run(w, 1.5)
+    assert a.active["t"] == 1
+    fetches = [x for x in b.actions if isinstance(x, FetchQkdKeys)]
+    assert len(fetches) == 1  # B never asked its KMS for the reused ID again
+
+
+@pytest.mark.unit
+def test_peer_lowering_the_mode_at_rekey_time_is_refused(ids: Ids) -> None:
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids)
+    w = Wire(a, b)
+    w.open()
+    # B turns malicious after authenticating: it now asks for pqc-only keys.
+    b.node.tunnels["t"].policy = TunnelPolicy("t", Mode.PQC)
+    a.node.tunnels["t"].preferred = False
+    b.node.tunnels["t"].preferred = True
+    _run(w, 1.0)
+    assert a.active["t"] == 1
+    assert any(isinstance(x, Alarm) and x.name == "downgrade_refused" for x in a.actions)
+    assert not [x for x in a.actions if isinstance(x, InstallKeys) and x.epoch > 1]
