@@ -27,6 +27,7 @@ from gateway.kms.errors import (
 from gateway.kms.etsi014 import Etsi014Client
 from gateway.kms.pool import KeyPool, PoolStats
 from gateway.kms.retry import RetryPolicy
+from gateway.kms.skip import SkipClient
 from gateway.kms.types import KeySource, KeyStatus, QKDKey
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "PoolStats",
     "QKDKey",
     "RetryPolicy",
+    "SkipClient",
 ]

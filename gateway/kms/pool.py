@@ -21,6 +21,7 @@ import structlog
 from gateway.kms.errors import KeyPoolClosed, KeyPoolTimeout, KmsError
 from gateway.kms.retry import RetryPolicy, backoff_delay
 from gateway.kms.types import KeySource, QKDKey
+from gateway.kms.wire import STOCK_UNKNOWN
 
 __all__ = ["KeyPool", "PoolStats"]
 
@@ -180,7 +181,8 @@ class KeyPool:
     async def poll_status(self) -> None:
         """One status poll now (also run periodically by the status task)."""
         status = await self._source.status(self._slave)
-        self._stored_key_count = status.stored_key_count
+        unknown = bool((status.status_extension or {}).get(STOCK_UNKNOWN))
+        self._stored_key_count = None if unknown else status.stored_key_count
         if status.max_key_per_request > 0:
             self._max_per_request = status.max_key_per_request
 

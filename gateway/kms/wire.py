@@ -24,6 +24,7 @@ from gateway.kms.types import KeyStatus, QKDKey
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "STOCK_UNKNOWN",
     "canonical_key_id",
     "error_text",
     "parse_json_object",
@@ -31,6 +32,10 @@ __all__ = [
     "parse_status",
     "says_not_found",
 ]
+
+# A status_extension member set by backends that cannot report a key stock (SKIP): consumers
+# must then treat stored_key_count as unknown rather than as zero.
+STOCK_UNKNOWN = "qkdgw_stock_unknown"
 
 # 128 keys of 64 kbit in base64 plus JSON overhead is ~1.4 MB; anything far larger is not a
 # key container and is refused before it is parsed.
