@@ -164,7 +164,7 @@ class KeyNetwork:
     def _peer_kme(self, kme: str, sae: str, role: str) -> str:
         peer = self.saes.get(sae)
         if peer is None:
-            raise BadRequest(f"unknown {role} {sae!r}: no SAE of that ID is registered")
+            raise BadRequest(f"unknown {role} {sae[:128]!r}: no SAE of that ID is registered")
         if peer == kme:
             raise BadRequest(
                 f"{role} {sae!r} is attached to this KME ({kme}); keys are only issued "
@@ -247,7 +247,7 @@ class KeyNetwork:
     # -- SKIP (draft-cisco-skip) ----------------------------------------------------------------
     def skip_issue(self, kme: str, remote: str, size: int) -> tuple[str, Secret]:
         if remote not in self._adj or remote == kme:
-            raise BadRequest(f"unknown remoteSystemID {remote!r}")
+            raise BadRequest(f"unknown remoteSystemID {remote[:128]!r}")
         path = self.route(kme, remote)
         hops = list(itertools.pairwise(path))
         try:
