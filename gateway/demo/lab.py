@@ -1,0 +1,234 @@
+"""The demo, start to finish: plan, keys, namespaces, the KME network, the site daemons, pings,
+the report, and a teardown that leaves nothing behind (also on SIGINT/SIGTERM and on errors).
+
+The site daemons are started by an injectable step, ``start_site(site, plan, procs)``; the
+default runs ``qkd-gateway run --config <site>/config.yaml`` inside the site's namespace.
+``lab_only`` skips the daemons and pings the peers' WAN addresses instead: the lab checks
+itself (namespaces, bridge, KMS over mutual TLS, pinger) without any daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.demo.errors import LabProcessError, ToolMissing
+from gateway.demo.kmsprobe import wait_for_kme
+from gateway.demo.netns import run_ip
+from gateway.demo.pinger import Pinger
+from gateway.demo.processes import LabProcess, ProcessSet
+from gateway.demo.report import DemoReport, TunnelReport
+from gateway.demo.rotations import RotationReader, psk_matches
+from gateway.demo.siteconfig import materialize
+from gateway.demo.sites import LabPlan, SitePlan, plan_lab, site_names
+from gateway.demo.topology import KMS_ADDRESS, Topology, new_prefix
+
+__all__ = ["DemoOptions", "StartSite", "detect_backend", "gateway_argv", "run_demo", "start_daemon"]
+
+StartSite = Callable[[SitePlan, LabPlan, ProcessSet], Awaitable[LabProcess]]
+
+KMS_READY_TIMEOUT_S = 20.0  # the KME network answers in ~1 s; 20 s means it will not
+# Daemons need a handshake and one key fetch before the first key is installed.
+TUNNELS_READY_TIMEOUT_S = 30.0
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `qkd-gateway demo` was asked to do (see docs/demo.md)."""
+
+    sites: int = 2
+    duration: float | None = None  # None: until stopped (Ctrl-C)
+    rekey_interval: float = 10.0
+    dataplane: str = "wireguard"
+    lab_only: bool = False
+    keep: bool = False  # keep the run directory (keys, configs, logs) for inspection
+
+
+def gateway_argv(subcommand: str, *args: str) -> list[str]:
+    """``python -m gateway SUBCOMMAND ARGS`` with this interpreter (the venv's)."""
+    from gateway.cli import main as cli_main
+
+    module = subcommand.replace("-", "_")
+    if module in cli_main._COMMANDS or importlib.util.find_spec(f"gateway.cli.{module}") is None:
+        return [sys.executable, "-m", "gateway", subcommand, *args]
+    # The module exists but the command table does not list it yet: register just that one.
+    code = ("import argparse,sys\n"
+            f"from gateway.cli import {module} as m\n"
+            "p=argparse.ArgumentParser(prog='qkd-gateway')\n"
+            "m.register(p.add_subparsers(dest='command', required=True))\n"
+            "a=p.parse_args(sys.argv[1:])\n"
+            "sys.exit(a.func(a))\n")
+    return [sys.executable, "-c", code, subcommand, *args]
+
+
+async def start_daemon(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabProcess:
+    """The default ``start_site``: ``qkd-gateway run --config FILE`` in the site's namespace."""
+    if importlib.util.find_spec("gateway.cli.run") is None:
+        raise ToolMissing("this build has no `qkd-gateway run` daemon yet; "
+                          "use `qkd-gateway demo --lab-only` to check the lab alone")
+    argv = gateway_argv("run", "--config", str(site.config_path))
+    return await procs.start(f"daemon {site.name}", site.netns, argv, site.log_path)
+
+
+def detect_backend(netns: str, probe_name: str) -> str:
+    """``kernel`` if a WireGuard link can be made in ``netns``, else ``userspace`` if
+    wireguard-go is installed; else :class:`ToolMissing` with the install hint."""
+    try:
+        run_ip("-n", netns, "link", "add", probe_name, "type", "wireguard")
+    except Exception:
+        if shutil.which("wireguard-go") is None:
+            raise ToolMissing("no kernel WireGuard and no wireguard-go: "
+                              "apt-get install wireguard-go wireguard-tools") from None
+        return "userspace"
+    run_ip("-n", netns, "link", "del", probe_name, check=False)
+    return "kernel"
+
+
+async def _wait_tunnels(plan: LabPlan, readers: dict[str, RotationReader],
+                        procs: ProcessSet, stop: asyncio.Event) -> None:
+    """Until every tunnel has one epoch logged by both ends (its first key is in)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + TUNNELS_READY_TIMEOUT_S + plan.rekey_interval
+    while not stop.is_set():
+        if all(_both_ends(plan, readers, t.name, t.hub, t.spoke) for t in plan.tunnels):
+            return
+        _check_alive(procs)
+        if loop.time() > end:
+            raise LabProcessError(
+                "the tunnels got no key within "
+                f"{TUNNELS_READY_TIMEOUT_S + plan.rekey_interval:g} s; see the daemon logs: "
+                + ", ".join(str(s.log_path) for s in plan.sites))
+        await asyncio.sleep(_POLL_S)
+
+
+def _both_ends(plan: LabPlan, readers: dict[str, RotationReader], tunnel: str,
+               hub: str, spoke: str) -> set[int]:
+    return readers[hub].poll().get(tunnel, set()) & readers[spoke].poll().get(tunnel, set())
+
+
+def _check_alive(procs: ProcessSet) -> None:
+    for proc in procs.exited():
+        raise LabProcessError(f"{proc.name} exited with code {proc.returncode}; last output "
+                              f"({proc.log_path}):\n{proc.log_tail()}")
+
+
+async def _wait_until(stop: asyncio.Event, duration: float | None, procs: ProcessSet) -> None:
+    loop = asyncio.get_running_loop()
+    end = None if duration is None else loop.time() + duration
+    while not stop.is_set() and (end is None or loop.time() < end):
+        _check_alive(procs)
+        timeout = _POLL_S if end is None else max(0.0, min(_POLL_S, end - loop.time()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout)
+
+
+async def run_demo(
+    options: DemoOptions,
+    *,
+    start_site: StartSite = start_daemon,
+    stop: asyncio.Event | None = None,
+    say: Callable[[str], None] = lambda line: None,
+) -> DemoReport:
+    """Run the demo; always tears everything down before returning or raising.
+
+    Args:
+        options: sites, duration, rekey interval, data plane, lab-only.
+        start_site: starts one site's daemon (the lead's ``qkd-gateway run``).
+        stop: set it (e.g. from a SIGINT handler) to end the run early with a report.
+        say: receives one progress line at a time (the CLI prints them).
+    """
+    stop = stop or asyncio.Event()
+    names = site_names(options.sites)
+    prefix = new_prefix()
+    root = Path(tempfile.mkdtemp(prefix=f"qkd-gateway-{prefix}-"))
+    report = DemoReport(prefix, options.lab_only)
+    try:
+        async with Topology(names, prefix) as topo:
+            backend = "auto"
+            if not options.lab_only:
+                backend = await asyncio.to_thread(detect_backend, topo.wan_netns, f"{prefix}wgp")
+            plan = plan_lab(prefix, root, options.sites, options.rekey_interval, backend,
+                            {n: node.netns for n, node in topo.sites.items()})
+            await asyncio.to_thread(materialize, plan)
+            say(f"lab {prefix}: {len(names)} sites ({', '.join(names)}), namespaces "
+                f"{prefix}-*, files in {root}")
+            async with ProcessSet() as procs:
+                await _run_lab(plan, options, procs, start_site, stop, say, report)
+    finally:
+        if not options.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+async def _run_lab(plan: LabPlan, options: DemoOptions, procs: ProcessSet,
+                   start_site: StartSite, stop: asyncio.Event,
+                   say: Callable[[str], None], report: DemoReport) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    kms_argv = gateway_argv("kms-sim", *plan.kms_sim_args(), "--log-format", "json")
+    await procs.start("kms-sim", f"{plan.prefix}-kms", kms_argv, plan.kms_log_path)
+    probes = [
+        wait_for_kme(s.netns, str(KMS_ADDRESS.ip), s.kme_port, deadline_s=KMS_READY_TIMEOUT_S,
+                     kme_id=s.kme_id, slave_sae_id=plan.by_name[t.peer(s.name)].sae_id,
+                     ca_file=plan.pki_dir / "ca.crt", cert_file=plan.pki_dir / f"{s.sae_id}.crt",
+                     key_file=plan.pki_dir / f"{s.sae_id}.key")
+        for s in plan.sites for t in plan.tunnels_of(s.name)[:1]
+    ]
+    try:
+        await asyncio.gather(*probes)
+    except Exception:
+        _check_alive(procs)  # a dead KME network explains itself better than a timeout
+        raise
+    report.kms_ready_s = loop.time() - t0
+    say(f"KME network ready: every site reached its KME over mutual TLS "
+        f"({report.kms_ready_s:.2f} s)")
+
+    readers = {s.name: RotationReader(s.log_path) for s in plan.sites}
+    if not options.lab_only:
+        for site in plan.sites:
+            await start_site(site, plan, procs)
+        t1 = loop.time()
+        await _wait_tunnels(plan, readers, procs, stop)
+        report.tunnels_ready_s = loop.time() - t1
+        say(f"tunnels keyed ({report.tunnels_ready_s:.2f} s)")
+
+    pingers: list[tuple[TunnelReport, Pinger]] = []
+    for t in plan.tunnels:
+        hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
+        target = str(spoke.wan.ip if options.lab_only else t.address(t.spoke).ip)
+        pingers.append((TunnelReport(t.name, t.hub, target), Pinger(hub.netns, target)))
+    tasks = [asyncio.create_task(p.run(), name=f"ping-{r.name}") for r, p in pingers]
+    say("pinging " + ", ".join(f"{r.name} ({r.target})" for r, _ in pingers) + " at 20/s"
+        + ("" if options.duration is None else f" for {options.duration:g} s")
+        + "; Ctrl-C stops")
+    t2 = loop.time()
+    try:
+        await _wait_until(stop, options.duration, procs)
+    except LabProcessError as exc:
+        report.errors.append(str(exc))
+    finally:
+        for _, p in pingers:
+            p.stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    report.duration_s = loop.time() - t2
+    for (tr, _), st in zip(pingers, results, strict=True):
+        if isinstance(st, BaseException):
+            report.errors.append(f"{tr.name}: pinger failed: {st}")
+            continue
+        tr.sent, tr.received, tr.lost, tr.late = st.sent, st.received, st.lost, st.late
+        tr.rtt_avg_ms = st.rtt_avg_ms
+    report.tunnels = [tr for tr, _ in pingers]
+    if not options.lab_only:
+        for tr, t in zip(report.tunnels, plan.tunnels, strict=True):
+            tr.rotations = len(_both_ends(plan, readers, t.name, t.hub, t.spoke))
+            hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
+            tr.psk_match = await psk_matches(hub.netns, t.interface(t.hub),
+                                             spoke.netns, t.interface(t.spoke))

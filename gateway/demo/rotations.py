@@ -1,0 +1,108 @@
+"""What the demo reports about key rotation: the daemons' own log events, checked against the
+keys WireGuard actually holds.
+
+Rotation count. Each daemon logs JSON lines (``telemetry.log.format: json``); one event per
+installed key::
+
+    {"event": "tunnel_rekeyed", "tunnel": "<tunnel name>", "epoch": <int>, ...}
+
+:class:`RotationReader` follows a daemon's log file incrementally (the demo can run for hours)
+and collects the distinct epochs per tunnel. A tunnel's rotation count in the report is the
+number of epochs *both* ends logged: a key one side installed and the other never did is not
+a rotation, it is an outage.
+
+Matching keys. :func:`psk_matches` reads the preshared key of each end with
+``wg show IF preshared-keys`` (kernel or wireguard-go alike) and compares SHA-256 digests in
+constant time. The keys themselves are never printed, logged or kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+__all__ = ["REKEY_EVENT", "RotationReader", "psk_matches", "read_psk_digest"]
+
+REKEY_EVENT = "tunnel_rekeyed"
+_WG_TIMEOUT_S = 5.0
+
+
+class RotationReader:
+    """Follow one daemon's JSON log file; ``poll()`` reads what was appended since last time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.epochs: dict[str, set[int]] = {}
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> dict[str, set[int]]:
+        """Read new complete lines; return tunnel -> epochs seen so far."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.epochs
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()  # an unfinished last line waits for the next poll
+        for line in lines:
+            self._feed(line)
+        return self.epochs
+
+    def _feed(self, line: bytes) -> None:
+        # Non-JSON lines (a traceback, wireguard-go's own output) are simply not events.
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(record, dict) or record.get("event") != REKEY_EVENT:
+            return
+        tunnel, epoch = record.get("tunnel"), record.get("epoch")
+        if isinstance(tunnel, str) and isinstance(epoch, int) and not isinstance(epoch, bool):
+            self.epochs.setdefault(tunnel, set()).add(epoch)
+
+    def rotations(self, tunnel: str) -> set[int]:
+        return self.epochs.get(tunnel, set())
+
+
+async def read_psk_digest(netns: str, interface: str) -> bytes | None:
+    """SHA-256 of the preshared key(s) of ``interface`` in ``netns``; None if there is none
+    (``(none)``, interface missing, wg failed). The key text never leaves this function."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns, "wg", "show", interface, "preshared-keys",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), _WG_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    if proc.returncode != 0:
+        return None
+    # Lines are "<peer public key>\t<psk base64 | (none)>"; the two ends list different peers,
+    # so only the key column is compared.
+    keys = [line.split("\t")[1] for line in out.decode().splitlines() if "\t" in line]
+    if not keys or "(none)" in keys:
+        return None
+    return hashlib.sha256("\n".join(keys).encode()).digest()
+
+
+async def psk_matches(netns_a: str, if_a: str, netns_b: str, if_b: str,
+                      attempts: int = 3) -> bool:
+    """True if both ends hold the same preshared key. A rotation can land between the two
+    reads, so a mismatch is re-read (``attempts`` times, 0.2 s apart) before it counts."""
+    for attempt in range(attempts):
+        a, b = await asyncio.gather(read_psk_digest(netns_a, if_a),
+                                    read_psk_digest(netns_b, if_b))
+        if a is not None and b is not None and hmac.compare_digest(a, b):
+            return True
+        if attempt + 1 < attempts:
+            await asyncio.sleep(0.2)
+    return False
