@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["Namespace", "NetnsLab", "PingRun", "wg_show"]
+__all__ = ["Namespace", "NetnsLab", "PingRun", "netns_lab", "wg_keypair", "wg_show"]
 
 T = TypeVar("T")
 UAPI_DIR = Path("/var/run/wireguard")
@@ -127,6 +127,19 @@ def _lost(out: str, count: int) -> int:
     return count if not m else int(m.group(1)) - int(m.group(2))
 
 
+def wg_keypair() -> tuple[bytes, str]:
+    """A fresh WireGuard key pair: (private key bytes, public key base64)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    key = X25519PrivateKey.generate()
+    private = key.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw, ser.NoEncryption())
+    public = key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+    return private, base64.b64encode(public).decode()
+
+
 def wg_show(ns: Namespace, ifname: str, field_name: str) -> dict[str, str]:
     """``wg show <if> <field>`` as {peer public key: value} (independent of our UAPI code)."""
     out = ns.run("wg", "show", ifname, field_name)
@@ -172,6 +185,12 @@ class NetnsLab:
         return ea, eb
 
     def close(self) -> None:
+        # Delete WireGuard links first: wireguard-go sees its TUN device go and exits at once,
+        # whereas after a namespace deletion it lingers for seconds.
+        for ns in self.namespaces:
+            for name in self.ifnames:
+                subprocess.run(["ip", "-n", ns.name, "link", "del", name],
+                               capture_output=True, check=False)
         for ns in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, check=False)
         self.namespaces.clear()

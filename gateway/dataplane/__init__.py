@@ -15,6 +15,8 @@ from gateway.dataplane.errors import (
     PskNotApplied,
     SpecError,
 )
+from gateway.dataplane.kernel import KernelBackend
+from gateway.dataplane.select import kernel_wireguard_available, select_backend
 from gateway.dataplane.types import (
     BackendPreference,
     PeerStatus,
@@ -32,6 +34,7 @@ __all__ = [
     "DataplaneTimeout",
     "InterfaceConflict",
     "InterfaceNotFound",
+    "KernelBackend",
     "PeerNotFound",
     "PeerStatus",
     "PskNotApplied",
@@ -40,4 +43,6 @@ __all__ = [
     "WgInterfaceSpec",
     "WgPeerSpec",
     "WireGuardBackend",
+    "kernel_wireguard_available",
+    "select_backend",
 ]

@@ -1,0 +1,201 @@
+"""Kernel WireGuard backend: generic netlink (pyroute2 AsyncWireGuard), one peer per request,
+base64 keys; the link itself, addresses and routes over rtnetlink (see links.py).
+
+The host this project is developed on has no WireGuard module, so this backend is exercised in
+the kernel lab (scripts/kernel_lab.sh, tests/vm/).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno as errno_mod
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import structlog
+from pyroute2 import AsyncWireGuard
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSION, wgmsg
+
+from gateway.dataplane.errors import (
+    BackendCallFailed,
+    InterfaceConflict,
+    InterfaceNotFound,
+    PskNotApplied,
+    SpecError,
+)
+from gateway.dataplane.links import Links, netlink_call
+from gateway.dataplane.netlink_wg import parse_device, peer_request, recreate_peer_attrs
+from gateway.dataplane.reconcile import DevicePlan, normalize_spec, plan_device
+from gateway.dataplane.types import (
+    KEY_LEN,
+    DeviceState,
+    PeerState,
+    PeerStatus,
+    WgInterfaceSpec,
+    validate_ifname,
+    validate_public_key,
+)
+from gateway.dataplane.userspace import _require_peers
+from gateway.keymaterial import Secret
+
+__all__ = ["KernelBackend"]
+
+log = structlog.get_logger("gateway.dataplane")
+T = TypeVar("T")
+
+
+class KernelBackend:
+    """WireGuardBackend over generic netlink. ``netns``: a name under /var/run/netns."""
+
+    kind = "kernel"
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._links = Links(netns)
+        self._adopted: set[str] = set()
+
+    @asynccontextmanager
+    async def _wg(self) -> AsyncIterator[Any]:
+        sock = AsyncWireGuard(netns=self.netns) if self.netns else AsyncWireGuard()
+        # pyroute2 logs at ERROR when the family is missing; we raise a typed error instead.
+        sock.module_err_level = "debug"
+        try:
+            await netlink_call("bind the wireguard generic netlink family", sock.setup_endpoint())
+            yield sock
+        finally:
+            sock.close()
+
+    async def _call(self, ifname: str, what: str, call: Awaitable[T]) -> T:
+        try:
+            return await netlink_call(f"{ifname}: {what}", call)
+        except BackendCallFailed as exc:
+            if exc.errno == errno_mod.ENODEV:
+                raise InterfaceNotFound(f"{ifname}: no such WireGuard interface") from None
+            raise
+
+    async def _get(self, ifname: str) -> DeviceState:
+        async with self._wg() as wg:
+
+            async def dump() -> list[Any]:
+                return [msg async for msg in await wg.info(ifname)]
+
+            return parse_device(await self._call(ifname, "read device", dump()))
+
+    async def apply(self, spec: WgInterfaceSpec) -> list[str]:
+        spec = normalize_spec(spec)
+        name = spec.name
+        kind = await self._links.kind(name)
+        if kind is not None and kind != "wireguard":
+            raise InterfaceConflict(
+                f"{name}: a {kind} link of that name exists (wireguard-go's TUN device?);"
+                " delete it, rename the interface, or use the userspace backend"
+            )
+        if spec.adopt:
+            if kind is None:
+                raise InterfaceNotFound(
+                    f"{name}: adopt=true but the interface does not exist; bring it up first"
+                    " (wg-quick up / networkd) or set adopt=false to let the gateway create it"
+                )
+            _require_peers(name, await self._get(name), [p.public_key for p in spec.peers])
+            self._adopted.add(name)
+            return []
+        created = kind is None
+        if created:
+            await self._links.create(name, "wireguard")
+        plan = plan_device(spec, None if created else await self._get(name))
+        await self._write(name, plan)
+        corrections = list(plan.corrections)
+        corrections += await self._links.sync_link(spec, created=created)
+        if created:
+            log.info("wg_interface_created", tunnel=name, backend=self.kind, netns=self.netns)
+        for text in corrections:
+            log.warning("wg_drift_corrected", tunnel=name, backend=self.kind, correction=text)
+        return corrections
+
+    async def _write(self, name: str, plan: DevicePlan) -> None:
+        if plan.empty:
+            return
+        async with self._wg() as wg:
+            if plan.private_key is not None or plan.listen_port is not None:
+                private_b64 = (
+                    base64.b64encode(plan.private_key.reveal()).decode()
+                    if plan.private_key is not None
+                    else None
+                )
+                await self._call(
+                    name,
+                    "set private key / listen port",
+                    wg.set(name, private_key=private_b64, listen_port=plan.listen_port),
+                )
+            for pub in plan.remove_peers:
+                await self._call(
+                    name,
+                    f"remove peer {pub}",
+                    wg.set(name, peer={"public_key": pub, "remove": True}),
+                )
+            for change in plan.peer_changes:
+                await self._call(
+                    name,
+                    f"configure peer {change.spec.public_key}",
+                    wg.set(name, peer=peer_request(change)),
+                )
+
+    async def _peer(self, ifname: str, peer_public_key: str) -> PeerState:
+        pub = validate_public_key(peer_public_key)
+        state = await self._get(validate_ifname(ifname))
+        _require_peers(ifname, state, [pub])
+        return state.peers[pub]
+
+    async def set_psk(self, ifname: str, peer_public_key: str, psk: Secret) -> None:
+        if len(psk) != KEY_LEN:
+            raise SpecError(f"{ifname}: a WireGuard PSK is {KEY_LEN} bytes, got {len(psk)}")
+        pub = validate_public_key(peer_public_key)
+        request = {
+            "public_key": pub,
+            "update_only": True,
+            "preshared_key": base64.b64encode(psk.reveal()).decode(),
+        }
+        async with self._wg() as wg:
+            await self._call(ifname, f"set PSK of peer {pub}", wg.set(ifname, peer=request))
+        peer = await self._peer(ifname, pub)
+        if peer.preshared_key != psk:
+            raise PskNotApplied(
+                f"{ifname}: peer {pub}: the PSK read back differs from the one written;"
+                " the tunnel may be using a stale key (another tool writing PSKs?)"
+            )
+
+    async def get_psk(self, ifname: str, peer_public_key: str) -> Secret | None:
+        return (await self._peer(ifname, peer_public_key)).preshared_key
+
+    async def force_handshake(self, ifname: str, peer_public_key: str) -> None:
+        peer = await self._peer(ifname, peer_public_key)
+        async with self._wg() as wg:
+            # One message holding "remove peer" then "add it back": the kernel applies both under
+            # the device lock, so no packet ever finds the peer missing.
+            msg = wgmsg()
+            msg["attrs"].append(["WGDEVICE_A_IFNAME", ifname])
+            msg["attrs"].append(["WGDEVICE_A_PEERS", recreate_peer_attrs(wg, peer)])
+            msg["cmd"] = WG_CMD_SET_DEVICE
+            msg["version"] = WG_GENL_VERSION
+
+            async def send() -> None:
+                async for _ in await wg.nlm_request(
+                    msg, msg_type=wg.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK
+                ):
+                    pass
+
+            await self._call(ifname, f"re-create peer {peer.public_key}", send())
+
+    async def peer_status(self, ifname: str) -> list[PeerStatus]:
+        state = await self._get(validate_ifname(ifname))
+        return [p.status for p in state.peers.values()]
+
+    async def remove(self, ifname: str) -> None:
+        if ifname in self._adopted:
+            raise InterfaceConflict(
+                f"{ifname}: adopted interfaces belong to the tool that created them; not deleting"
+            )
+        if await self._links.delete(validate_ifname(ifname)):
+            log.info("wg_interface_removed", tunnel=ifname, backend=self.kind)
