@@ -2,21 +2,29 @@
 
 Exit 0 with a short summary of what `run` would set up; exit 2 with every problem on stderr (one
 line each: YAML path, line, what is wrong, how to fix it) and no traceback. Referenced key files,
-certificates and systemd credentials are checked too. The summary names keys by fingerprint and
-path only, never by content.
+certificates and systemd credentials must exist (checked by the loader) and must parse: identity
+keys load, WireGuard keys are 32 bytes, each client key matches its certificate. The summary
+names keys by fingerprint and path only, never by content.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, format_duration, load_config
-from gateway.identity import IdentityError, PeerPublicKeys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-__all__ = ["register", "run", "summary"]
+from gateway.config import ConfigError, GatewayConfig, Problem, format_duration, load_config
+from gateway.config.errors import render_path
+from gateway.config.loader import read_yaml
+from gateway.identity import IdentityError, PeerPublicKeys, SiteIdentity
+
+__all__ = ["key_problems", "register", "run", "summary"]
 
 EXIT_INVALID = 2
 
@@ -73,16 +81,80 @@ def summary(config: GatewayConfig) -> list[str]:
     return lines
 
 
+def _wireguard_key_problem(path: Path) -> str:
+    try:
+        raw = base64.b64decode(path.read_text().strip(), validate=True)
+    except (OSError, ValueError, binascii.Error):
+        raw = b""
+    if len(raw) == 32:
+        return ""
+    return f"{path} is not a WireGuard private key (base64 of 32 bytes)"
+
+
+def _tls_pair_problem(cert_path: Path, key_path: Path) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return f"{cert_path} is not a PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        # The parser's message is not shown: it could quote key material.
+        return f"{key_path} is not an unencrypted PEM private key"
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):
+        return f"{key_path} does not belong to the certificate {cert_path}"
+    return ""
+
+
+def key_problems(config: GatewayConfig, source: Path) -> list[Problem]:
+    """Problems inside the referenced key files (the loader checks only that they exist):
+    identity keys that do not parse, WireGuard keys that are not 32 bytes, client certificates
+    whose key does not match. Messages name files, never their content."""
+    doc = read_yaml(source)
+    found: list[tuple[tuple[str | int, ...], str, str]] = []
+    ident = config.site.identity
+    try:
+        SiteIdentity.load(ident.ed25519_key.path, ident.mldsa65_key.path)
+    except IdentityError as exc:
+        found.append((("site", "identity"), str(exc), "write new keys with `qkd-gateway keygen`"))
+    for i, t in enumerate(config.tunnels):
+        wg = t.wireguard
+        if wg is not None and wg.private_key is not None:
+            reason = _wireguard_key_problem(wg.private_key.path)
+            if reason:
+                found.append((("tunnels", i, "wireguard", "private_key"), reason,
+                              "write one with `wg genkey` or `qkd-gateway keygen --wireguard`"))
+    pairs = [(("kms", i, "client_key"), k.client_cert, k.client_key.path)
+             for i, k in enumerate(config.kms)]
+    mqtt = config.telemetry.mqtt
+    if mqtt is not None and mqtt.client_cert is not None and mqtt.client_key is not None:
+        pairs.append((("telemetry", "mqtt", "client_key"), mqtt.client_cert, mqtt.client_key.path))
+    for loc, cert, key in pairs:
+        reason = _tls_pair_problem(cert, key)
+        if reason:
+            found.append((loc, reason, "use the certificate and key issued together"))
+    problems = [Problem(render_path(loc), doc.line_of(loc), msg, fix) for loc, msg, fix in found]
+    return sorted(problems, key=lambda p: p.line)
+
+
+def _report(path: Path, problems: list[Problem]) -> int:
+    count = len(problems)
+    print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def run(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
         config = load_config(path)
+        deep = key_problems(config, path)
     except ConfigError as exc:
-        count = len(exc.problems)
-        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_INVALID
+        return _report(path, exc.problems)
+    if deep:
+        return _report(path, deep)
     if not args.quiet:
         print(f"{path}: OK")
         for line in summary(config):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.kms.sim.pki import ensure_pki
 from tests.config.sitefiles import BASE, assert_no_secrets, run_cli
 
 pytestmark = pytest.mark.unit
@@ -73,3 +74,32 @@ def test_missing_key_file_is_an_error(
     assert capsys.readouterr().err.splitlines()[1] == (
         f"  site.identity.mldsa65_key.file (line 6): file {site_dir}/keys/alpha/gone.key does "
         "not exist; create it with `qkd-gateway keygen` or fix the path")
+
+
+def test_key_files_that_do_not_parse_or_match(
+    write_config: Write, site_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ensure_pki(site_dir / "pki", saes=["sae-other"])
+    text = (BASE.replace("ed25519_key: {file: keys/alpha/ed25519.key}",
+                         "ed25519_key: {file: keys/alpha/mldsa65.key}")
+            .replace("private_key: {file: keys/alpha/wireguard.key}",
+                     "private_key: {file: keys/alpha/ed25519.key}")
+            .replace("client_key: {file: pki/sae-alpha.key}", "client_key: {file: pki/sae-other.key}"))
+    path = write_config(text)
+    assert run_cli("check-config", str(path)) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    keys = site_dir / "keys/alpha"
+    lines = err.splitlines()
+    assert lines[0] == f"{path}: 3 problems"
+    # The identity module words its own message; only where it is reported is ours.
+    assert lines[1].startswith(f"  site.identity (line 4): {keys}/mldsa65.key ")
+    assert lines[1].endswith("; write new keys with `qkd-gateway keygen`")
+    assert lines[2:] == [
+        f"  kms[0].client_key (line 14): {site_dir}/pki/sae-other.key does not belong to the "
+        f"certificate {site_dir}/pki/sae-alpha.crt; use the certificate and key issued together",
+        f"  tunnels[0].wireguard.private_key (line 29): {keys}/ed25519.key is not a WireGuard "
+        "private key (base64 of 32 bytes); write one with `wg genkey` or "
+        "`qkd-gateway keygen --wireguard`",
+    ]
+    assert_no_secrets(err, [site_dir])
