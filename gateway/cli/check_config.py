@@ -125,8 +125,10 @@ def key_problems(config: GatewayConfig, source: Path) -> list[Problem]:
             if reason:
                 found.append((("tunnels", i, "wireguard", "private_key"), reason,
                               "write one with `wg genkey` or `qkd-gateway keygen --wireguard`"))
-    pairs = [(("kms", i, "client_key"), k.client_cert, k.client_key.path)
-             for i, k in enumerate(config.kms)]
+    pairs: list[tuple[tuple[str | int, ...], Path, Path]] = [
+        (("kms", i, "client_key"), k.client_cert, k.client_key.path)
+        for i, k in enumerate(config.kms)
+    ]
     mqtt = config.telemetry.mqtt
     if mqtt is not None and mqtt.client_cert is not None and mqtt.client_key is not None:
         pairs.append((("telemetry", "mqtt", "client_key"), mqtt.client_cert, mqtt.client_key.path))
