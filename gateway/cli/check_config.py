@@ -19,7 +19,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.config import ConfigError, GatewayConfig, Problem, format_duration, load_config
+from gateway.config import (
+    ConfigError,
+    Endpoint,
+    GatewayConfig,
+    Problem,
+    format_duration,
+    load_config,
+)
 from gateway.config.errors import render_path
 from gateway.config.loader import read_yaml
 from gateway.identity import IdentityError, PeerPublicKeys, SiteIdentity
@@ -51,10 +58,9 @@ def _fingerprint(ed25519: bytes, mldsa65: bytes) -> str:
 def summary(config: GatewayConfig) -> list[str]:
     """Human-readable lines describing what the gateway would set up."""
     s = config.site
-    lines = [
-        f"site {s.name}: SAE {s.sae_id}, peer protocol on "
-        f"{config.listen.address}:{config.listen.port}, state in {config.state_dir}",
-    ]
+    listen = Endpoint(str(config.listen.address), config.listen.port)
+    lines = [f"site {s.name}: SAE {s.sae_id}, peer protocol on {listen}, "
+             f"state in {config.state_dir}"]
     for k in config.kms:
         kme = f" KME {k.kme_id}" if k.kme_id else ""
         lines.append(f"kms {k.name}: {k.kind} {k.url}{kme}, pool {k.pool.target} "

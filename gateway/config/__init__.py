@@ -26,7 +26,7 @@ from gateway.config.models import (
     Site,
     Telemetry,
 )
-from gateway.config.sources import SecretSource
+from gateway.config.sources import GeneratedKey, SecretSource
 from gateway.config.tunnels import EspLifetime, Policy, Tunnel, WireGuardSettings, XfrmSettings
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Endpoint",
     "EspLifetime",
     "GatewayConfig",
+    "GeneratedKey",
     "Identity",
     "Kms",
     "KmsPool",

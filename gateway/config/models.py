@@ -28,7 +28,7 @@ from gateway.config.fields import (
     fail,
     show,
 )
-from gateway.config.sources import SecretSource
+from gateway.config.sources import GeneratedKey, SecretSource
 from gateway.config.tunnels import Tunnel
 
 __all__ = [
@@ -82,8 +82,8 @@ MqttUrl = Annotated[str, _url(("mqtt", "mqtts"), "mqtts://broker.example:8883")]
 class Identity(_Strict):
     """This site's private keys, as written by ``qkd-gateway keygen``."""
 
-    ed25519_key: SecretSource
-    mldsa65_key: SecretSource
+    ed25519_key: GeneratedKey
+    mldsa65_key: GeneratedKey
 
 
 class Site(_Strict):

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationInfo, model_validator
 
 from gateway.config.fields import check_readable, fail, resolve_path
 
-__all__ = ["SecretSource"]
+__all__ = ["GeneratedKey", "SecretSource"]
 
 _FIX = "put the key in a file and write {file: PATH}, or use {credential: NAME} under systemd"
 
@@ -34,6 +34,7 @@ class SecretSource(BaseModel):
     file: Path | None = None
     credential: str | None = None
     _path: Path = PrivateAttr(default=Path())
+    _missing_fix: ClassVar[str] = "check the path (relative paths start at this file's folder)"
 
     @property
     def path(self) -> Path:
@@ -75,8 +76,7 @@ class SecretSource(BaseModel):
             path = Path(creds) / self.credential
         reason = check_readable(path)
         if reason:
-            raise fail("file", reason,
-                       "create it with `qkd-gateway keygen` or fix the path", field)
+            raise fail("file", reason, self._missing_fix, field)
         if field == "file":
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:
@@ -86,6 +86,15 @@ class SecretSource(BaseModel):
                            f"run chmod 600 {path}", field)
         self._path = path
         return self
+
+
+class GeneratedKey(SecretSource):
+    """A private key that `qkd-gateway keygen` writes (identity or WireGuard)."""
+
+    _missing_fix: ClassVar[str] = (
+        "write it with `qkd-gateway keygen` (add --wireguard for a WireGuard key), or fix the "
+        "path (relative paths start at this file's folder)"
+    )
 
 
 def credentials_dir(environ: dict[str, str] | None = None) -> str:

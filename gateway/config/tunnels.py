@@ -24,7 +24,7 @@ from gateway.config.fields import (
     WireGuardPublicKey,
     fail,
 )
-from gateway.config.sources import SecretSource
+from gateway.config.sources import GeneratedKey
 
 __all__ = ["EspLifetime", "Policy", "Tunnel", "WireGuardSettings", "XfrmSettings"]
 
@@ -47,7 +47,7 @@ class WireGuardSettings(_Strict):
 
     backend: Literal["auto", "kernel", "userspace"] = "auto"
     adopt: bool = False
-    private_key: SecretSource | None = None
+    private_key: GeneratedKey | None = None
     listen_port: Port | None = None
     address: Interface | None = None
     peer_public_key: WireGuardPublicKey

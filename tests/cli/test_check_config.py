@@ -73,7 +73,8 @@ def test_missing_key_file_is_an_error(
     assert run_cli("check-config", str(path)) == 2
     assert capsys.readouterr().err.splitlines()[1] == (
         f"  site.identity.mldsa65_key.file (line 6): file {site_dir}/keys/alpha/gone.key does "
-        "not exist; create it with `qkd-gateway keygen` or fix the path")
+        "not exist; write it with `qkd-gateway keygen` (add --wireguard for a WireGuard key), or "
+        "fix the path (relative paths start at this file's folder)")
 
 
 def test_key_files_that_do_not_parse_or_match(
