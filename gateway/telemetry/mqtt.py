@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
@@ -71,6 +72,7 @@ class MqttSettings:
         port: broker port (1883 plain, 8883 TLS by convention).
         topic_prefix: first topic level(s), ``/``-separated, no wildcards.
         client_id: MQTT client id; ``qkd-gateway-<site>`` when ``None``.
+        use_tls: TLS with the system CA store (implied by ``tls_ca`` or a client certificate).
         tls_ca: CA bundle to verify the broker; setting it (or a client cert) enables TLS.
         tls_cert / tls_key: client certificate and key for mutual TLS (both or neither).
         keepalive_s: MQTT keepalive; a silent broker is detected after ~1.5x this.
@@ -86,6 +88,7 @@ class MqttSettings:
     port: int = 1883
     topic_prefix: str = "qkd-gateway"
     client_id: str | None = None
+    use_tls: bool = False
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -127,7 +130,35 @@ class MqttSettings:
 
     @property
     def tls(self) -> bool:
-        return self.tls_ca is not None or self.tls_cert is not None
+        return self.use_tls or self.tls_ca is not None or self.tls_cert is not None
+
+    @classmethod
+    def from_url(cls, url: str, site: str, **options: Any) -> MqttSettings:
+        """Settings from the configuration's ``mqtt://host[:port]`` / ``mqtts://host[:port]``.
+
+        The port defaults to 1883 (``mqtt``) or 8883 (``mqtts``); ``options`` are the other
+        fields (``topic_prefix``, ``tls_ca``, ``tls_cert``, ``tls_key``, ``keepalive_s``...).
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise TelemetrySettingsError(
+                f"mqtt.url {url!r} must look like mqtt://host[:port] or mqtts://host[:port]"
+            )
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise TelemetrySettingsError(f"mqtt.url {url!r}: {exc}") from None
+        tls = parts.scheme == "mqtts"
+        default_port = 8883 if tls else 1883
+        keepalive = options.pop("keepalive_s", cls.keepalive_s)
+        return cls(
+            host=parts.hostname,
+            site=site,
+            port=default_port if port is None else port,
+            use_tls=tls,
+            keepalive_s=max(5, round(keepalive)),
+            **options,
+        )
 
     def topic(self, *levels: str) -> str:
         return "/".join((self.topic_prefix, self.site, *levels))

@@ -275,3 +275,21 @@ def test_event_names_must_be_snake_case() -> None:
             pub.publish_event(bad)
     with pytest.raises(ValueError, match="alarm name"):
         pub.set_alarm("kms+down", True)
+
+
+@pytest.mark.unit
+def test_settings_from_configuration_url(tmp_path: Path) -> None:
+    plain = MqttSettings.from_url("mqtt://broker.example", "site-a", keepalive_s=60.0)
+    assert (plain.host, plain.port, plain.tls, plain.keepalive_s) == (
+        "broker.example",
+        1883,
+        False,
+        60,
+    )
+    secure = MqttSettings.from_url("mqtts://[::1]:8884", "site-a", topic_prefix="ops/qkd")
+    assert (secure.host, secure.port, secure.tls) == ("::1", 8884, True)
+    assert secure.topic("status") == "ops/qkd/site-a/status"
+    assert MqttSettings.from_url("mqtts://b", "s").port == 8883
+    for bad in ("http://b", "mqtt://", "mqtt://b:99999"):
+        with pytest.raises(TelemetrySettingsError, match=r"mqtt\.url"):
+            MqttSettings.from_url(bad, "s")
