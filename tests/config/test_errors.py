@@ -131,6 +131,11 @@ def test_unbracketed_ipv6_endpoint_in_flow_syntax_is_a_yaml_error(write_config: 
         pytest.param("    kme_id: kme-a\n", "",
                      "kms[0].kme_id (line 8): required for kind: etsi014 (the KME ID is "
                      "checked against the KME's certificate); add kme_id: ID", id="kme-id"),
+        pytest.param("client_key: {file: pki/sae-alpha.key}",
+                     "client_key: {file: pki/sae-alpha.key, credential: k}",
+                     "kms[0].client_key (line 14): give exactly one of 'file' or 'credential'; "
+                     "put the key in a file and write {file: PATH}, or use {credential: NAME} "
+                     "under systemd", id="secret-source-both"),
         pytest.param("    kind: wireguard\n", "    kind: wireguard\n    kind: xfrm\n",
                      "tunnels[0].kind (line 25): key 'kind' appears twice (first on line 24); "
                      "remove one of them", id="duplicate-key"),
