@@ -20,11 +20,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from gateway.protocol.constants import DEFAULT_PORT, MAX_FRAME, MAX_PENDING_UNAUTHENTICATED
-from gateway.protocol.events import Action, Close, Event, Output
+from gateway.protocol.events import Action, Close, Event, Output, SessionUp
 from gateway.protocol.machine import Node
 
 __all__ = ["Endpoint", "PeerAddress"]
+
+log = structlog.get_logger("gateway.protocol")
 
 _READ_CHUNK = MAX_FRAME
 _WRITE_LIMIT = 8 * MAX_FRAME
@@ -101,6 +105,8 @@ class Endpoint:
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._closing or self.node.pending_connections() >= self._max_pending:
             self.rejected += 1
+            log.warning("connection_refused", remote=_peername(writer),
+                        reason="too many unauthenticated connections")
             writer.close()
             return
         conn = next(self._ids)
@@ -156,10 +162,18 @@ class Endpoint:
                 self._close(s.conn)
         for a in out.actions:
             if isinstance(a, Close):
+                log.info("connection_closed", conn=a.conn, reason=a.reason)
                 self._close(a.conn)
+            elif isinstance(a, SessionUp):
+                log.info("session_up", peer=a.peer, conn=a.conn, initiator=a.initiator)
             self._on_action(a)
 
     def _close(self, conn: int) -> None:
         w = self._writers.pop(conn, None)
         if w is not None:
             w.close()
+
+
+def _peername(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"

@@ -16,9 +16,25 @@ from gateway.identity import SiteIdentity
 from gateway.keymaterial import Secret
 from gateway.kms.types import QKDKey
 from gateway.protocol import (
-    Action, Activate, AllocateSpi, Event, FetchQkdKeys, InstallKeys, Installed, KeysFetched,
-    KeysFetchFailed, KeysTaken, KeysTakeFailed, Node, Output, PeerConfig, SpiAllocated,
-    TakeQkdKeys, Timers, TunnelKeys, TunnelPolicy,
+    Action,
+    Activate,
+    AllocateSpi,
+    Event,
+    FetchQkdKeys,
+    Installed,
+    InstallKeys,
+    KeysFetched,
+    KeysFetchFailed,
+    KeysTakeFailed,
+    KeysTaken,
+    Node,
+    Output,
+    PeerConfig,
+    SpiAllocated,
+    TakeQkdKeys,
+    Timers,
+    TunnelKeys,
+    TunnelPolicy,
 )
 
 

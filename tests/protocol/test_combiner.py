@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 from gateway.keymaterial import Secret
 from gateway.protocol import labels
 from gateway.protocol.combiner import (
-    CombinerSecrets, QkdSlot, RekeyTranscript, SessionKeys, combine, confirm_mac,
+    CombinerSecrets,
+    QkdSlot,
+    RekeyTranscript,
+    SessionKeys,
+    combine,
+    confirm_mac,
 )
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.policy import Kind, Mode
@@ -95,6 +100,7 @@ def _bump(b: bytes) -> bytes:
 
 def _mutations(s: CombinerSecrets, t: RekeyTranscript) -> list[tuple[str, CombinerSecrets,
                                                                      RekeyTranscript]]:
+    assert s.mlkem_ss is not None
     out = [("mlkem_ss", dataclasses.replace(s, mlkem_ss=Secret(_bump(s.mlkem_ss.reveal()))), t)]
     out.append(("x25519_ss", dataclasses.replace(s, x25519_ss=Secret(_bump(s.x25519_ss.reveal()))),
                 t))
@@ -123,7 +129,7 @@ def _mutations(s: CombinerSecrets, t: RekeyTranscript) -> list[tuple[str, Combin
             nv = v ^ 1
         else:
             nv = v + "x"
-        out.append((f.name, s, dataclasses.replace(t, **{f.name: nv})))
+        out.append((f.name, s, dataclasses.replace(t, **{f.name: nv})))  # type: ignore[arg-type]
     return out
 
 

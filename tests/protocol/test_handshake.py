@@ -29,6 +29,11 @@ def _flip(b: bytes) -> bytes:
     return bytes([b[0] ^ 0x80]) + b[1:]
 
 
+def _keep(store: list[bytes], d: bytes) -> bytes:
+    store.append(d)
+    return d
+
+
 @pytest.mark.unit
 def test_handshake_establishes_and_keys_follow(ids: Ids) -> None:
     a, b = make_pair(POL, ids=ids)
@@ -108,7 +113,7 @@ def test_unknown_peer_is_cut_off_without_affecting_the_others(ids: Ids) -> None:
 
 @pytest.mark.unit
 def test_impostor_with_a_known_sae_id_but_wrong_keys_fails(ids: Ids) -> None:
-    a, b = make_pair(POL, ids=ids)
+    _a, b = make_pair(POL, ids=ids)
     impostor, _ = make_pair(POL, ids=(SiteIdentity.generate(), ids[1]))
     w = Wire(impostor, b)
     w.open()
@@ -140,7 +145,7 @@ def test_replayed_record_ends_the_session_and_changes_nothing_else(ids: Ids) -> 
 def test_replayed_handshake_cannot_establish_a_session(ids: Ids) -> None:
     a, b = make_pair(POL, ids=ids)
     seen: list[bytes] = []
-    w = Wire(a, b, tamper=lambda side, d: (seen.append(d), d)[1] if side == "a" else d)
+    w = Wire(a, b, tamper=lambda side, d: _keep(seen, d) if side == "a" else d)
     w.open()
     hello = next(d for d in seen if d[1] == FrameType.HELLO)
     finish = next(d for d in seen if d[1] == FrameType.FINISH)
@@ -169,15 +174,18 @@ def test_man_in_the_middle_lowering_a_mode_breaks_the_signature(ids: Ids) -> Non
 MODES = list(Mode)
 
 
+def _kms(m: Mode) -> tuple[str, ...]:
+    return () if m is Mode.PQC else ("kms1",)
+
+
 @pytest.mark.fuzz
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from(MODES), st.sampled_from(MODES))
 def test_a_mode_mismatch_never_yields_keys(ids: Ids, ma: Mode, mb: Mode) -> None:
     if ma is mb:
         return
-    kms = lambda m: () if m is Mode.PQC else ("kms1",)  # noqa: E731
-    a, b = make_pair([TunnelPolicy("t1", ma, kms(ma))], ids=ids,
-                     b_policies=[TunnelPolicy("t1", mb, kms(mb))])
+    a, b = make_pair([TunnelPolicy("t1", ma, _kms(ma))], ids=ids,
+                     b_policies=[TunnelPolicy("t1", mb, _kms(mb))])
     w = Wire(a, b)
     w.open()
     for t in (0.5, 1.0, 2.0, 3.5):

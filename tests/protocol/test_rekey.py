@@ -9,7 +9,15 @@ import pytest
 
 from gateway.identity import SiteIdentity
 from gateway.protocol import (
-    Activate, Alarm, Expire, FetchQkdKeys, InstallKeys, Kind, Mode, Retire, TakeQkdKeys,
+    Activate,
+    Alarm,
+    Expire,
+    FetchQkdKeys,
+    InstallKeys,
+    Kind,
+    Mode,
+    Retire,
+    TakeQkdKeys,
     TunnelPolicy,
 )
 from tests.protocol.harness import FAST, KeyLink, Site, Wire, make_pair

@@ -1,0 +1,257 @@
+"""Two endpoints over real loopback TCP: handshake, rekeys with real QKD keys, hostile clients.
+
+The multipath test fetches QKD keys over ETSI GS QKD 014 with mutual TLS from two independent
+simulated KME networks (gateway.kms.sim), one per KMS path, so no single network holds the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from gateway.identity import SiteIdentity
+from gateway.kms import Etsi014Client, KmsError, RetryPolicy
+from gateway.kms.sim import KmeNetwork
+from gateway.protocol import (
+    Action,
+    Activate,
+    AllocateSpi,
+    Endpoint,
+    FetchQkdKeys,
+    Installed,
+    InstallKeys,
+    KeysFetched,
+    KeysFetchFailed,
+    KeysTakeFailed,
+    KeysTaken,
+    Kind,
+    Mode,
+    Node,
+    PeerAddress,
+    PeerConfig,
+    SpiAllocated,
+    TakeQkdKeys,
+    Timers,
+    TunnelKeys,
+    TunnelPolicy,
+)
+from gateway.protocol.messages import FrameType
+from gateway.protocol.wire import encode_frame
+from tests.protocol.harness import KeyLink, Site
+
+pytestmark = pytest.mark.unit
+LOOP = "127.0.0.1"
+TIMERS = Timers(handshake_timeout=0.6, rekey_after=0.4, rekey_after_backup=0.6, reject_after=3.0,
+                rekey_timeout=2.0, retry_base=0.05, retry_cap=0.3, keepalive_interval=0.3,
+                dead_after=2.0, retire_grace=0.3)
+Ids = tuple[SiteIdentity, SiteIdentity]
+
+
+class EtsiDaemon:
+    """Performs the core's actions for real: ETSI 014 calls to the site's KMEs, SPI counter."""
+
+    def __init__(self, clients: dict[str, Etsi014Client]) -> None:
+        self.clients = clients
+        self.endpoint: Endpoint | None = None
+        self.installed: dict[tuple[str, int], TunnelKeys] = {}
+        self.active: dict[str, int] = {}
+        self.spi = 0x5000
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_action(self, a: Action) -> None:
+        if isinstance(a, TakeQkdKeys | FetchQkdKeys):
+            task = asyncio.get_running_loop().create_task(self._kms(a))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif isinstance(a, AllocateSpi):
+            self.spi += 1
+            self._feed(SpiAllocated(a.tunnel, a.epoch, self.spi))
+        elif isinstance(a, InstallKeys):
+            self.installed[(a.tunnel, a.epoch)] = a.keys
+            self._feed(Installed(a.tunnel, a.epoch))
+        elif isinstance(a, Activate):
+            assert a.epoch > self.active.get(a.tunnel, 0)
+            self.active[a.tunnel] = a.epoch
+
+    def _feed(self, ev: Any) -> None:
+        assert self.endpoint is not None
+        asyncio.get_running_loop().call_soon(self.endpoint.handle, ev)
+
+    async def _kms(self, a: TakeQkdKeys | FetchQkdKeys) -> None:
+        client = self.clients[a.kms]
+        try:
+            if isinstance(a, TakeQkdKeys):
+                keys = await client.get_keys(a.slave_sae_id, a.n, 256)
+                self._feed(KeysTaken(a.tunnel, a.epoch, a.kms, tuple(keys)))
+            else:
+                keys = await client.get_keys_by_id(a.master_sae_id, a.key_ids)
+                self._feed(KeysFetched(a.tunnel, a.epoch, a.kms, tuple(keys)))
+        except KmsError as exc:
+            fail = KeysTakeFailed if isinstance(a, TakeQkdKeys) else KeysFetchFailed
+            self._feed(fail(a.tunnel, a.epoch, a.kms, type(exc).__name__))
+
+
+async def _cut(reader: asyncio.StreamReader, timeout: float) -> None:
+    """Wait until the server closes the connection (EOF, or RST when it left our bytes unread)."""
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(100), timeout) == b""
+
+
+async def _until(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def _nodes(ids: Ids, pols: list[TunnelPolicy]) -> tuple[Node, Node]:
+    a = Node(ids[0], "SAE_A", {"b": PeerConfig("SAE_B", ids[1].public(), tuple(pols))},
+             timers=TIMERS)
+    b = Node(ids[1], "SAE_B", {"a": PeerConfig("SAE_A", ids[0].public(), tuple(pols))},
+             timers=TIMERS)
+    return a, b
+
+
+async def test_multipath_rekeys_over_tcp_with_etsi014_kmes(ids: Ids, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    pols = [TunnelPolicy("wg0", Mode.QKD_PQC, ("path1", "path2")),
+            TunnelPolicy("esp0", Mode.QKD_PQC, ("path1",), Kind.ESP)]
+    nets = [KmeNetwork(tmp_path / f"pki{i}", kmes={f"KME_A{i}": (LOOP, 0), f"KME_B{i}": (LOOP, 0)},
+                       links=[(f"KME_A{i}", f"KME_B{i}")],
+                       saes={"SAE_A": f"KME_A{i}", "SAE_B": f"KME_B{i}"}) for i in (1, 2)]
+    retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+
+    def client(net: KmeNetwork, i: int, side: str) -> Etsi014Client:
+        kme, sae = f"KME_{side}{i}", f"SAE_{side}"
+        return Etsi014Client(name=f"path{i}", url=net.url(kme), kme_id=kme,
+                             ca_file=net.pki.ca_cert, cert_file=net.pki.sae_cert(sae),
+                             key_file=net.pki.sae_key(sae), timeout=2.0, retry=retry)
+
+    node_a, node_b = _nodes(ids, pols)
+    with structlog.testing.capture_logs() as logs:
+        async with contextlib.AsyncExitStack() as stack:
+            for net in nets:
+                await stack.enter_async_context(net)
+            da = EtsiDaemon({f"path{i}": client(n, i, "A") for i, n in enumerate(nets, 1)})
+            db = EtsiDaemon({f"path{i}": client(n, i, "B") for i, n in enumerate(nets, 1)})
+            for d in (da, db):
+                for c in d.clients.values():
+                    stack.push_async_callback(c.aclose)
+            ea, eb = Endpoint(node_a, da.on_action), Endpoint(node_b, db.on_action)
+            da.endpoint, db.endpoint = ea, eb
+            stack.push_async_callback(ea.aclose)
+            stack.push_async_callback(eb.aclose)
+            port = await eb.listen(LOOP, 0)
+            ea.dial(PeerAddress("b", LOOP, port))
+            await _until(lambda: min(da.active.get("wg0", 0), da.active.get("esp0", 0),
+                                     db.active.get("wg0", 0), db.active.get("esp0", 0)) >= 4, 20)
+            stock = [nets[0].link_stock("KME_A1", "KME_B1"), nets[1].link_stock("KME_A2", "KME_B2")]
+    for tunnel, n_paths in (("wg0", 2), ("esp0", 1)):
+        for epoch in range(1, 5):
+            ka, kb = da.installed[(tunnel, epoch)], db.installed[(tunnel, epoch)]
+            assert ka.wg_psk == kb.wg_psk and ka.esp_out == kb.esp_in and ka.esp_in == kb.esp_out
+            assert len(ka.key_ids) == n_paths
+    assert stock[0] < 1000 and stock[1] < 1000  # keys really came out of both networks
+    secrets = [k.reveal() for v in da.installed.values() for k in (v.wg_psk, v.esp_in, v.esp_out)]
+    text = repr(logs) + capsys.readouterr().out + capsys.readouterr().err
+    for s in secrets:
+        assert s.hex() not in text and base64.b64encode(s).decode() not in text
+    assert any(e["event"] == "session_up" for e in logs)
+
+
+async def _serve_pair(ids: Ids, stack: contextlib.AsyncExitStack, **kw: Any
+                      ) -> tuple[Site, Site, Endpoint, Endpoint, int]:
+    pols = [TunnelPolicy("t", Mode.QKD_PQC, ("k1",))]
+    node_a, node_b = _nodes(ids, pols)
+    links = {"k1": KeyLink("k1")}
+    sa, sb = Site(node_a, links), Site(node_b, links)
+    loop = asyncio.get_running_loop()
+    ea = Endpoint(node_a, lambda a: _perform(loop, sa, ea, a))
+    eb = Endpoint(node_b, lambda a: _perform(loop, sb, eb, a), **kw)
+    stack.push_async_callback(ea.aclose)
+    stack.push_async_callback(eb.aclose)
+    port = await eb.listen(LOOP, 0)
+    return sa, sb, ea, eb, port
+
+
+def _perform(loop: asyncio.AbstractEventLoop, site: Site, ep: Endpoint, a: Action) -> None:
+    ev = site.perform(a)
+    if ev is not None:
+        loop.call_soon(ep.handle, ev)
+
+
+async def test_silent_and_trickling_peers_are_cut_by_the_handshake_timeout(ids: Ids) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        _, _, _, eb, port = await _serve_pair(ids, stack)
+        _, w_silent = await asyncio.open_connection(LOOP, port)
+        r_trickle, w_trickle = await asyncio.open_connection(LOOP, port)
+        r_silent = _
+        t0 = time.monotonic()
+
+        async def trickle() -> None:
+            hello_start = encode_frame(FrameType.HELLO, b"\x00" * 2000)
+            for byte in hello_start:
+                w_trickle.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(trickle())
+        await _cut(r_silent, 3.0)
+        silent_cut = time.monotonic() - t0
+        await _cut(r_trickle, 3.0)
+        trickle_cut = time.monotonic() - t0
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task
+        w_silent.close()
+        w_trickle.close()
+        assert TIMERS.handshake_timeout <= silent_cut < TIMERS.handshake_timeout + 0.5
+        assert TIMERS.handshake_timeout <= trickle_cut < TIMERS.handshake_timeout + 0.5
+        assert eb.node.pending_connections() == 0
+
+
+async def test_pending_connection_limit(ids: Ids) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        _, _, _, eb, port = await _serve_pair(ids, stack, max_pending=4)
+        conns = [await asyncio.open_connection(LOOP, port) for _ in range(10)]
+        await _until(lambda: eb.rejected == 6, 2.0)
+        assert eb.node.pending_connections() == 4
+        for _, w in conns:
+            w.close()
+
+
+async def test_rotation_continues_while_a_client_sends_garbage(ids: Ids) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        sa, sb, ea, eb, port = await _serve_pair(ids, stack)
+        ea.dial(PeerAddress("b", LOOP, port))
+        await _until(lambda: sb.active.get("t", 0) >= 1, 5.0)
+        start = sb.active["t"]
+        attacks = [
+            b"GET / HTTP/1.1\r\n\r\n",  # garbage: foreign version byte
+            encode_frame(FrameType.HELLO, b"\x00\x01\x00"),  # truncated hello
+            bytes([1, 1, 0xFF, 0xFF]) + b"x" * 100,  # oversized frame header
+            encode_frame(FrameType.RECORD, b"\x00" * 40),  # a record before any handshake
+            encode_frame(FrameType.FINISH, b"\x00" * 10),  # finish before hello
+        ]
+        closed_after: list[float] = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for data in attacks:
+                r, w = await asyncio.open_connection(LOOP, port)
+                t0 = time.monotonic()
+                w.write(data)
+                await _cut(r, 2.0)
+                closed_after.append(time.monotonic() - t0)
+                w.close()
+        assert max(closed_after) < 0.3  # malformed input is cut at once, not at a timeout
+        assert sb.active["t"] >= start + 3  # the good peer kept rotating meanwhile
+        assert sa.keys("t").wg_psk == sb.keys("t").wg_psk
+        assert eb.node.session_conn("a") is not None
