@@ -94,7 +94,9 @@ class KmeHttp:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise _tag(KmsConnectionError(f"kms {self.name!r}: client is closed"), False)
+            # Not a KmsConnectionError: retrying a closed client can never succeed.
+            raise _tag(KmsError(f"kms {self.name!r}: client is closed (aclose() was called)"),
+                       False)
         if self._session is None:
             connector = KmeCheckingConnector(
                 kme_id=self.kme_id, kms_name=self.name, ssl=self._ssl,

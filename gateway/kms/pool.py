@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.kms.errors import KeyPoolClosed, KeyPoolTimeout, KmsError
+from gateway.kms.errors import KeyPoolClosed, KeyPoolTimeout
 from gateway.kms.retry import RetryPolicy, backoff_delay
 from gateway.kms.types import KeySource, QKDKey
 from gateway.kms.wire import STOCK_UNKNOWN
@@ -76,6 +76,8 @@ class KeyPool:
                              f"({high_water})")
         if batch < 1:
             raise ValueError("key pool batch must be >= 1")
+        if size_bits <= 0 or size_bits % 8:
+            raise ValueError(f"key pool size_bits {size_bits} must be a positive multiple of 8")
         self._source = source
         self._slave = slave_sae_id
         self._size_bits = size_bits
@@ -139,6 +141,8 @@ class KeyPool:
             raise ValueError(f"take(n={n}): n must be between 1 and high_water ({self._high})")
         if self._closed:
             raise KeyPoolClosed(f"key pool {self._source.name}->{self._slave} is closed")
+        if not self._tasks:
+            await self.start()  # a pool used without start() still fills instead of timing out
         try:
             async with asyncio.timeout(timeout), self._changed:
                 while len(self._keys) < n:
@@ -198,7 +202,9 @@ class KeyPool:
                            self._max_per_request or self._batch)
                 try:
                     keys = await self._source.get_keys(self._slave, want, self._size_bits)
-                except KmsError as exc:
+                except Exception as exc:
+                    # Any failure (a KmsError, or a bug in a KeySource) must not kill the
+                    # refill task silently: record it, back off, try again.
                     failures_in_row += 1
                     self._failures += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -220,6 +226,6 @@ class KeyPool:
         while not self._closed:
             try:
                 await self.poll_status()
-            except KmsError as exc:
+            except Exception as exc:
                 self._log.warning("kms_pool_status_failed", error=type(exc).__name__)
             await asyncio.sleep(self._status_interval)

@@ -93,7 +93,7 @@ async def test_one_kept_alive_connection(kme: MiniKme) -> None:
         peers.add(request.transport.get_extra_info("peername"))
         return None
 
-    kme.override = note_peer  # type: ignore[assignment]
+    kme.override = note_peer
     async with client_for(kme.pki, kme.url) as client:
         for _ in range(10):
             await client.get_keys(SAE_B, 1, 256)
@@ -121,3 +121,13 @@ async def test_argument_errors_say_what_to_do(kme: MiniKme) -> None:
     with pytest.raises(ValueError, match="https://"):
         Etsi014Client(name="x", url="http://127.0.0.1:1", kme_id=KME_A, ca_file=kme.pki.ca_cert,
                       cert_file=kme.pki.sae_cert(SAE_A), key_file=kme.pki.sae_key(SAE_A))
+
+
+async def test_closed_client_fails_at_once_without_retrying(kme: MiniKme) -> None:
+    client = client_for(kme.pki, kme.url)
+    await client.get_keys(SAE_B)
+    await client.aclose()
+    await client.aclose()  # idempotent
+    with pytest.raises(KmsError, match="closed"):
+        await client.get_keys(SAE_B)
+    assert len(kme.requests) == 1

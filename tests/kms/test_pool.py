@@ -45,8 +45,8 @@ def enc_requests(kme: MiniKme) -> int:
     return sum(1 for _, path in kme.requests if path.endswith("/enc_keys"))
 
 
-async def test_fills_ahead_and_take_does_not_wait_on_http(kme: MiniKme, client: object) -> None:
-    async with KeyPool(client, SAE_B, 256, low_water=8, high_water=32,  # type: ignore[arg-type]
+async def test_fills_ahead_and_take_does_not_wait_on_http(kme: MiniKme, client: Etsi014Client) -> None:
+    async with KeyPool(client, SAE_B, 256, low_water=8, high_water=32,
                        batch=16, status_interval=None) as pool:
         await wait_for(lambda: pool.size == 32)
         assert enc_requests(kme) == 2  # two batches of 16
@@ -61,8 +61,8 @@ async def test_fills_ahead_and_take_does_not_wait_on_http(kme: MiniKme, client: 
     assert pool.stats().handed_out == 20
 
 
-async def test_refill_starts_below_low_water(kme: MiniKme, client: object) -> None:
-    async with KeyPool(client, SAE_B, 256, low_water=8, high_water=16,  # type: ignore[arg-type]
+async def test_refill_starts_below_low_water(kme: MiniKme, client: Etsi014Client) -> None:
+    async with KeyPool(client, SAE_B, 256, low_water=8, high_water=16,
                        batch=16, status_interval=None) as pool:
         await wait_for(lambda: pool.size == 16)
         await pool.take(8)  # 8 left: not below low water, no refill
@@ -73,8 +73,8 @@ async def test_refill_starts_below_low_water(kme: MiniKme, client: object) -> No
         assert enc_requests(kme) == 2 and kme.bodies[-1] == {"number": 9, "size": 256}
 
 
-async def test_each_key_handed_out_exactly_once(kme: MiniKme, client: object) -> None:
-    async with KeyPool(client, SAE_B, 128, low_water=4, high_water=12,  # type: ignore[arg-type]
+async def test_each_key_handed_out_exactly_once(kme: MiniKme, client: Etsi014Client) -> None:
+    async with KeyPool(client, SAE_B, 128, low_water=4, high_water=12,
                        batch=5, status_interval=None) as pool:
         results = await asyncio.gather(*(pool.take(3, timeout=5.0) for _ in range(40)))
         stats = pool.stats()
@@ -85,12 +85,12 @@ async def test_each_key_handed_out_exactly_once(kme: MiniKme, client: object) ->
     assert max(b["number"] for b in kme.bodies if b) <= 5  # batches never exceed `batch`
 
 
-async def test_timeout_names_the_kms_error_and_backs_off(kme: MiniKme, client: object) -> None:
+async def test_timeout_names_the_kms_error_and_backs_off(kme: MiniKme, client: Etsi014Client) -> None:
     async def out_of_keys(request: web.Request) -> web.StreamResponse:
         return web.json_response({"message": "Error on server side"}, status=503)
-    kme.override = out_of_keys  # type: ignore[assignment]
+    kme.override = out_of_keys
     with structlog.testing.capture_logs() as logs:
-        async with KeyPool(client, SAE_B, 256, low_water=2, high_water=8,  # type: ignore[arg-type]
+        async with KeyPool(client, SAE_B, 256, low_water=2, high_water=8,
                            status_interval=None, backoff=QUICK_BACKOFF) as pool:
             with pytest.raises(KeyPoolTimeout, match="KmsUnavailable") as info:
                 await pool.take(1, timeout=0.6)
@@ -102,9 +102,9 @@ async def test_timeout_names_the_kms_error_and_backs_off(kme: MiniKme, client: o
     assert any(e["event"] == "kms_pool_refill_failed" for e in logs)
 
 
-async def test_recovers_when_kms_comes_back(kme: MiniKme, client: object) -> None:
-    kme.override = lambda request: _503()  # type: ignore[assignment,misc]
-    async with KeyPool(client, SAE_B, 256, low_water=2, high_water=8,  # type: ignore[arg-type]
+async def test_recovers_when_kms_comes_back(kme: MiniKme, client: Etsi014Client) -> None:
+    kme.override = lambda request: _503()
+    async with KeyPool(client, SAE_B, 256, low_water=2, high_water=8,
                        status_interval=None, backoff=QUICK_BACKOFF) as pool:
         await wait_for(lambda: pool.stats().failures >= 2)
         kme.override = None
@@ -116,8 +116,8 @@ async def _503() -> web.StreamResponse:
     return web.json_response({"message": "busy"}, status=503)
 
 
-async def test_close_counts_wasted_and_wakes_waiters(kme: MiniKme, client: object) -> None:
-    pool = KeyPool(client, SAE_B, 256, low_water=5, high_water=6,  # type: ignore[arg-type]
+async def test_close_counts_wasted_and_wakes_waiters(kme: MiniKme, client: Etsi014Client) -> None:
+    pool = KeyPool(client, SAE_B, 256, low_water=5, high_water=6,
                    status_interval=None)
     await pool.start()
     await wait_for(lambda: pool.size == 6)
@@ -125,7 +125,7 @@ async def test_close_counts_wasted_and_wakes_waiters(kme: MiniKme, client: objec
     await wait_for(lambda: pool.size == 6)
     waiter = asyncio.create_task(pool.take(6, timeout=5.0))
     await asyncio.sleep(0)  # the waiter takes all six
-    kme.override = lambda request: _503()  # type: ignore[assignment,misc]
+    kme.override = lambda request: _503()
     assert len(await waiter) == 6
     late = asyncio.create_task(pool.take(6, timeout=5.0))
     await asyncio.sleep(0.05)
@@ -159,10 +159,10 @@ async def test_status_poll_exposes_stock_and_caps_batches(kme: MiniKme) -> None:
     assert [b["number"] for b in kme.bodies if b] == [4, 4, 2]
 
 
-async def test_no_key_bytes_in_pool_logs(kme: MiniKme, client: object,
+async def test_no_key_bytes_in_pool_logs(kme: MiniKme, client: Etsi014Client,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     with structlog.testing.capture_logs() as logs:
-        async with KeyPool(client, SAE_B, 256, low_water=2, high_water=8,  # type: ignore[arg-type]
+        async with KeyPool(client, SAE_B, 256, low_water=2, high_water=8,
                            status_interval=None) as pool:
             keys = await pool.take(8, timeout=2.0)
             text = repr(keys) + repr(pool.stats())
@@ -175,3 +175,14 @@ async def test_no_key_bytes_in_pool_logs(kme: MiniKme, client: object,
 def test_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="low_water"):
         KeyPool(object(), SAE_B, 256, low_water=8, high_water=8)  # type: ignore[arg-type]
+
+
+async def test_take_without_start_fills_the_pool(kme: MiniKme, client: Etsi014Client) -> None:
+    pool = KeyPool(client, SAE_B, 256, low_water=1, high_water=4,
+                   status_interval=None)
+    try:
+        assert len(await pool.take(2, timeout=2.0)) == 2
+    finally:
+        await pool.aclose()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        KeyPool(client, SAE_B, 100)
