@@ -182,7 +182,7 @@ class SkipClient:
 
 
 def _canonical_id(value: object) -> str:
-    if not isinstance(value, str) or not _KEY_ID.match(value):
+    if not isinstance(value, str) or not _KEY_ID.fullmatch(value):
         raise KmsProtocolError(f"SKIP keyId {str(value)[:64]!r} is not a hex identifier")
     return value.lower()
 
@@ -192,7 +192,7 @@ def _parse_key(obj: dict[str, Any], what: str, size: int | None, want_id: str | 
     if want_id is not None and key_id != want_id:
         raise KmsProtocolError(f"{what}: asked for keyId {want_id}, got {key_id}")
     encoded = obj.get("key")
-    if not isinstance(encoded, str) or not _HEX.match(encoded):
+    if not isinstance(encoded, str) or not _HEX.fullmatch(encoded):
         raise KmsProtocolError(f"{what}: key {key_id} is not hex")
     raw = bytes.fromhex(encoded)
     if size is not None and len(raw) * 8 != size:

@@ -50,7 +50,7 @@ _STATUS_INTS = ("key_size", "stored_key_count", "max_key_count", "max_key_per_re
 
 def canonical_key_id(value: object) -> str:
     """The lower-case canonical text of a UUID key ID, or :class:`KmsProtocolError`."""
-    if not isinstance(value, str) or not _UUID.match(value):
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
         raise KmsProtocolError(f"key_ID {str(value)[:64]!r} is not a UUID (8-4-4-4-12 hex)")
     return value.lower()
 
