@@ -146,6 +146,12 @@ class TunnelKeeper:
             else:
                 await self._changed.wait()
 
+    async def expire(self, reason: str) -> None:
+        """The protocol declared the current key expired: fail closed now (idempotent)."""
+        if not self._closed:
+            await self._fail_closed(reason)
+            self._changed.set()
+
     async def close(self, teardown: bool) -> None:
         await self._installer.close(teardown)
 

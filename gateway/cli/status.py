@@ -1,0 +1,61 @@
+"""`qkd-gateway status --config FILE`: ask the running daemon how its tunnels are doing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ConfigError, load_config
+from gateway.daemon.control import ControlError, request
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "status", help="show the running daemon's tunnels, key pools and alarms",
+        description="Query the daemon over its control socket (from the configuration).",
+    )
+    p.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    p.set_defaults(func=run)
+
+
+def _render(st: dict[str, Any]) -> str:
+    lines = [f"site {st['site']}  version {st['version']}  up {st['uptime_s']:.0f} s"]
+    lines.append(f"{'tunnel':<16} {'epoch':>6} {'state':<8} {'key age':>8} {'expires':>8} "
+                 f"{'rekeys':>6}  achieved")
+    for name, t in sorted(st["tunnels"].items()):
+        state = "CLOSED" if t["closed"] else ("up" if t["session_up"] else "no-peer")
+        age = "-" if t["key_age_s"] is None else f"{t['key_age_s']:.0f}s"
+        exp = "-" if t["expires_in_s"] is None else f"{t['expires_in_s']:.0f}s"
+        lines.append(f"{name:<16} {t['epoch']:>6} {state:<8} {age:>8} {exp:>8} "
+                     f"{t['rekeys_completed']:>6}  {t['achieved'] or '-'}")
+    for name, p in sorted(st["pools"].items()):
+        stock = p["stored_key_count"]
+        lines.append(f"pool {name}: {p['size']}/{p['capacity']} keys, KMS stock "
+                     f"{'?' if stock is None else stock}, wasted {p['wasted']}")
+    lines.append("alarms: " + (", ".join(st["alarms"]) or "none"))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        answer = asyncio.run(request(cfg.control_socket, {"cmd": "status"}))
+    except ControlError as exc:
+        print(f"qkd-gateway status: {exc}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"qkd-gateway status: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.json else _render(answer))
+    return 0

@@ -1,0 +1,179 @@
+"""Perform what the protocol core asks for, and feed the results back.
+
+The core (gateway.protocol) is pure: it emits actions such as "take a QKD key from KMS x" or
+"activate epoch 7 of tunnel y". This runner performs them with real I/O (key pools, KMS
+clients, the data plane through each tunnel's keeper) under timeouts, and hands each result back
+to the core as an event. Actions for one tunnel run one at a time, in the order emitted, so an
+Activate can never overtake the InstallKeys of the same epoch, nor an Expire a later Activate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from gateway.daemon.keeper import TunnelKeeper
+from gateway.kms import KeyPool, KeyPoolError, KeySource, KmsError
+from gateway.protocol import (
+    Action,
+    Activate,
+    Alarm,
+    AllocateSpi,
+    Close,
+    Event,
+    Expire,
+    FetchQkdKeys,
+    Installed,
+    InstallKeys,
+    KeysFetched,
+    KeysFetchFailed,
+    KeysTakeFailed,
+    KeysTaken,
+    Retire,
+    SessionUp,
+    TakeQkdKeys,
+    TunnelKeys,
+)
+from gateway.telemetry import TelemetryBus
+
+__all__ = ["ActionRunner"]
+
+#: A take waits at most this long for the pool; the pool refills ahead of need, so waiting means
+#: the KMS is slow or dry. Shorter than the protocol's rekey_timeout (30 s) so the core hears
+#: "failed" and retries with new keys instead of timing the whole exchange out.
+TAKE_TIMEOUT = 10.0
+#: dec_keys is one HTTP request bounded by the client's own timeouts; this is the backstop.
+FETCH_TIMEOUT = 15.0
+
+
+class ActionRunner:
+    """Runs actions in per-tunnel order. ``feed`` returns an event to the core."""
+
+    def __init__(
+        self,
+        *,
+        pools: dict[tuple[str, str], KeyPool],
+        sources: dict[str, KeySource],
+        keepers: dict[str, TunnelKeeper],
+        bus: TelemetryBus,
+        feed: Callable[[Event], None],
+    ) -> None:
+        self._pools, self._sources, self._keepers = pools, sources, keepers
+        self._bus, self._feed = bus, feed
+        self._queue: asyncio.Queue[Action] = asyncio.Queue()
+        self._lanes: dict[str, asyncio.Queue[Action]] = {}
+        self._pending: dict[tuple[str, int], TunnelKeys] = {}
+        self._tunnel_alarms: dict[str, set[str]] = {}
+        self._tg: asyncio.TaskGroup | None = None
+
+    def submit(self, action: Action) -> None:
+        """Called synchronously by the transport for every action the core emits."""
+        self._queue.put_nowait(action)
+
+    async def run(self) -> None:
+        """Long-running task: dispatch actions to one lane (task) per tunnel."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            while True:
+                action = await self._queue.get()
+                tunnel = getattr(action, "tunnel", None)
+                if not isinstance(action, Alarm) and isinstance(tunnel, str):
+                    lane = self._lanes.get(tunnel)
+                    if lane is None:
+                        lane = self._lanes[tunnel] = asyncio.Queue()
+                        tg.create_task(self._lane(lane), name=f"actions:{tunnel}")
+                    lane.put_nowait(action)
+                else:
+                    self._session_action(action)
+
+    async def _lane(self, lane: asyncio.Queue[Action]) -> None:
+        while True:
+            action = await lane.get()
+            try:
+                await self._perform(action)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not kill the daemon's other tunnels
+                self._bus.emit("action_failed", level="error", action=type(action).__name__,
+                               tunnel=getattr(action, "tunnel", None), error=repr(exc))
+
+    def _session_action(self, action: Action) -> None:
+        if isinstance(action, Alarm):
+            subject = action.tunnel or action.peer
+            self._bus.alarm(action.name, True, peer=action.peer, tunnel=action.tunnel,
+                            reason=action.reason)
+            if action.tunnel is not None:
+                self._tunnel_alarms.setdefault(action.tunnel, set()).add(action.name)
+            self._bus.emit("protocol_alarm", level="warning", alarm=action.name, subject=subject,
+                           reason=action.reason)
+        elif isinstance(action, SessionUp):
+            self._bus.emit("peer_session_up", peer=action.peer, initiator=action.initiator)
+        elif isinstance(action, Close):
+            self._bus.emit("peer_connection_closed", conn=action.conn, reason=action.reason)
+
+    async def _perform(self, action: Action) -> None:
+        if isinstance(action, TakeQkdKeys):
+            await self._take(action)
+        elif isinstance(action, FetchQkdKeys):
+            await self._fetch(action)
+        elif isinstance(action, InstallKeys):
+            # WireGuard has no inbound/outbound split: the PSK is set at Activate. Holding the
+            # keys until then is the "install inbound" step.
+            self._pending[(action.tunnel, action.epoch)] = action.keys
+            self._feed(Installed(action.tunnel, action.epoch))
+        elif isinstance(action, Activate):
+            await self._activate(action)
+        elif isinstance(action, Retire):
+            self._pending.pop((action.tunnel, action.epoch), None)
+        elif isinstance(action, Expire):
+            keeper = self._keepers.get(action.tunnel)
+            if keeper is not None:
+                await keeper.expire(action.reason)
+        elif isinstance(action, AllocateSpi):
+            self._bus.emit("action_unsupported", level="error", action="AllocateSpi",
+                           tunnel=action.tunnel)
+
+    async def _take(self, a: TakeQkdKeys) -> None:
+        pool = self._pools.get((a.kms, a.slave_sae_id))
+        if pool is None:
+            self._feed(KeysTakeFailed(a.tunnel, a.epoch, a.kms, "no key pool for this KMS/peer"))
+            return
+        try:
+            keys = await pool.take(a.n, timeout=TAKE_TIMEOUT)
+        except (KeyPoolError, KmsError) as exc:
+            self._feed(KeysTakeFailed(a.tunnel, a.epoch, a.kms, str(exc)))
+            return
+        self._feed(KeysTaken(a.tunnel, a.epoch, a.kms, tuple(keys)))
+
+    async def _fetch(self, a: FetchQkdKeys) -> None:
+        source = self._sources.get(a.kms)
+        if source is None:
+            self._feed(KeysFetchFailed(a.tunnel, a.epoch, a.kms, "KMS not configured here"))
+            return
+        try:
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                keys = await source.get_keys_by_id(a.master_sae_id, a.key_ids)
+        except TimeoutError:
+            self._feed(KeysFetchFailed(a.tunnel, a.epoch, a.kms, "KMS did not answer in time"))
+            return
+        except KmsError as exc:
+            self._feed(KeysFetchFailed(a.tunnel, a.epoch, a.kms, str(exc)))
+            return
+        self._feed(KeysFetched(a.tunnel, a.epoch, a.kms, tuple(keys)))
+
+    async def _activate(self, a: Activate) -> None:
+        keys = self._pending.pop((a.tunnel, a.epoch), None)
+        keeper = self._keepers.get(a.tunnel)
+        if keys is None or keeper is None:
+            self._bus.emit("activate_without_keys", level="error", tunnel=a.tunnel, epoch=a.epoch)
+            return
+        for (tunnel, epoch) in [k for k in self._pending if k[0] == a.tunnel and k[1] < a.epoch]:
+            del self._pending[(tunnel, epoch)]
+        await keeper.activate(a.epoch, keys.wg_psk, keys.key_ids, keys.mode,
+                              "+".join(keys.achieved))
+        for name in self._tunnel_alarms.pop(a.tunnel, set()):
+            self._bus.alarm(name, False, tunnel=a.tunnel)
+
+    def status(self) -> dict[str, Any]:
+        return {"queued": self._queue.qsize(), "pending_epochs": len(self._pending)}

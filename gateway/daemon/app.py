@@ -1,0 +1,233 @@
+"""The daemon: one asyncio TaskGroup running everything a site gateway does.
+
+Named tasks (visible in ``qkd-gateway status`` and in tracebacks):
+
+* ``actions`` and ``actions:<tunnel>`` - perform what the protocol core asks (keys, installs)
+* ``keeper:<tunnel>``                  - fail closed at ``reject_after`` without a new key
+* ``reconcile``                        - restore tunnels changed behind the daemon's back
+* ``telemetry:pools``                  - key pool levels and KMS stock into metrics
+* ``mqtt``, ``metrics``                - telemetry sinks, when configured
+* ``watchdog``                         - systemd WATCHDOG=1 pings, when asked for
+The protocol endpoint (TCP listener, dialers, timer) runs its own tasks on the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from typing import Any
+
+import structlog
+
+from gateway import __version__
+from gateway.config import GatewayConfig
+from gateway.daemon.actions import ActionRunner
+from gateway.daemon.build import (
+    build_kms,
+    build_peers,
+    build_pools,
+    load_identity,
+    wireguard_plan,
+)
+from gateway.daemon.control import ControlServer
+from gateway.daemon.keeper import TunnelKeeper
+from gateway.daemon.state import StateStore
+from gateway.daemon.wg_installer import WireGuardInstaller
+from gateway.dataplane import WireGuardBackend, select_backend
+from gateway.protocol import Endpoint, Node, Timers
+from gateway.telemetry import (
+    GatewayMetrics,
+    MetricsServer,
+    MqttPublisher,
+    MqttSettings,
+    SdNotifier,
+    TelemetryBus,
+    watchdog_interval,
+)
+
+__all__ = ["Daemon", "timers_for"]
+
+log = structlog.get_logger("gateway.daemon")
+
+#: How often declared tunnel state is compared with the data plane (drift is restored).
+RECONCILE_INTERVAL = 30.0
+#: Pool levels and KMS stock are exported this often.
+POOL_METRICS_INTERVAL = 5.0
+
+
+def timers_for(cfg: GatewayConfig) -> Timers:
+    """Protocol timers from the tunnels' configured intervals (the shortest one governs)."""
+    if not cfg.tunnels:
+        return Timers()
+    rekey = min(t.rekey_interval for t in cfg.tunnels)
+    reject = min(t.reject_after for t in cfg.tunnels)
+    # The backup side steps in after 1/12 of the interval (10 s of 120 s, as Rosenpass).
+    return dataclasses.replace(
+        Timers(), rekey_after=rekey, rekey_after_backup=rekey * 13 / 12, reject_after=reject
+    )
+
+
+class Daemon:
+    def __init__(self, cfg: GatewayConfig, *, timers: Timers | None = None) -> None:
+        self.cfg = cfg
+        self.timers = timers or timers_for(cfg)
+        self.started = time.time()
+        self.metrics = GatewayMetrics()
+        self.mqtt: MqttPublisher | None = None
+        m = cfg.telemetry.mqtt
+        if m is not None:
+            self.mqtt = MqttPublisher(
+                MqttSettings.from_url(
+                    m.url, cfg.site.name, topic_prefix=m.topic_prefix, tls_ca=m.ca_file,
+                    tls_cert=m.client_cert,
+                    tls_key=m.client_key.path if m.client_key is not None else None,
+                    keepalive_s=m.keepalive),
+                self.metrics)
+        self.bus = TelemetryBus(self.metrics, self.mqtt)
+        self.store = StateStore(cfg.state_dir)
+        self.identity = load_identity(cfg)
+        peers, self._addresses = build_peers(cfg)
+        self.node = Node(self.identity, cfg.site.sae_id, peers, timers=self.timers)
+        self.sources = build_kms(cfg)
+        self.pools = build_pools(cfg, self.sources)
+        self.keepers: dict[str, TunnelKeeper] = {}
+        self._installers: dict[str, WireGuardInstaller] = {}
+        self._backends: dict[str, WireGuardBackend] = {}
+        for t in cfg.tunnels:
+            plan = wireguard_plan(t)
+            backend = self._backends.get(plan.backend)
+            if backend is None:
+                backend = self._backends[plan.backend] = select_backend(plan.backend)  # type: ignore[arg-type]
+            inst = WireGuardInstaller(backend, plan.spec, plan.peer_public_key)
+            self._installers[t.name] = inst
+            self.keepers[t.name] = TunnelKeeper(
+                t.name, t.reject_after, inst, self.store, self.bus.emit, self._tunnel_alarm)
+        self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
+                                   bus=self.bus, feed=self._feed)
+        self.endpoint = Endpoint(self.node, self.runner.submit)
+        self.control = ControlServer(cfg.control_socket, self._control)
+        self.notifier = SdNotifier()
+
+    def _feed(self, event: Any) -> None:
+        self.endpoint.handle(event)
+
+    def _tunnel_alarm(self, name: str, active: bool, **fields: Any) -> None:
+        self.bus.alarm(name, active, **fields)
+
+    # -- run ----------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then leave tunnels per their ``on_shutdown``."""
+        self.store.prepare()
+        self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
+                      tunnels=[t.name for t in self.cfg.tunnels],
+                      backends={k: b.kind for k, b in self._backends.items()})
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.mqtt is not None:
+                    tg.create_task(self.mqtt.run(), name="mqtt")
+                if self.cfg.telemetry.metrics is not None:
+                    listen = self.cfg.telemetry.metrics.listen
+                    server = MetricsServer(self.metrics.registry, listen.host, listen.port)
+                    tg.create_task(server.run(), name="metrics")
+                for pool in self.pools.values():
+                    await pool.start()
+                for name, keeper in self.keepers.items():
+                    await keeper.start()
+                    tg.create_task(keeper.watch(), name=f"keeper:{name}")
+                tg.create_task(self.runner.run(), name="actions")
+                tg.create_task(self._reconcile_loop(), name="reconcile")
+                tg.create_task(self._pool_metrics_loop(), name="telemetry:pools")
+                wd = watchdog_interval()
+                if wd is not None:
+                    tg.create_task(self._watchdog(wd), name="watchdog")
+                await self.control.start()
+                port = await self.endpoint.listen(str(self.cfg.listen.address),
+                                                  self.cfg.listen.port)
+                for addr in self._addresses:
+                    self.endpoint.dial(addr)
+                self.notifier.ready(f"listening on port {port}")
+                self.bus.emit("daemon_ready", port=port)
+                await stop.wait()
+                raise _Stopping
+        except* _Stopping:
+            pass
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.notifier.stopping("shutting down")
+        with contextlib.suppress(Exception):
+            await self.endpoint.aclose()
+        await self.control.close()
+        for t in self.cfg.tunnels:
+            teardown = t.on_shutdown == "teardown"
+            try:
+                await self.keepers[t.name].close(teardown)
+            except Exception as exc:
+                self.bus.emit("tunnel_close_failed", level="error", tunnel=t.name, error=str(exc))
+        for (kms, _slave), pool in self.pools.items():
+            await pool.aclose()
+            wasted = pool.stats().wasted
+            if wasted:
+                self.metrics.add_keys_wasted(kms, wasted)
+        for source in self.sources.values():
+            await source.aclose()
+        self.bus.emit("daemon_stopped", keys_wasted=sum(p.stats().wasted
+                                                         for p in self.pools.values()))
+
+    # -- periodic tasks -----------------------------------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            for name, inst in self._installers.items():
+                try:
+                    fixed = await inst.reconcile()
+                except Exception as exc:
+                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
+                    continue
+                if fixed:
+                    self.bus.emit("tunnel_drift_corrected", level="warning", tunnel=name,
+                                  corrections=fixed)
+
+    async def _pool_metrics_loop(self) -> None:
+        while True:
+            for (kms, _slave), pool in self.pools.items():
+                self.metrics.set_key_pool(kms, pool.size)
+            await asyncio.sleep(POOL_METRICS_INTERVAL)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
+
+    # -- control socket -----------------------------------------------------------------------
+    async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req["cmd"] == "status":
+            return {"ok": True, **self.status()}
+        return {"ok": False, "error": f"unknown command {req['cmd']!r}; try status"}
+
+    def status(self) -> dict[str, Any]:
+        tunnels = {}
+        for name, keeper in self.keepers.items():
+            t = self.node.tunnels.get(name)
+            tunnels[name] = {
+                **keeper.status(),
+                "peer": t.peer if t else None,
+                "rekeys_completed": t.completed if t else 0,
+                "session_up": bool(t and t.enabled_at is not None),
+            }
+        return {
+            "site": self.cfg.site.name,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 1),
+            "tunnels": tunnels,
+            "pools": {f"{k}->{s}": dataclasses.asdict(p.stats())
+                      for (k, s), p in self.pools.items()},
+            "alarms": self.bus.active_alarms,
+        }
+
+
+class _Stopping(Exception):
+    """Raised inside the TaskGroup to cancel every task on a stop request."""

@@ -1,0 +1,35 @@
+"""The WireGuard side of a tunnel keeper: the PSK slot of one peer on one interface."""
+
+from __future__ import annotations
+
+from gateway.dataplane.types import WgInterfaceSpec, WireGuardBackend
+from gateway.keymaterial import Secret
+
+__all__ = ["WireGuardInstaller"]
+
+
+class WireGuardInstaller:
+    """Implements :class:`gateway.daemon.keeper.KeyInstaller` for one WireGuard peer.
+
+    ``prepare`` creates or adopts the interface (and reports drift it corrected); ``install``
+    sets the peer's PSK and has the backend read it back; ``reconcile`` is called periodically by
+    the daemon to restore the declared state if someone changed the interface behind its back.
+    """
+
+    def __init__(self, backend: WireGuardBackend, spec: WgInterfaceSpec, peer_public_key: str):
+        self.backend = backend
+        self.spec = spec
+        self.peer_public_key = peer_public_key
+
+    async def prepare(self) -> None:
+        await self.backend.apply(self.spec)
+
+    async def reconcile(self) -> list[str]:
+        return await self.backend.apply(self.spec)
+
+    async def install(self, key: Secret) -> None:
+        await self.backend.set_psk(self.spec.name, self.peer_public_key, key)
+
+    async def close(self, teardown: bool) -> None:
+        if teardown and not self.spec.adopt:
+            await self.backend.remove(self.spec.name)
