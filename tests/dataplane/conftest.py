@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ class Side:
     backend: UserspaceBackend
     private: bytes
     public: str
-    spec: WgInterfaceSpec | None = None
+    spec: WgInterfaceSpec = field(init=False)
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Tunnel:
     lab: NetnsLab
     a: Side
     b: Side
-    logs: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]
     secrets: list[Secret] = field(default_factory=list)
 
     def psk(self) -> Secret:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import pytest
 from pyroute2 import AsyncWireGuard
@@ -73,7 +74,7 @@ def test_uapi_recreate_keeps_every_field() -> None:
     )
 
 
-def encode_device(peers: list[list[object]]) -> wgmsg:
+def encode_device(peers: list[Any]) -> wgmsg:
     """A device message as the kernel would send it, round-tripped through bytes."""
     msg = wgmsg()
     msg["cmd"], msg["version"] = 0, 1
