@@ -10,6 +10,7 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_PORT",
     "HEADER_LEN",
+    "MAX_EPOCH_STEP",
     "MAX_FRAME",
     "MAX_KMS_PER_TUNNEL",
     "MAX_NAME_LEN",
@@ -64,6 +65,11 @@ SPI_MIN = 256
 # ML-KEM encapsulation and a buffer of at most MAX_FRAME; 32 bounds memory to ~0.5 MiB and CPU
 # while leaving room for a burst of legitimate reconnects after a router reboot.
 MAX_PENDING_UNAUTHENTICATED = 32
+
+# An epoch may run ahead of the last one seen by at most this much (aborted attempts and
+# collisions skip numbers). Bounds what a faulty peer can do to the u64 epoch space: without it
+# one RekeyInit with epoch 2**64-1 would leave no next epoch.
+MAX_EPOCH_STEP = 1 << 20
 
 # Used QKD key IDs remembered to refuse a peer that re-sends one (each key is used once; the KMS
 # enforces it too, this catches a misbehaving peer before a fetch).

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from gateway.keymaterial import Secret
 from gateway.protocol import combiner as cb
-from gateway.protocol.constants import NONCE_LEN, QKD_KEY_LEN, SPI_MIN, Timers
+from gateway.protocol.constants import MAX_EPOCH_STEP, NONCE_LEN, QKD_KEY_LEN, SPI_MIN, Timers
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import (
     Action,
@@ -127,7 +127,7 @@ class Tunnel:
         self.pending: _Pending | None = None
         self._retire: list[tuple[float, int]] = []
         self.completed = 0
-        self._alarm_later: str | None = None
+        self._alarm_later: tuple[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -245,17 +245,21 @@ class Tunnel:
         if self.enabled_at is None:
             return AbortCode.UNKNOWN_TUNNEL
         if m.mode is not self.policy.mode or len(m.key_ids) != len(self.policy.kms):
-            self._alarm_later = f"peer asked for mode {m.mode.label}, configured " \
-                                f"{self.policy.mode.label}"
+            self._alarm_later = ("downgrade_refused", f"peer asked for mode {m.mode.label}, "
+                                 f"configured {self.policy.mode.label}")
             return AbortCode.POLICY
         achieved = Achieved(sum(1 << i for i, k in enumerate(m.key_ids) if k), bool(m.mlkem_ek))
         try:
             check_achieved(self.policy, achieved)
         except PolicyError as exc:
-            self._alarm_later = str(exc)
+            self._alarm_later = ("downgrade_refused", str(exc))
             return AbortCode.POLICY
         if m.epoch <= self.highest:
             return AbortCode.STALE_EPOCH
+        if m.epoch > max(self.highest, self.last_attempt) + MAX_EPOCH_STEP:
+            self._alarm_later = ("epoch_refused",
+                                 f"epoch {m.epoch} jumps too far ahead of {self.highest}")
+            return AbortCode.POLICY
         if not _spi_ok(self.policy, m.spi):
             return AbortCode.POLICY
         ids = [k for k in m.key_ids if k]
@@ -302,13 +306,14 @@ class Tunnel:
         if isinstance(m, RekeyInit):
             self._on_init(m, now, sink, used)
             if self._alarm_later:
-                sink.act(Alarm("downgrade_refused", self.peer, self.name, self._alarm_later))
+                sink.act(Alarm(self._alarm_later[0], self.peer, self.name, self._alarm_later[1]))
         elif isinstance(m, RekeyResp):
             self._on_resp(m, now, sink)
         elif isinstance(m, RekeyConfirm):
             self._on_confirm(m, now, sink)
         elif isinstance(m, RekeyAbort):
-            self.last_attempt = max(self.last_attempt, m.highest_epoch)
+            if m.highest_epoch <= max(self.highest, self.last_attempt) + MAX_EPOCH_STEP:
+                self.last_attempt = max(self.last_attempt, m.highest_epoch)
             p = self.pending
             if p is not None and p.epoch == m.epoch:
                 self._abort(sink, m.code, now, tell_peer=False)

@@ -86,7 +86,7 @@ def test_garbage_and_replays_on_other_connections_change_nothing(
 
 
 B32 = st.binary(min_size=32, max_size=32)
-EPOCH = st.integers(0, 6)
+EPOCH = st.one_of(st.integers(0, 6), st.just(2**64 - 1))
 TUN = st.sampled_from(["t", "p", "zz"])
 INNER = st.one_of(
     st.builds(RekeyInit, TUN, EPOCH, st.sampled_from(list(Mode)),
@@ -136,3 +136,20 @@ def test_authenticated_peer_sending_arbitrary_message_orders(ids: Any,
             assert not isinstance(act, Activate)
             assert not isinstance(act, Close)  # authentic records never cut the session
     assert b.active == active_before
+
+
+@pytest.mark.unit
+def test_extreme_epochs_from_a_peer_are_refused_without_crashing(ids: Any) -> None:
+    a, b = make_pair(POLS, ids=ids)
+    w = Wire(a, b)
+    w.open()
+    channel = a.node._conns[1].channel
+    assert channel is not None
+    top = 2**64 - 1
+    for msg in (RekeyAbort("p", b.node.tunnels["p"].last_attempt, AbortCode.STALE_EPOCH, top),
+                RekeyInit("p", top, Mode.PQC, (), b"e" * 1184, b"x" * 32, b"n" * 32, 0)):
+        out = b.node.receive(1, channel.seal(encode_inner(msg)), 0.5)
+        assert not any(isinstance(x, Close) for x in out.actions)
+    assert b.node.tunnels["p"].highest < 2**20
+    out = b.node.tick(1.9)  # B's own next attempt still has a valid epoch
+    assert b.node.tunnels["p"].last_attempt < 2**21
