@@ -37,7 +37,7 @@ class TelemetryBus:
         self.metrics = metrics
         self.mqtt = mqtt
         self._log = structlog.get_logger("gateway.events") if logger is None else logger
-        self._alarms: dict[str, bool] = {}
+        self._alarms: dict[tuple[str, str | None], bool] = {}
 
     def emit(self, event: str, level: Level = "info", **fields: Any) -> None:
         """Log ``event`` at ``level`` with ``fields``, count it, publish it to MQTT.
@@ -52,28 +52,39 @@ class TelemetryBus:
         if self.mqtt is not None:
             self.mqtt.publish_event(event, **fields)
 
-    def alarm(self, name: str, active: bool, **fields: Any) -> bool:
-        """Raise or clear alarm ``name``; returns whether its state changed.
+    def alarm(self, name: str, active: bool, subject: str | None = None, **fields: Any) -> bool:
+        """Raise or clear alarm ``name`` for ``subject``; returns whether its state changed.
+
+        ``subject`` is what the alarm is about; when not given it is taken from the ``tunnel``
+        field, else the ``peer`` field, so ``alarm("key_expired", True, tunnel="wg-a")`` and
+        ``alarm("key_expired", False, tunnel="wg-a")`` pair up and leave ``wg-b`` alone.
 
         Only changes are logged (``alarm_raised`` as a warning, ``alarm_cleared`` as info, the
         latter only after a raise) and published, so a condition re-checked every second does
         not flood the journal or the broker; the first call always publishes, so subscribers
-        learn that a clear alarm exists. The metric is set on every call (idempotent).
+        learn that a clear alarm exists. ``qkd_gateway_alarms_active{alarm}`` counts the
+        subjects for which the alarm is raised.
         """
         check_name("alarm", name)
-        previous = self._alarms.get(name)
+        if subject is None:
+            found = fields.get("tunnel") or fields.get("peer")
+            subject = found if isinstance(found, str) else None
+        key = (name, subject)
+        previous = self._alarms.get(key)
         changed = previous is None or previous != active
-        self._alarms[name] = active
+        self._alarms[key] = active
         if changed and active:
-            self._log.warning("alarm_raised", alarm=name, **fields)
+            self._log.warning("alarm_raised", alarm=name, subject=subject, **fields)
         elif changed and previous:
-            self._log.info("alarm_cleared", alarm=name, **fields)
+            self._log.info("alarm_cleared", alarm=name, subject=subject, **fields)
         if self.metrics is not None:
-            self.metrics.set_alarm(name, active)
+            count = sum(1 for (n, _), on in self._alarms.items() if n == name and on)
+            self.metrics.alarms.set(count, alarm=name)
         if self.mqtt is not None and changed:
-            self.mqtt.set_alarm(name, active, **fields)
+            self.mqtt.set_alarm(name, active, subject, **fields)
         return changed
 
     @property
     def active_alarms(self) -> list[str]:
-        return sorted(name for name, active in self._alarms.items() if active)
+        """Active alarms as ``name`` or ``name/subject``."""
+        return sorted(n if s is None else f"{n}/{s}" for (n, s), on in self._alarms.items() if on)

@@ -5,7 +5,9 @@ Topics (``<prefix>`` defaults to ``qkd-gateway``, ``<site>`` is this gateway's s
     <prefix>/<site>/status               "online" (retained); the broker publishes the
                                          last will "offline" (retained) if we vanish
     <prefix>/<site>/event/<event_name>   JSON, not retained, QoS 1
-    <prefix>/<site>/alarm/<alarm_name>   JSON with "active": true/false, retained, QoS 1
+    <prefix>/<site>/alarm/<alarm_name>[/<subject>]
+                                         JSON with "active": true/false, retained, QoS 1;
+                                         <subject> is the tunnel or peer the alarm is about
 
 Delivery model: :meth:`MqttPublisher.publish_event` and :meth:`MqttPublisher.set_alarm` only
 touch in-memory state and return at once; the :meth:`MqttPublisher.run` task ships it. Events
@@ -225,7 +227,8 @@ class MqttPublisher:
 
     @property
     def active_alarms(self) -> list[str]:
-        return sorted(name for name, active in self._alarm_active.items() if active)
+        """Active alarms as ``name`` or ``name/subject``."""
+        return sorted(key for key, active in self._alarm_active.items() if active)
 
     def _payload(self, base: dict[str, Any], fields: dict[str, Any]) -> bytes:
         report = Redaction()
@@ -248,13 +251,27 @@ class MqttPublisher:
         self._events.append((self.settings.topic("event", name), payload))
         self._wake.set()
 
-    def set_alarm(self, name: str, active: bool, **fields: Any) -> None:
-        """Set the retained state of ``<prefix>/<site>/alarm/<name>``; never dropped."""
+    def set_alarm(self, name: str, active: bool, subject: str | None = None, **fields: Any) -> None:
+        """Set the retained state of ``<prefix>/<site>/alarm/<name>[/<subject>]``; never dropped.
+
+        ``subject`` (a tunnel or peer name) keeps one alarm kind raised for several tunnels
+        apart: clearing it for one tunnel must not clear it for another.
+        """
         check_name("alarm", name)
-        base = {"alarm": name, "active": bool(active), "site": self.settings.site, "ts": _now()}
-        self._alarms[name] = self._payload(base, fields)
-        self._alarm_active[name] = bool(active)
-        self._pending_alarms.add(name)
+        key = name
+        base: dict[str, Any] = {"alarm": name, "active": bool(active)}
+        if subject is not None:
+            if not isinstance(subject, str) or not _SITE.match(subject):
+                raise TelemetryNameError(
+                    f"alarm subject {subject!r} must be a tunnel or peer name "
+                    "(letters, digits, '.', '_' or '-'): it becomes a topic level"
+                )
+            key = f"{name}/{subject}"
+            base["subject"] = subject
+        base.update(site=self.settings.site, ts=_now())
+        self._alarms[key] = self._payload(base, fields)
+        self._alarm_active[key] = bool(active)
+        self._pending_alarms.add(key)
         self._wake.set()
 
     def _backoff(self, attempt: int) -> float:
@@ -347,11 +364,11 @@ class MqttPublisher:
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
             self._wake.clear()
-            for name in sorted(self._pending_alarms):
-                payload = self._alarms[name]
-                await client.publish(self.settings.topic("alarm", name), payload, 1, True)
-                if self._alarms[name] is payload:  # unchanged while we awaited the PUBACK
-                    self._pending_alarms.discard(name)
+            for key in sorted(self._pending_alarms):
+                payload = self._alarms[key]
+                await client.publish(self.settings.topic("alarm", key), payload, 1, True)
+                if self._alarms[key] is payload:  # unchanged while we awaited the PUBACK
+                    self._pending_alarms.discard(key)
             while self._events:
                 item = self._events[0]
                 await client.publish(item[0], item[1], qos=1, retain=False)

@@ -58,6 +58,35 @@ def test_alarm_logs_only_changes() -> None:
     )
 
 
+@pytest.mark.unit
+def test_alarms_are_kept_apart_per_tunnel() -> None:
+    metrics = GatewayMetrics()
+    bus = TelemetryBus(metrics)
+
+    def active() -> float:
+        return parse(metrics.registry.render()).value(
+            "qkd_gateway_alarms_active", alarm="key_expired"
+        )
+
+    with capture_logs() as logs:
+        bus.alarm("key_expired", True, peer="site-b", tunnel="wg-a")
+        bus.alarm("key_expired", True, peer="site-b", tunnel="wg-b")
+        assert active() == 2
+        assert bus.alarm("key_expired", False, tunnel="wg-a")
+        assert bus.active_alarms == ["key_expired/wg-b"]
+        assert active() == 1
+        bus.alarm("policy_mismatch", True, peer="site-c", tunnel=None)  # subject from peer
+        bus.alarm("site_wide", True)
+    assert bus.active_alarms == ["key_expired/wg-b", "policy_mismatch/site-c", "site_wide"]
+    assert [(e["event"], e["subject"]) for e in logs] == [
+        ("alarm_raised", "wg-a"),
+        ("alarm_raised", "wg-b"),
+        ("alarm_cleared", "wg-a"),
+        ("alarm_raised", "site-c"),
+        ("alarm_raised", None),
+    ]
+
+
 @pytest.mark.mqtt
 async def test_emit_reaches_mqtt_without_key_bytes(broker: Broker) -> None:
     key = planted_key()
@@ -70,7 +99,7 @@ async def test_emit_reaches_mqtt_without_key_bytes(broker: Broker) -> None:
         try:
             with capture_logs():
                 bus.emit("psk_installed", tunnel="wg-a", psk=Secret(key))
-                bus.alarm("kms_unreachable", True, kms="kms-1", last_error=key)
+                bus.alarm("kms_unreachable", True, "kms-1", last_error=key)
             got: dict[str, bytes] = {}
             async with asyncio.timeout(5):
                 async for m in sub.messages:
@@ -83,6 +112,7 @@ async def test_emit_reaches_mqtt_without_key_bytes(broker: Broker) -> None:
             await asyncio.gather(task, return_exceptions=True)
     event = json.loads(got["qkd-gateway/site-b/event/psk_installed"])
     assert event["psk"] == "Secret(<redacted 32 bytes>)"
-    alarm = json.loads(got["qkd-gateway/site-b/alarm/kms_unreachable"])
+    alarm = json.loads(got["qkd-gateway/site-b/alarm/kms_unreachable/kms-1"])
     assert alarm["active"] is True and alarm["last_error"] == "<bytes redacted>"
+    assert alarm["subject"] == "kms-1"
     assert leaks(b"".join(got.values()).decode("latin-1"), key) == []

@@ -138,6 +138,11 @@ async def test_alarm_state_is_retained_for_late_subscribers(broker: Broker) -> N
             assert retained.retain and _json(retained)["active"] is True
             assert _json(retained)["kms"] == "kms-1"
             assert (await late.wait_for(f"{PREFIX}/{SITE}/status")).retain
+        pub.set_alarm("key_expired", True, "wg-a", peer="site-b")
+        per_tunnel = await live.wait_for(f"{PREFIX}/{SITE}/alarm/key_expired/wg-a")
+        assert (_json(per_tunnel)["subject"], _json(per_tunnel)["peer"]) == ("wg-a", "site-b")
+        assert pub.active_alarms == ["key_expired/wg-a", "kms_unreachable"]
+        pub.set_alarm("key_expired", False, "wg-a")
         pub.set_alarm("kms_unreachable", False, kms="kms-1")
         await live.wait_for(topic, lambda m: _json(m)["active"] is False)
         async with observe(broker) as later:
@@ -275,6 +280,8 @@ def test_event_names_must_be_snake_case() -> None:
             pub.publish_event(bad)
     with pytest.raises(ValueError, match="alarm name"):
         pub.set_alarm("kms+down", True)
+    with pytest.raises(ValueError, match="alarm subject"):
+        pub.set_alarm("key_expired", True, "wg/a")
 
 
 @pytest.mark.unit
