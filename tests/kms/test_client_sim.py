@@ -182,6 +182,19 @@ async def test_dropped_dec_keys_is_indeterminate_not_repeated(kme_pair: KmeNetwo
         assert kme_pair.faults(KME_A).requests == 1 + FAST.attempts
 
 
+async def test_dropped_dec_keys_get_is_not_resent_by_aiohttp(kme_pair: KmeNetwork) -> None:
+    # aiohttp re-sends an idempotent request once when a reused connection dies; for a
+    # dec_keys GET that would be a blind repeat. The client switches that off.
+    async with sae_client(kme_pair, SAE_A, KME_A) as a, \
+            sae_client(kme_pair, SAE_B, KME_B, use_get=True) as b:
+        keys = await a.get_keys(SAE_B, 2)
+        await b.get_keys_by_id(SAE_A, [keys[0].key_id])  # the connection is now kept alive
+        kme_pair.faults(KME_B).drop_rate = 1.0
+        with pytest.raises(KmsIndeterminate):
+            await b.get_keys_by_id(SAE_A, [keys[1].key_id])
+        assert kme_pair.faults(KME_B).requests == 2
+
+
 async def test_stopped_kme_then_back(kme_pair: KmeNetwork) -> None:
     async with sae_client(kme_pair, SAE_A, KME_A) as a:
         await kme_pair.stop_kme(KME_A)
