@@ -43,7 +43,9 @@ class Etsi014Client:
     must carry), ``ca_file``/``cert_file``/``key_file`` (PEM: the only trusted CA, this SAE's
     certificate and key), ``timeout`` (seconds for a whole request), ``connect_timeout``
     (seconds for TCP + TLS), ``retry`` (for status and enc_keys), ``use_get`` (use GET where the
-    standard allows it), ``max_connections`` (size of the kept-alive pool).
+    standard allows it), ``max_connections`` (size of the kept-alive pool), ``check_hostname``
+    (also match the url's host against the certificate; the KME ID check always runs).
+    Bad TLS files raise :class:`KmsTlsError` here, at construction, not at the first request.
     """
 
     def __init__(
