@@ -27,7 +27,7 @@ from gateway.dataplane.errors import (
 )
 from gateway.dataplane.links import Links, netlink_call
 from gateway.dataplane.netlink_wg import parse_device, peer_request, recreate_peer_attrs
-from gateway.dataplane.reconcile import DevicePlan, normalize_spec, plan_device
+from gateway.dataplane.reconcile import DevicePlan, normalize_spec, plan_device, require_peers
 from gateway.dataplane.types import (
     KEY_LEN,
     DeviceState,
@@ -37,7 +37,6 @@ from gateway.dataplane.types import (
     validate_ifname,
     validate_public_key,
 )
-from gateway.dataplane.userspace import _require_peers
 from gateway.keymaterial import Secret
 
 __all__ = ["KernelBackend"]
@@ -98,16 +97,21 @@ class KernelBackend:
                     f"{name}: adopt=true but the interface does not exist; bring it up first"
                     " (wg-quick up / networkd) or set adopt=false to let the gateway create it"
                 )
-            _require_peers(name, await self._get(name), [p.public_key for p in spec.peers])
+            require_peers(name, await self._get(name), [p.public_key for p in spec.peers])
             self._adopted.add(name)
             return []
         created = kind is None
         if created:
             await self._links.create(name, "wireguard")
-        plan = plan_device(spec, None if created else await self._get(name))
-        await self._write(name, plan)
-        corrections = list(plan.corrections)
-        corrections += await self._links.sync_link(spec, created=created)
+        try:
+            plan = plan_device(spec, None if created else await self._get(name))
+            await self._write(name, plan)
+            corrections = list(plan.corrections)
+            corrections += await self._links.sync_link(spec, created=created)
+        except BaseException:
+            if created:  # never leave a half-configured interface we created behind
+                await self._links.delete(name)
+            raise
         if created:
             log.info("wg_interface_created", tunnel=name, backend=self.kind, netns=self.netns)
         for text in corrections:
@@ -145,7 +149,7 @@ class KernelBackend:
     async def _peer(self, ifname: str, peer_public_key: str) -> PeerState:
         pub = validate_public_key(peer_public_key)
         state = await self._get(validate_ifname(ifname))
-        _require_peers(ifname, state, [pub])
+        require_peers(ifname, state, [pub])
         return state.peers[pub]
 
     async def set_psk(self, ifname: str, peer_public_key: str, psk: Secret) -> None:

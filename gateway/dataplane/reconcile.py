@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from gateway.dataplane.errors import SpecError
+from gateway.dataplane.errors import PeerNotFound, SpecError
 from gateway.dataplane.types import (
     KEY_LEN,
     DeviceState,
@@ -24,7 +24,14 @@ from gateway.dataplane.types import (
 )
 from gateway.keymaterial import Secret
 
-__all__ = ["DevicePlan", "PeerChange", "normalize_spec", "plan_addresses", "plan_device"]
+__all__ = [
+    "DevicePlan",
+    "PeerChange",
+    "normalize_spec",
+    "plan_addresses",
+    "plan_device",
+    "require_peers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +162,13 @@ def plan_addresses(
     corrections = [f"{name}: address {a} was missing; added" for a in add]
     corrections += [f"{name}: unexpected address {a}; removed" for a in drop]
     return add, drop, corrections
+
+
+def require_peers(ifname: str, state: DeviceState, peers: list[str]) -> None:
+    """Raise PeerNotFound for the first of ``peers`` not configured in ``state``."""
+    for pub in peers:
+        if pub not in state.peers:
+            raise PeerNotFound(
+                f"{ifname}: peer {pub} is not configured on the interface"
+                " (in adopt mode add it with `wg set` or your network manager)"
+            )

@@ -32,6 +32,10 @@ UAPI_DIR = Path("/var/run/wireguard")
 UAPI_TIMEOUT = 3.0
 _ZERO_KEY = "0" * 64
 _MAX_ANSWER = 1 << 22  # 4 MiB: ~10k peers
+_HINTS = {
+    errno_mod.EADDRINUSE: ": the listen port is used by another socket; pick another port",
+    errno_mod.EINVAL: ": a key or value was malformed",
+}
 
 
 class UapiClient:
@@ -72,7 +76,8 @@ class UapiClient:
         if code != 0:
             name = errno_mod.errorcode.get(-code, str(-code))
             raise BackendCallFailed(
-                f"{self.ifname}: wireguard-go refused the request (errno={code} {name})",
+                f"{self.ifname}: wireguard-go refused the request (errno={code} {name})"
+                + _HINTS.get(-code, ""),
                 errno=-code,
             )
         return lines

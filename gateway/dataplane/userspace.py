@@ -22,15 +22,13 @@ from gateway.dataplane.errors import (
     DataplaneTimeout,
     InterfaceConflict,
     InterfaceNotFound,
-    PeerNotFound,
     PskNotApplied,
     SpecError,
 )
 from gateway.dataplane.links import Links
-from gateway.dataplane.reconcile import normalize_spec, plan_device
+from gateway.dataplane.reconcile import normalize_spec, plan_device, require_peers
 from gateway.dataplane.types import (
     KEY_LEN,
-    DeviceState,
     PeerState,
     PeerStatus,
     WgInterfaceSpec,
@@ -95,18 +93,23 @@ class UserspaceBackend:
                     f"{name}: adopt=true but the interface does not exist; bring it up first"
                     " (wg-quick up / networkd) or set adopt=false to let the gateway create it"
                 )
-            _require_peers(name, await uapi.get(), [p.public_key for p in spec.peers])
+            require_peers(name, await uapi.get(), [p.public_key for p in spec.peers])
             self._adopted.add(name)
             return []
         created = index is None
         if created:
             await self._start(name, uapi)
-        plan = plan_device(spec, None if created else await uapi.get())
-        body = plan_to_uapi(plan)
-        if body:
-            await uapi.set(body)
-        corrections = list(plan.corrections)
-        corrections += await self._links.sync_link(spec, created=created)
+        try:
+            plan = plan_device(spec, None if created else await uapi.get())
+            body = plan_to_uapi(plan)
+            if body:
+                await uapi.set(body)
+            corrections = list(plan.corrections)
+            corrections += await self._links.sync_link(spec, created=created)
+        except BaseException:
+            if created:  # never leave a half-configured interface we created behind
+                await self._links.delete(name)
+            raise
         if created:
             log.info("wg_interface_created", tunnel=name, backend=self.kind, netns=self.netns)
         for text in corrections:
@@ -162,7 +165,7 @@ class UserspaceBackend:
     async def _peer(self, ifname: str, peer_public_key: str) -> PeerState:
         pub = validate_public_key(peer_public_key)
         state = await self._uapi(ifname).get()
-        _require_peers(ifname, state, [pub])
+        require_peers(ifname, state, [pub])
         return state.peers[pub]
 
     async def set_psk(self, ifname: str, peer_public_key: str, psk: Secret) -> None:
@@ -213,11 +216,3 @@ class UserspaceBackend:
             uapi.remove_stale_socket()
         log.info("wg_interface_removed", tunnel=ifname, backend=self.kind)
 
-
-def _require_peers(ifname: str, state: DeviceState, peers: list[str]) -> None:
-    for pub in peers:
-        if pub not in state.peers:
-            raise PeerNotFound(
-                f"{ifname}: peer {pub} is not configured on the interface"
-                " (in adopt mode add it with `wg set` or your network manager)"
-            )

@@ -244,3 +244,20 @@ async def test_errors_are_typed_and_never_echo_keys(tunnel: Tunnel) -> None:
         await a.backend.apply(WgInterfaceSpec(
             name=a.ifname, private_key=Secret(a.private),
             peers=(WgPeerSpec(b.public, "peer.example:51820"),)))
+
+
+async def test_failed_creation_leaves_no_interface(lab: NetnsLab) -> None:
+    ns = lab.namespace("busy")
+    name = lab.ifname("wgbusy")
+
+    def bind_port() -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::", 45555))
+        return sock
+
+    with ns.call(bind_port):
+        with pytest.raises(BackendCallFailed, match="EADDRINUSE.*pick another port"):
+            await UserspaceBackend(ns.name).apply(
+                WgInterfaceSpec(name=name, private_key=Secret.random(32), listen_port=45555)
+            )
+    assert name not in ns.run("ip", "link")
