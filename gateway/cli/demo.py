@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -27,6 +26,7 @@ from gateway.demo import (
     MAX_SITES,
     DemoError,
     DemoOptions,
+    Interrupted,
     ToolMissing,
     cleanup,
     run_demo,
@@ -109,33 +109,17 @@ async def _main(options: DemoOptions) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        task = asyncio.create_task(run_demo(options, stop=stop, say=_say))
-        # Setup (namespaces, KMS start) does not watch `stop`; a signal then cancels it, and
-        # the context managers inside tear down what was built.
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if task not in done:
-            await _let_finish_or_cancel(task)
-        if task.cancelled():
-            _say(f"interrupted by signal {received[0]}; everything removed")
-            return 128 + received[0]
-        report = task.result()
+        # While pinging, a signal ends the run with a report; during setup, run_demo tears
+        # down and raises Interrupted.
+        report = await run_demo(options, stop=stop, say=_say)
+    except Interrupted as exc:
+        _say(f"{exc} (signal {received[0]})")
+        return 128 + received[0]
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print(report.table())
     return 0 if report.ok else 1
-
-
-async def _let_finish_or_cancel(task: asyncio.Task[Any]) -> None:
-    # Once pinging, a stop request ends the run with a report within about a second; during
-    # setup nothing listens to it, so give it that second, then cancel.
-    done, _ = await asyncio.wait({task}, timeout=1.5)
-    if not done:
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ its own namespace, one daemon per site, precise pings and a rotation report. See
 
 from gateway.demo.errors import (
     DemoError,
+    Interrupted,
     KmsUnreachable,
     LabProcessError,
     NetnsError,
@@ -35,6 +36,7 @@ __all__ = [
     "DemoError",
     "DemoOptions",
     "DemoReport",
+    "Interrupted",
     "KmsUnreachable",
     "LabNode",
     "LabPlan",

@@ -6,12 +6,20 @@ Exception tree::
     ├── ToolMissing                a required program or kernel feature is absent (install hint)
     ├── NetnsError                 an `ip` command or a namespace operation failed
     ├── LabProcessError            a lab process could not start or died early
-    └── KmsUnreachable             the KME network did not answer from a site namespace
+    ├── KmsUnreachable             the KME network did not answer from a site namespace
+    └── Interrupted                stopped (SIGINT/SIGTERM) before the pings started
 """
 
 from __future__ import annotations
 
-__all__ = ["DemoError", "KmsUnreachable", "LabProcessError", "NetnsError", "ToolMissing"]
+__all__ = [
+    "DemoError",
+    "Interrupted",
+    "KmsUnreachable",
+    "LabProcessError",
+    "NetnsError",
+    "ToolMissing",
+]
 
 
 class DemoError(Exception):
@@ -32,3 +40,7 @@ class LabProcessError(DemoError):
 
 class KmsUnreachable(DemoError):
     """The KME network did not answer a status request over mutual TLS in time."""
+
+
+class Interrupted(DemoError):
+    """A stop was requested while the lab was still being set up; it has been torn down."""

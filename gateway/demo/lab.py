@@ -18,8 +18,9 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from gateway.demo.errors import LabProcessError, ToolMissing
+from gateway.demo.errors import Interrupted, LabProcessError, ToolMissing
 from gateway.demo.kmsprobe import wait_for_kme
 from gateway.demo.netns import run_ip
 from gateway.demo.pinger import Pinger
@@ -33,6 +34,7 @@ from gateway.demo.topology import KMS_ADDRESS, Topology, new_prefix
 __all__ = ["DemoOptions", "StartSite", "detect_backend", "gateway_argv", "run_demo", "start_daemon"]
 
 StartSite = Callable[[SitePlan, LabPlan, ProcessSet], Awaitable[LabProcess]]
+T = TypeVar("T")
 
 KMS_READY_TIMEOUT_S = 20.0  # the KME network answers in ~1 s; 20 s means it will not
 # Daemons need a handshake and one key fetch before the first key is installed.
@@ -92,12 +94,29 @@ def detect_backend(netns: str, probe_name: str) -> str:
     return "kernel"
 
 
+async def _unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
+    """Await a setup step, abandoning it (and raising :class:`Interrupted`) on a stop request:
+    an operator's Ctrl-C must not wait out a 20 s KMS timeout."""
+    task = asyncio.ensure_future(step)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise Interrupted("stopped during setup; everything the demo made was removed")
+    return task.result()
+
+
 async def _wait_tunnels(plan: LabPlan, readers: dict[str, RotationReader],
-                        procs: ProcessSet, stop: asyncio.Event) -> None:
+                        procs: ProcessSet) -> None:
     """Until every tunnel has one epoch logged by both ends (its first key is in)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + TUNNELS_READY_TIMEOUT_S + plan.rekey_interval
-    while not stop.is_set():
+    while True:
         if all(_both_ends(plan, readers, t.name, t.hub, t.spoke) for t in plan.tunnels):
             return
         _check_alive(procs)
@@ -183,7 +202,9 @@ async def _run_lab(plan: LabPlan, options: DemoOptions, procs: ProcessSet,
         for s in plan.sites for t in plan.tunnels_of(s.name)[:1]
     ]
     try:
-        await asyncio.gather(*probes)
+        await _unless_stopped(stop, asyncio.gather(*probes))
+    except Interrupted:
+        raise
     except Exception:
         _check_alive(procs)  # a dead KME network explains itself better than a timeout
         raise
@@ -194,9 +215,9 @@ async def _run_lab(plan: LabPlan, options: DemoOptions, procs: ProcessSet,
     readers = {s.name: RotationReader(s.log_path) for s in plan.sites}
     if not options.lab_only:
         for site in plan.sites:
-            await start_site(site, plan, procs)
+            await _unless_stopped(stop, start_site(site, plan, procs))
         t1 = loop.time()
-        await _wait_tunnels(plan, readers, procs, stop)
+        await _unless_stopped(stop, _wait_tunnels(plan, readers, procs))
         report.tunnels_ready_s = loop.time() - t1
         say(f"tunnels keyed ({report.tunnels_ready_s:.2f} s)")
 
@@ -215,10 +236,10 @@ async def _run_lab(plan: LabPlan, options: DemoOptions, procs: ProcessSet,
     except LabProcessError as exc:
         report.errors.append(str(exc))
     finally:
+        report.duration_s = loop.time() - t2
         for _, p in pingers:
             p.stop()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    report.duration_s = loop.time() - t2
     for (tr, _), st in zip(pingers, results, strict=True):
         if isinstance(st, BaseException):
             report.errors.append(f"{tr.name}: pinger failed: {st}")

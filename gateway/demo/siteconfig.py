@@ -71,8 +71,9 @@ def site_config(plan: LabPlan, site: SitePlan) -> dict[str, Any]:
                 "address": str(tunnel.address(site.name)),
                 "peer_public_key": {"file": _rel(peer.directory / "wireguard.pub", here)},
                 "endpoint": f"{peer.wan.ip}:{tunnel.listen_port}",
+                # No persistent_keepalive: on one bridge there is no NAT to keep open, and
+                # handshakes then happen on demand, after both ends hold a key.
                 "allowed_ips": [f"{tunnel.address(peer.name).ip}/32"],
-                "persistent_keepalive": "5s",
             },
         })
     return {
