@@ -30,6 +30,7 @@ from gateway.protocol.events import (
     Send,
     SessionUp,
 )
+from gateway.protocol.exchange import UsedKeyIds
 from gateway.protocol.handshake import Established, InitiatorHandshake, ResponderHandshake
 from gateway.protocol.messages import (
     AbortCode,
@@ -41,7 +42,7 @@ from gateway.protocol.messages import (
     encode_inner,
 )
 from gateway.protocol.policy import TunnelPolicy, reconcile
-from gateway.protocol.rekey import Tunnel, UsedKeyIds
+from gateway.protocol.rekey import Tunnel
 from gateway.protocol.wire import Frame, FrameSplitter
 
 __all__ = ["Node", "PeerConfig"]

@@ -18,13 +18,8 @@ Collisions: the side with the lower SAE ID wins; the other drops its own attempt
 
 from __future__ import annotations
 
-import hmac
 import os
 import random
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
@@ -34,7 +29,6 @@ from gateway.protocol import combiner as cb
 from gateway.protocol.constants import MAX_EPOCH_STEP, NONCE_LEN, QKD_KEY_LEN, SPI_MIN, Timers
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import (
-    Action,
     Activate,
     Alarm,
     AllocateSpi,
@@ -51,7 +45,17 @@ from gateway.protocol.events import (
     Retire,
     SpiAllocated,
     TakeQkdKeys,
-    TunnelKeys,
+)
+from gateway.protocol.exchange import (
+    Exchange,
+    Sink,
+    UsedKeyIds,
+    check_init,
+    macs_equal,
+    qkd_secrets,
+    spi_ok,
+    transcript,
+    tunnel_keys,
 )
 from gateway.protocol.messages import (
     AbortCode,
@@ -63,48 +67,9 @@ from gateway.protocol.messages import (
 )
 from gateway.protocol.policy import Achieved, Kind, Mode, TunnelPolicy, check_achieved
 
-__all__ = ["Sink", "Tunnel", "UsedKeyIds"]
+__all__ = ["Tunnel"]
 
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-
-
-class UsedKeyIds:
-    """Bounded memory of QKD key IDs already used with this site (oldest forgotten first)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key_id: object) -> bool:
-        return key_id in self._ids
-
-    def add(self, key_ids: Iterable[str]) -> None:
-        for k in key_ids:
-            self._ids[k] = None
-        while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
-
-
-class Sink(Protocol):
-    def send(self, msg: InnerMessage) -> None: ...
-    def act(self, action: Action) -> None: ...
-
-
-@dataclass(slots=True)
-class _Pending:
-    initiator: bool
-    epoch: int
-    started: float
-    waiting: set[str]  # "kms:<name>" and "spi"
-    qkd: dict[str, Secret | None] = field(default_factory=dict)
-    key_ids: dict[str, str] = field(default_factory=dict)
-    spi: int = 0
-    init: RekeyInit | None = None
-    stage: str = "gather"  # gather -> await_resp | installing -> await_confirm
-    x25519: x25519.X25519PrivateKey | None = None
-    kem: mlkem.MLKEM768PrivateKey | None = None
-    keys: cb.SessionKeys | None = None
-    resp: RekeyResp | None = None
 
 
 class Tunnel:
@@ -124,10 +89,9 @@ class Tunnel:
         self.enabled_at: float | None = None  # None: no session or policy mismatch
         self.failures = 0
         self.retry_at: float | None = None
-        self.pending: _Pending | None = None
+        self.pending: Exchange | None = None
         self._retire: list[tuple[float, int]] = []
         self.completed = 0
-        self._alarm_later: tuple[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -174,14 +138,14 @@ class Tunnel:
         waiting = {f"kms:{k}" for k in self.policy.kms}
         if self.policy.kind is Kind.ESP:
             waiting.add("spi")
-        self.pending = _Pending(True, epoch, now, waiting)
+        self.pending = Exchange(True, epoch, now, waiting)
         for k in self.policy.kms:
             sink.act(TakeQkdKeys(self.name, epoch, k, self.peer_sae))
         if self.policy.kind is Kind.ESP:
             sink.act(AllocateSpi(self.name, epoch))
         self._gathered(now, sink)
 
-    def _send_init(self, p: _Pending, sink: Sink) -> None:
+    def _send_init(self, p: Exchange, sink: Sink) -> None:
         p.x25519 = x25519.X25519PrivateKey.generate()
         ek = b""
         if self.policy.mode.uses_mlkem:
@@ -199,21 +163,23 @@ class Tunnel:
             return  # late or foreign: the exchange it belongs to is gone
         assert p.init is not None and p.x25519 is not None
         try:
-            if bool(m.mlkem_ct) != bool(p.init.mlkem_ek) or not _spi_ok(self.policy, m.spi):
+            if bool(m.mlkem_ct) != bool(p.init.mlkem_ek) or not spi_ok(self.policy, m.spi):
                 raise PolicyError("response does not match the request")
             ss_kem = Secret(p.kem.decapsulate(m.mlkem_ct)) if p.kem is not None else None
             ss_x = Secret(p.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(m.x25519)))
         except (ValueError, PolicyError):
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return
-        t = self._transcript(p.init, m, initiator_sae=self.local_sae)
-        keys = cb.combine(cb.CombinerSecrets(ss_kem, self._qkd_secrets(p), ss_x), t)
-        if not _eq(cb.confirm_mac(keys.confirm_r, keys.transcript_hash), m.mac):
+        t = transcript(self.policy, p.init, m, self.local_sae, self.peer_sae)
+        keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p), ss_x), t)
+        if not macs_equal(cb.confirm_mac(keys.confirm_r, keys.transcript_hash), m.mac):
             sink.act(Alarm("rekey_confirm_failed", self.peer, self.name, "responder MAC wrong"))
             self._abort(sink, AbortCode.BAD_MAC, now, tell_peer=True)
             return
         p.keys, p.resp, p.stage = keys, m, "installing"
-        sink.act(InstallKeys(self.name, p.epoch, self._tunnel_keys(t, keys, p.init.spi, m.spi)))
+        mine = tunnel_keys(self.policy, t, keys, local_initiator=True, spi_in=p.init.spi,
+                           spi_out=m.spi)
+        sink.act(InstallKeys(self.name, p.epoch, mine))
 
     # -- responder ---------------------------------------------------------------------------
     def _on_init(self, m: RekeyInit, now: float, sink: Sink, used: UsedKeyIds) -> None:
@@ -222,17 +188,22 @@ class Tunnel:
             if self.preferred:
                 return  # collision, we win: the peer drops its attempt when it sees ours
             p = self.pending = None  # collision, we lose: our QKD keys are discarded
-        code = self._check_init(m, used)
+        code, alarm = check_init(self.policy, m, self.highest, self.last_attempt, used,
+                                 enabled=self.enabled_at is not None)
+        if alarm is not None:
+            sink.act(Alarm(alarm[0], self.peer, self.name, alarm[1]))
         if code is not None:
             sink.send(RekeyAbort(self.name, m.epoch, code, self.highest))
             return
-        self.pending = None  # a newer request replaces an unfinished one
+        old = self.pending  # a newer request replaces an unfinished one
+        if old is not None and old.keys is not None:
+            sink.act(Retire(self.name, old.epoch))  # its inbound SA may be installed
         self.highest = m.epoch
         used.add(k for k in m.key_ids if k)
         waiting = {f"kms:{k}" for k, i in zip(self.policy.kms, m.key_ids, strict=True) if i}
         if self.policy.kind is Kind.ESP:
             waiting.add("spi")
-        self.pending = _Pending(False, m.epoch, now, waiting, init=m)
+        self.pending = Exchange(False, m.epoch, now, waiting, init=m)
         for kms, kid in zip(self.policy.kms, m.key_ids, strict=True):
             if kid:
                 self.pending.key_ids[kms] = kid
@@ -241,33 +212,7 @@ class Tunnel:
             sink.act(AllocateSpi(self.name, m.epoch))
         self._gathered(now, sink)
 
-    def _check_init(self, m: RekeyInit, used: UsedKeyIds) -> AbortCode | None:
-        if self.enabled_at is None:
-            return AbortCode.UNKNOWN_TUNNEL
-        if m.mode is not self.policy.mode or len(m.key_ids) != len(self.policy.kms):
-            self._alarm_later = ("downgrade_refused", f"peer asked for mode {m.mode.label}, "
-                                 f"configured {self.policy.mode.label}")
-            return AbortCode.POLICY
-        achieved = Achieved(sum(1 << i for i, k in enumerate(m.key_ids) if k), bool(m.mlkem_ek))
-        try:
-            check_achieved(self.policy, achieved)
-        except PolicyError as exc:
-            self._alarm_later = ("downgrade_refused", str(exc))
-            return AbortCode.POLICY
-        if m.epoch <= self.highest:
-            return AbortCode.STALE_EPOCH
-        if m.epoch > max(self.highest, self.last_attempt) + MAX_EPOCH_STEP:
-            self._alarm_later = ("epoch_refused",
-                                 f"epoch {m.epoch} jumps too far ahead of {self.highest}")
-            return AbortCode.POLICY
-        if not _spi_ok(self.policy, m.spi):
-            return AbortCode.POLICY
-        ids = [k for k in m.key_ids if k]
-        if any(k in used for k in ids) or len(set(ids)) != len(ids):
-            return AbortCode.KEY_REUSE
-        return None
-
-    def _respond(self, p: _Pending, now: float, sink: Sink) -> None:
+    def _respond(self, p: Exchange, now: float, sink: Sink) -> None:
         m = p.init
         assert m is not None
         try:
@@ -282,19 +227,21 @@ class Tunnel:
             return
         resp = RekeyResp(self.name, p.epoch, ct, p.x25519.public_key().public_bytes(*_RAW),
                          os.urandom(NONCE_LEN), p.spi, b"")
-        t = self._transcript(m, resp, initiator_sae=self.peer_sae)
-        keys = cb.combine(cb.CombinerSecrets(ss_kem, self._qkd_secrets(p), ss_x), t)
+        t = transcript(self.policy, m, resp, self.peer_sae, self.local_sae)
+        keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p), ss_x), t)
         p.keys, p.stage = keys, "installing"
         p.resp = RekeyResp(resp.tunnel, resp.epoch, ct, resp.x25519, resp.nonce, resp.spi,
                            cb.confirm_mac(keys.confirm_r, keys.transcript_hash))
-        sink.act(InstallKeys(self.name, p.epoch, self._tunnel_keys(t, keys, p.spi, m.spi)))
+        mine = tunnel_keys(self.policy, t, keys, local_initiator=False, spi_in=p.spi,
+                           spi_out=m.spi)
+        sink.act(InstallKeys(self.name, p.epoch, mine))
 
     def _on_confirm(self, m: RekeyConfirm, now: float, sink: Sink) -> None:
         p = self.pending
         if p is None or p.initiator or p.stage != "await_confirm" or m.epoch != p.epoch:
             return
         assert p.keys is not None
-        if not _eq(cb.confirm_mac(p.keys.confirm_i, p.keys.transcript_hash), m.mac):
+        if not macs_equal(cb.confirm_mac(p.keys.confirm_i, p.keys.transcript_hash), m.mac):
             sink.act(Alarm("rekey_confirm_failed", self.peer, self.name, "initiator MAC wrong"))
             self._abort(sink, AbortCode.BAD_MAC, now, tell_peer=True)
             return
@@ -302,11 +249,8 @@ class Tunnel:
 
     # -- shared ------------------------------------------------------------------------------
     def on_message(self, m: InnerMessage, now: float, sink: Sink, used: UsedKeyIds) -> None:
-        self._alarm_later = None
         if isinstance(m, RekeyInit):
             self._on_init(m, now, sink, used)
-            if self._alarm_later:
-                sink.act(Alarm(self._alarm_later[0], self.peer, self.name, self._alarm_later[1]))
         elif isinstance(m, RekeyResp):
             self._on_resp(m, now, sink)
         elif isinstance(m, RekeyConfirm):
@@ -354,7 +298,7 @@ class Tunnel:
             sink.act(Alarm("install_failed", self.peer, self.name, ev.reason))
             self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True)
 
-    def _on_keys(self, p: _Pending, ev: KeysTaken | KeysFetched, now: float, sink: Sink) -> None:
+    def _on_keys(self, p: Exchange, ev: KeysTaken | KeysFetched, now: float, sink: Sink) -> None:
         tag = f"kms:{ev.kms}"
         if tag not in p.waiting:
             return
@@ -389,7 +333,7 @@ class Tunnel:
         else:
             self._respond(p, now, sink)
 
-    def _activate(self, p: _Pending, now: float, sink: Sink) -> None:
+    def _activate(self, p: Exchange, now: float, sink: Sink) -> None:
         sink.act(Activate(self.name, p.epoch))
         if self.active_epoch:
             self._retire.append((now + self.timers.retire_grace, self.active_epoch))
@@ -413,33 +357,3 @@ class Tunnel:
         backoff *= 1 + self._rng.uniform(-t.retry_jitter, t.retry_jitter)
         if p.initiator:  # only the side that started it retries: no self-inflicted collisions
             self.retry_at = now + backoff
-
-    def _qkd_secrets(self, p: _Pending) -> tuple[Secret | None, ...]:
-        return tuple(p.qkd.get(k) for k in self.policy.kms)
-
-    def _transcript(self, init: RekeyInit, resp: RekeyResp, *, initiator_sae: str
-                    ) -> cb.RekeyTranscript:
-        responder_sae = self.peer_sae if initiator_sae == self.local_sae else self.local_sae
-        return cb.RekeyTranscript(
-            self.policy.mode, self.policy.kind, init.epoch, initiator_sae, responder_sae,
-            self.name, tuple(cb.QkdSlot(k, i) for k, i in zip(self.policy.kms, init.key_ids,
-                                                               strict=True)),
-            init.mlkem_ek, resp.mlkem_ct, init.x25519, resp.x25519, init.spi, resp.spi,
-            init.nonce, resp.nonce)
-
-    def _tunnel_keys(self, t: cb.RekeyTranscript, k: cb.SessionKeys, spi_in: int, spi_out: int
-                     ) -> TunnelKeys:
-        initiator = t.initiator_sae == self.local_sae
-        return TunnelKeys(
-            self.policy.mode.label, t.achieved.labels(self.policy),
-            tuple(s.key_id for s in t.qkd if s.key_id), k.wg_psk,
-            k.esp_r2i if initiator else k.esp_i2r, k.esp_i2r if initiator else k.esp_r2i,
-            spi_in, spi_out)
-
-
-def _spi_ok(policy: TunnelPolicy, spi: int) -> bool:
-    return spi == 0 if policy.kind is Kind.WIREGUARD else SPI_MIN <= spi < 2**32
-
-
-def _eq(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)

@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.identity import PeerPublicKeys, SiteIdentity
-from gateway.protocol import Alarm, InstallKeys, Mode, SessionUp, TunnelPolicy
+from gateway.protocol import Alarm, Close, InstallKeys, Mode, Output, SessionUp, TunnelPolicy
 from gateway.protocol.messages import Finish, FrameType, Hello, HelloReply
 from gateway.protocol.wire import FrameSplitter, encode_frame
-from tests.protocol.harness import Wire, make_pair
+from tests.protocol.harness import Site, Wire, make_pair
 
 POL = [TunnelPolicy("t1", Mode.QKD_PQC, ("kms1",))]
 Ids = tuple[SiteIdentity, SiteIdentity]
@@ -193,3 +193,41 @@ def test_a_mode_mismatch_never_yields_keys(ids: Ids, ma: Mode, mb: Mode) -> None
     for site in (a, b):
         assert not any(isinstance(x, InstallKeys) for x in site.actions)
         assert any(isinstance(x, Alarm) and x.name == "policy_mismatch" for x in site.actions)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("order", ["a_first", "b_first", "interleaved"])
+def test_simultaneous_dials_keep_the_same_session_on_both_ends(ids: Ids, order: str) -> None:
+    """A dials B on connection 1 while B dials A on connection 2; both handshakes complete."""
+    a, b = make_pair(POL, ids=ids)
+    queue: list[tuple[Site, int, bytes]] = []
+    closed: list[tuple[str, int]] = []
+
+    def absorb(site: Site, out: Output) -> None:
+        other = b if site is a else a
+        for s in out.sends:
+            queue.append((other, s.conn, s.data))
+        for act in out.actions:
+            if isinstance(act, Close):
+                closed.append(("a" if site is a else "b", act.conn))
+            ev = site.perform(act)
+            if ev is not None:
+                absorb(site, site.node.handle(ev, 0.0))
+
+    absorb(b, b.node.accept(1, 0.0))
+    absorb(a, a.node.accept(2, 0.0))
+    absorb(a, a.node.connect(1, "b", 0.0))
+    absorb(b, b.node.connect(2, "a", 0.0))
+    if order == "b_first":
+        queue.reverse()
+    while queue:
+        idx = len(queue) // 2 if order == "interleaved" else 0
+        site, conn, data = queue.pop(idx)
+        if (("a" if site is a else "b"), conn) in closed:
+            continue  # that end already closed the connection
+        absorb(site, site.node.receive(conn, data, 0.0))
+    ups = [x for s in (a, b) for x in s.actions if isinstance(x, SessionUp)]
+    assert {(x.conn, x.initiator) for x in ups} >= {(1, True), (2, True)}  # both completed
+    # sae-a < sae-b: the session A dialled (connection 1) survives on both ends
+    assert a.node.session_conn("b") == 1 and b.node.session_conn("a") == 1
+    assert a.keys("t1").wg_psk == b.keys("t1").wg_psk

@@ -1,0 +1,136 @@
+"""One rekey exchange's state and the pure helpers around it (validation, transcript, keys).
+
+Split from rekey.py so that the state machine reads as transitions only; nothing here keeps
+state across exchanges except :class:`UsedKeyIds`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
+from gateway.keymaterial import Secret
+from gateway.protocol import combiner as cb
+from gateway.protocol.constants import MAX_EPOCH_STEP, SPI_MIN
+from gateway.protocol.errors import PolicyError
+from gateway.protocol.events import Action, TunnelKeys
+from gateway.protocol.messages import AbortCode, InnerMessage, RekeyInit, RekeyResp
+from gateway.protocol.policy import Achieved, Kind, TunnelPolicy, check_achieved
+
+__all__ = [
+    "Exchange",
+    "Sink",
+    "UsedKeyIds",
+    "check_init",
+    "macs_equal",
+    "qkd_secrets",
+    "spi_ok",
+    "transcript",
+    "tunnel_keys",
+]
+
+
+class UsedKeyIds:
+    """Bounded memory of QKD key IDs already used with this site (oldest forgotten first)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._ids
+
+    def add(self, key_ids: Iterable[str]) -> None:
+        for k in key_ids:
+            self._ids[k] = None
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+
+
+class Sink(Protocol):
+    def send(self, msg: InnerMessage) -> None: ...
+    def act(self, action: Action) -> None: ...
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The one unfinished rekey of a tunnel (either role)."""
+
+    initiator: bool
+    epoch: int
+    started: float
+    waiting: set[str]  # "kms:<name>" and "spi"
+    qkd: dict[str, Secret | None] = field(default_factory=dict)
+    key_ids: dict[str, str] = field(default_factory=dict)
+    spi: int = 0
+    init: RekeyInit | None = None
+    stage: str = "gather"  # gather -> await_resp | installing -> await_confirm
+    x25519: x25519.X25519PrivateKey | None = None
+    kem: mlkem.MLKEM768PrivateKey | None = None
+    keys: cb.SessionKeys | None = None
+    resp: RekeyResp | None = None
+
+
+Verdict = tuple[AbortCode | None, tuple[str, str] | None]
+
+
+def check_init(policy: TunnelPolicy, m: RekeyInit, highest: int, last_attempt: int,
+               used: UsedKeyIds, *, enabled: bool) -> Verdict:
+    """Validate a peer's RekeyInit: (abort code or None, (alarm name, reason) or None)."""
+    if not enabled:
+        return AbortCode.UNKNOWN_TUNNEL, None
+    if m.mode is not policy.mode or len(m.key_ids) != len(policy.kms):
+        return AbortCode.POLICY, ("downgrade_refused", f"peer asked for mode {m.mode.label}, "
+                                  f"configured {policy.mode.label}")
+    achieved = Achieved(sum(1 << i for i, k in enumerate(m.key_ids) if k), bool(m.mlkem_ek))
+    try:
+        check_achieved(policy, achieved)
+    except PolicyError as exc:
+        return AbortCode.POLICY, ("downgrade_refused", str(exc))
+    if m.epoch <= highest:
+        return AbortCode.STALE_EPOCH, None
+    if m.epoch > max(highest, last_attempt) + MAX_EPOCH_STEP:
+        return AbortCode.POLICY, ("epoch_refused", f"epoch {m.epoch} jumps too far ahead of "
+                                  f"{highest}")
+    if not spi_ok(policy, m.spi):
+        return AbortCode.POLICY, None
+    ids = [k for k in m.key_ids if k]
+    if any(k in used for k in ids) or len(set(ids)) != len(ids):
+        return AbortCode.KEY_REUSE, ("key_reuse_refused", "peer offered a QKD key ID again")
+    return None, None
+
+
+def qkd_secrets(policy: TunnelPolicy, x: Exchange) -> tuple[Secret | None, ...]:
+    return tuple(x.qkd.get(k) for k in policy.kms)
+
+
+def transcript(policy: TunnelPolicy, init: RekeyInit, resp: RekeyResp, initiator_sae: str,
+               responder_sae: str) -> cb.RekeyTranscript:
+    return cb.RekeyTranscript(
+        policy.mode, policy.kind, init.epoch, initiator_sae, responder_sae, policy.name,
+        tuple(cb.QkdSlot(k, i) for k, i in zip(policy.kms, init.key_ids, strict=True)),
+        init.mlkem_ek, resp.mlkem_ct, init.x25519, resp.x25519, init.spi, resp.spi,
+        init.nonce, resp.nonce)
+
+
+def tunnel_keys(policy: TunnelPolicy, t: cb.RekeyTranscript, k: cb.SessionKeys, *,
+                local_initiator: bool, spi_in: int, spi_out: int) -> TunnelKeys:
+    """The exchange's outputs from this side's point of view (in = what we receive)."""
+    return TunnelKeys(
+        policy.mode.label, t.achieved.labels(policy),
+        tuple(s.key_id for s in t.qkd if s.key_id), k.wg_psk,
+        k.esp_r2i if local_initiator else k.esp_i2r, k.esp_i2r if local_initiator else k.esp_r2i,
+        spi_in, spi_out)
+
+
+def spi_ok(policy: TunnelPolicy, spi: int) -> bool:
+    return spi == 0 if policy.kind is Kind.WIREGUARD else SPI_MIN <= spi < 2**32
+
+
+def macs_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
