@@ -40,6 +40,7 @@ KMS_READY_TIMEOUT_S = 20.0  # the KME network answers in ~1 s; 20 s means it wil
 # Daemons need a handshake and one key fetch before the first key is installed.
 TUNNELS_READY_TIMEOUT_S = 30.0
 _POLL_S = 0.5
+PROGRESS_EVERY_S = 10.0  # an open-ended run shows it is alive without flooding the terminal
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,16 @@ def _check_alive(procs: ProcessSet) -> None:
                               f"({proc.log_path}):\n{proc.log_tail()}")
 
 
-async def _wait_until(stop: asyncio.Event, duration: float | None, procs: ProcessSet) -> None:
+async def _wait_until(stop: asyncio.Event, duration: float | None, procs: ProcessSet,
+                      tick: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     end = None if duration is None else loop.time() + duration
+    next_tick = loop.time() + PROGRESS_EVERY_S
     while not stop.is_set() and (end is None or loop.time() < end):
         _check_alive(procs)
+        if loop.time() >= next_tick:
+            tick()
+            next_tick += PROGRESS_EVERY_S
         timeout = _POLL_S if end is None else max(0.0, min(_POLL_S, end - loop.time()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout)
@@ -231,8 +237,17 @@ async def _run_lab(plan: LabPlan, options: DemoOptions, procs: ProcessSet,
         + ("" if options.duration is None else f" for {options.duration:g} s")
         + "; Ctrl-C stops")
     t2 = loop.time()
+
+    def progress() -> None:
+        parts = []
+        for (tr, p), t in zip(pingers, plan.tunnels, strict=True):
+            rot = ("" if options.lab_only else
+                   f", {len(_both_ends(plan, readers, t.name, t.hub, t.spoke))} rotations")
+            parts.append(f"{tr.name}: {p.stats.sent} sent, {p.stats.lost} lost{rot}")
+        say(f"{loop.time() - t2:.0f} s: " + "; ".join(parts))
+
     try:
-        await _wait_until(stop, options.duration, procs)
+        await _wait_until(stop, options.duration, procs, progress)
     except LabProcessError as exc:
         report.errors.append(str(exc))
     finally:

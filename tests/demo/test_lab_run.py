@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ def standin(seeds: dict[str, str]):  # type: ignore[no-untyped-def]
 
 @pytest.mark.netns
 async def test_three_sites_rotate_with_matching_keys_and_no_loss(
-        capfd: pytest.CaptureFixture[str]) -> None:
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.demo.lab.PROGRESS_EVERY_S", 1.0)
     seed = os.urandom(16).hex()
     lines: list[str] = []
     report = await run_demo(DemoOptions(sites=3, duration=2.5, rekey_interval=1),
@@ -44,6 +46,8 @@ async def test_three_sites_rotate_with_matching_keys_and_no_loss(
         assert t.sent >= 45 and t.lost == 0 and t.target.startswith("10.77.")
     assert "PASS every check" in report.table()
     assert any("tunnels keyed" in line for line in lines)
+    progress = [line for line in lines if "bucharest--iasi: " in line]
+    assert len(progress) == 2 and re.search(r"\d+ sent, 0 lost, \d+ rotations", progress[-1])
     assert leftovers(report.prefix) == []
     # The PSKs the lab compared never appear in anything it printed or reported.
     out = "".join(capfd.readouterr()) + "\n".join(lines) + report.table() + repr(report)
