@@ -6,6 +6,10 @@ with no new key (KMS down, peer unreachable, policy not met), the keeper install
 key that the peer cannot know, so traffic stops instead of continuing under a stale or weaker key,
 and raises the ``tunnel_key_expired`` alarm. The next successful rotation clears it.
 
+Installing a new key does not interrupt traffic: WireGuard keeps its running session and mixes
+the new PSK into its next handshake (at the latest REKEY_AFTER_TIME, 120 s, after the previous
+one). Failing closed does interrupt it, on purpose: the session is ended with the random key.
+
 A restarted daemon resumes from the state directory: if the last activation is younger than
 ``reject_after``, the key still installed in the data plane is left alone (no flap); otherwise the
 tunnel starts closed.
@@ -34,8 +38,12 @@ class KeyInstaller(Protocol):
         """Create or adopt the tunnel (interface, peers, routes); leave any installed key."""
         ...
 
-    async def install(self, key: Secret) -> None:
-        """Install ``key`` and confirm by reading it back; raise if it did not apply."""
+    async def install(self, key: Secret, *, drop_session: bool = False) -> None:
+        """Install ``key`` and confirm by reading it back; raise if it did not apply.
+
+        ``drop_session``: also end the data plane's current session, so that traffic stops now
+        instead of running on until the data plane's next own handshake (fail closed).
+        """
         ...
 
     async def close(self, teardown: bool) -> None:
@@ -156,7 +164,9 @@ class TunnelKeeper:
         await self._installer.close(teardown)
 
     async def _fail_closed(self, reason: str) -> None:
-        await self._installer.install(Secret.random(self._key_length))
+        # A random key the peer cannot know, and the running session ended: WireGuard would
+        # otherwise keep using the old session's keys for up to REJECT_AFTER_TIME (180 s).
+        await self._installer.install(Secret.random(self._key_length), drop_session=True)
         self._closed = True
         self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch, reason=reason)
         self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch, reason=reason)

@@ -27,8 +27,10 @@ class WireGuardInstaller:
     async def reconcile(self) -> list[str]:
         return await self.backend.apply(self.spec)
 
-    async def install(self, key: Secret) -> None:
+    async def install(self, key: Secret, *, drop_session: bool = False) -> None:
         await self.backend.set_psk(self.spec.name, self.peer_public_key, key)
+        if drop_session:
+            await self.backend.force_handshake(self.spec.name, self.peer_public_key)
 
     async def close(self, teardown: bool) -> None:
         if teardown and not self.spec.adopt:

@@ -23,13 +23,15 @@ class SlotInstaller:
         self.installs = 0
         self.prepared = False
         self.torn_down: bool | None = None
+        self.dropped_sessions = 0
 
     async def prepare(self) -> None:
         self.prepared = True
 
-    async def install(self, key: Secret) -> None:
+    async def install(self, key: Secret, *, drop_session: bool = False) -> None:
         self.key = key
         self.installs += 1
+        self.dropped_sessions += drop_session
 
     async def close(self, teardown: bool) -> None:
         self.torn_down = teardown
@@ -62,6 +64,7 @@ async def test_starts_closed_with_a_random_key_and_alarm(tmp_path: Path) -> None
     keeper, inst, _events, alarms, _ = make(tmp_path, Clock())
     await keeper.start()
     assert inst.prepared and inst.installs == 1 and inst.key is not None and len(inst.key) == 32
+    assert inst.dropped_sessions == 1  # fail closed ends the running session too
     assert keeper.closed
     assert alarms == [(ALARM_EXPIRED, True)]
 
@@ -73,6 +76,7 @@ async def test_activation_installs_saves_and_clears_alarm(tmp_path: Path) -> Non
     key = Secret(b"k" * 32)
     await keeper.activate(1, key, ("id-1",), "qkd+pqc", "qkd+pqc")
     assert inst.key == key and not keeper.closed
+    assert inst.dropped_sessions == 1  # a rotation keeps the session (only the start dropped)
     assert alarms[-1] == (ALARM_EXPIRED, False)
     saved = store.load("t1")
     assert saved is not None and saved.epoch == 1 and saved.key_ids == ("id-1",)
