@@ -75,16 +75,17 @@ class _Conn:
 class _PeerSink:
     """Collects one peer's messages and actions into an Output."""
 
-    __slots__ = ("_conn", "_out")
+    __slots__ = ("_conn", "_now", "_out")
 
-    def __init__(self, out: Output, conn: _Conn | None) -> None:
-        self._out, self._conn = out, conn
+    def __init__(self, out: Output, conn: _Conn | None, now: float) -> None:
+        self._out, self._conn, self._now = out, conn, now
 
     def send(self, msg: InnerMessage) -> None:
         c = self._conn
         if c is None or c.channel is None:
             return  # no session: the message is moot, the rekey times out and retries later
         self._out.sends.append(Send(c.conn, c.channel.seal(encode_inner(msg))))
+        c.last_tx = self._now  # traffic doubles as keepalive
 
     def act(self, action: Action) -> None:
         self._out.actions.append(action)
@@ -148,14 +149,14 @@ class Node:
         out = Output.empty()
         c = self._conns.get(conn)
         if c is not None:
-            self._forget(c)
+            self._forget(c, out)
         return out
 
     def handle(self, event: Event, now: float) -> Output:
         out = Output.empty()
         t = self.tunnels.get(event.tunnel)
         if t is not None:
-            t.on_event(event, now, self._sink(out, t.peer))
+            t.on_event(event, now, self._sink(out, t.peer, now))
         return out
 
     def tick(self, now: float) -> Output:
@@ -173,7 +174,7 @@ class Node:
                 c.last_tx = now
                 out.sends.append(Send(c.conn, c.channel.seal(encode_inner(Keepalive()))))
         for t in self.tunnels.values():
-            t.tick(now, self._sink(out, t.peer))
+            t.tick(now, self._sink(out, t.peer, now))
         return out
 
     # -- introspection -----------------------------------------------------------------------
@@ -199,9 +200,9 @@ class Node:
         name = self._by_sae.get(sae)
         return None if name is None else (self.peers[name].keys, self.peers[name].tunnels)
 
-    def _sink(self, out: Output, peer: str) -> _PeerSink:
+    def _sink(self, out: Output, peer: str, now: float) -> _PeerSink:
         conn = self._session.get(peer)
-        return _PeerSink(out, self._conns.get(conn) if conn is not None else None)
+        return _PeerSink(out, self._conns.get(conn) if conn is not None else None, now)
 
     def _send_frame(self, out: Output, c: _Conn, ftype: int, payload: bytes, now: float) -> None:
         out.sends.append(Send(c.conn, Frame(ftype, payload).header + payload))
@@ -249,14 +250,14 @@ class Node:
             out.actions.append(Alarm("policy_mismatch", peer, name, why))
         for pol in enabled:
             self.tunnels[pol.name].session_up(now)
-        sink = self._sink(out, peer)
+        sink = self._sink(out, peer, now)
         for pol in enabled:
             self.tunnels[pol.name].tick(now, sink)
 
     def _inner(self, peer: str, msg: InnerMessage, now: float, out: Output) -> None:
         if isinstance(msg, Keepalive):
             return
-        sink = self._sink(out, peer)
+        sink = self._sink(out, peer, now)
         t = self.tunnels.get(msg.tunnel)
         if t is None or t.peer != peer:
             # Another peer's tunnel name, or none: answer without touching any state.
@@ -266,13 +267,13 @@ class Node:
         t.on_message(msg, now, sink, self._used)
 
     def _drop(self, c: _Conn, reason: str, out: Output, detail: str = "") -> None:
-        self._forget(c)
+        self._forget(c, out)
         out.actions.append(Close(c.conn, reason if not detail else f"{reason}: {detail}"))
 
-    def _forget(self, c: _Conn) -> None:
+    def _forget(self, c: _Conn, out: Output) -> None:
         self._conns.pop(c.conn, None)
         if c.peer is not None and self._session.get(c.peer) == c.conn:
             del self._session[c.peer]
             for t in self.tunnels.values():
                 if t.peer == c.peer:
-                    t.session_down()
+                    t.session_down(out.actions.append)

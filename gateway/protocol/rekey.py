@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
@@ -29,6 +30,7 @@ from gateway.protocol import combiner as cb
 from gateway.protocol.constants import MAX_EPOCH_STEP, NONCE_LEN, QKD_KEY_LEN, SPI_MIN, Timers
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import (
+    Action,
     Activate,
     Alarm,
     AllocateSpi,
@@ -101,7 +103,10 @@ class Tunnel:
     def session_up(self, now: float) -> None:
         self.enabled_at, self.pending, self.retry_at, self.failures = now, None, None, 0
 
-    def session_down(self) -> None:
+    def session_down(self, act: Callable[[Action], None]) -> None:
+        p = self.pending
+        if p is not None and p.keys is not None:
+            act(Retire(self.name, p.epoch))  # an inbound SA of the lost exchange may exist
         self.enabled_at, self.pending = None, None
 
     # -- timers ------------------------------------------------------------------------------

@@ -117,23 +117,29 @@ class Endpoint:
     async def _dialer(self, addr: PeerAddress) -> None:
         failures = 0
         while True:
-            if self.node.session_conn(addr.peer) is None:
-                try:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(addr.host, addr.port), _CONNECT_TIMEOUT)
-                except (OSError, TimeoutError):
-                    failures += 1
-                else:
-                    conn = next(self._ids)
-                    self._writers[conn] = writer
-                    self._apply(self.node.connect(conn, addr.peer, self._now))
-                    await self._pump(conn, reader)
-                    failures = 0 if self.node.session_conn(addr.peer) is None else failures
-                    failures += 1
-                delay = min(_DIAL_BACKOFF_CAP, _DIAL_BACKOFF_BASE * 2 ** min(failures, 10))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if self.node.session_conn(addr.peer) is not None:
+                await asyncio.sleep(_TICK * 4)  # a session exists (perhaps dialled by the peer)
+                continue
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(addr.host, addr.port), _CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                log.info("dial_failed", peer=addr.peer, host=addr.host, port=addr.port,
+                         error=type(exc).__name__)
+                failures += 1
             else:
-                await asyncio.sleep(_TICK * 4)
+                conn = next(self._ids)
+                self._writers[conn] = writer
+                self._apply(self.node.connect(conn, addr.peer, self._now))
+                started = self._now
+                await self._pump(conn, reader)
+                # A connection that outlived its handshake was a working session: redial at
+                # once (re-authentication, peer restart); a quick failure backs off.
+                lived = self._now - started > self.node.timers.handshake_timeout
+                failures = 0 if lived else failures + 1
+            if failures:
+                delay = min(_DIAL_BACKOFF_CAP, _DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 10))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _pump(self, conn: int, reader: asyncio.StreamReader) -> None:
         # The read timeout is a backstop; the core's handshake and liveness timers cut earlier.

@@ -37,6 +37,7 @@ from gateway.protocol import (
     Node,
     PeerAddress,
     PeerConfig,
+    SessionUp,
     SpiAllocated,
     TakeQkdKeys,
     Timers,
@@ -255,3 +256,33 @@ async def test_rotation_continues_while_a_client_sends_garbage(ids: Ids) -> None
         assert sb.active["t"] >= start + 3  # the good peer kept rotating meanwhile
         assert sa.keys("t").wg_psk == sb.keys("t").wg_psk
         assert eb.node.session_conn("a") is not None
+
+
+async def test_reauthentication_redials_and_keys_keep_rotating(ids: Ids) -> None:
+    timers = Timers(handshake_timeout=0.6, reauth_interval=0.8, rekey_after=0.25,
+                    rekey_after_backup=0.4, reject_after=3.0, rekey_timeout=2.0,
+                    retry_base=0.05, retry_cap=0.3, keepalive_interval=0.3, dead_after=2.0)
+    pols = (TunnelPolicy("t", Mode.QKD_PQC, ("k1",)),)
+    node_a = Node(ids[0], "SAE_A", {"b": PeerConfig("SAE_B", ids[1].public(), pols)},
+                  timers=timers)
+    node_b = Node(ids[1], "SAE_B", {"a": PeerConfig("SAE_A", ids[0].public(), pols)},
+                  timers=timers)
+    links = {"k1": KeyLink("k1")}
+    sa, sb = Site(node_a, links), Site(node_b, links)
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        ea = Endpoint(node_a, lambda a: _perform(loop, sa, ea, a))
+        eb = Endpoint(node_b, lambda a: _perform(loop, sb, eb, a))
+        stack.push_async_callback(ea.aclose)
+        stack.push_async_callback(eb.aclose)
+        port = await eb.listen(LOOP, 0)
+        with structlog.testing.capture_logs() as logs:
+            ea.dial(PeerAddress("b", LOOP, port))
+            await _until(lambda: sum(isinstance(x, SessionUp) for x in sb.actions) >= 3, 5.0)
+    reasons = [e.get("reason") for e in logs if e["event"] == "connection_closed"]
+    assert "reauthenticate" in reasons
+    epochs = [x.epoch for x in sb.actions if isinstance(x, Activate)]
+    assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs) >= 3
+    common = set(sa.installed) & set(sb.installed)
+    assert len(common) >= 3
+    assert all(sa.installed[k].wg_psk == sb.installed[k].wg_psk for k in common)
