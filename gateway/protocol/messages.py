@@ -58,7 +58,7 @@ class AbortCode(enum.IntEnum):
     FETCH_FAILED = 1  # the responder's KMS could not return a key ID
     POLICY = 2  # achieved set does not satisfy the tunnel's mode
     STALE_EPOCH = 3  # epoch not above the responder's highest; see highest_epoch
-    COLLISION = 4  # both started at once and this side lost the tie-break
+    COLLISION = 4  # reserved: v1 resolves collisions silently (see rekey.py)
     TIMEOUT = 5
     BAD_MAC = 6  # key confirmation failed
     UNKNOWN_TUNNEL = 7

@@ -46,7 +46,13 @@ class PeerAddress:
 
 
 class Endpoint:
-    """Runs one Node over TCP. ``on_action`` receives every non-transport action, in order."""
+    """Runs one Node over TCP.
+
+    ``on_action`` receives every action in order (Close and SessionUp too, for logging). It must
+    not block; it performs actions in its own tasks and reports their results with
+    :meth:`handle` later (not from inside the callback), e.g. via ``loop.call_soon``.
+    ``max_pending`` bounds connections that have not finished their handshake.
+    """
 
     def __init__(self, node: Node, on_action: Callable[[Action], None], *,
                  max_pending: int = MAX_PENDING_UNAUTHENTICATED) -> None:
@@ -71,6 +77,9 @@ class Endpoint:
 
     def dial(self, addr: PeerAddress) -> None:
         """Keep a session to ``addr.peer`` up: (re)connect with capped, jittered backoff."""
+        if addr.peer not in self.node.peers:
+            raise ValueError(f"cannot dial {addr.peer!r}: not a configured peer "
+                             f"(known: {sorted(self.node.peers)})")
         self._spawn(self._dialer(addr), f"protocol-dial-{addr.peer}")
         if self._server is None and not any(t.get_name() == "protocol-tick" for t in self._tasks):
             self._spawn(self._ticker(), "protocol-tick")
@@ -79,6 +88,8 @@ class Endpoint:
         self._closing = True
         if self._server is not None:
             self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):

@@ -19,6 +19,7 @@ from gateway.protocol import (
     Action,
     Activate,
     AllocateSpi,
+    Close,
     Event,
     FetchQkdKeys,
     Installed,
@@ -143,8 +144,8 @@ class Wire:
             ev = site.perform(act)
             if ev is not None:
                 self._absorb(site, site.node.handle(ev, now), now)
-            if type(act).__name__ == "Close":
-                self.closed.append(f"{'a' if site is self.a else 'b'}:{act.reason}")  # type: ignore[union-attr]
+            if isinstance(act, Close):
+                self.closed.append(f"{'a' if site is self.a else 'b'}:{act.reason}")
 
     def open(self, now: float = 0.0) -> None:
         self._absorb(self.b, self.b.node.accept(1, now), now)
