@@ -44,6 +44,7 @@ async def test_new_psk_used_at_next_natural_rekey_without_loss(tunnel: Tunnel) -
     finally:
         sent, lost, summary = await ping.aresult()
     waited = (now.last_handshake or 0) - first.last_handshake
+    print(f"natural re-key {waited:.1f} s after the previous handshake; {sent} sent, {lost} lost")
     assert REKEY_AFTER_TIME <= waited < REKEY_AFTER_TIME + 15, waited
     assert lost == 0 and sent == 20 * (REKEY_AFTER_TIME + 15), summary
     assert int(wg_show(a.ns, a.ifname, "latest-handshakes")[b.public]) == int(
