@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -30,6 +31,7 @@ __all__ = ["Namespace", "NetnsLab", "PingRun", "netns_lab", "wg_keypair", "wg_sh
 
 T = TypeVar("T")
 UAPI_DIR = Path("/var/run/wireguard")
+_CLONE_NEWNET = 0x40000000
 
 
 @dataclass
@@ -63,7 +65,10 @@ class Namespace:
             try:
                 fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
                 try:
-                    os.setns(fd, os.CLONE_NEWNET)
+                    # os.setns arrived in Python 3.12; setns(2) via libc on 3.11.
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    if libc.setns(fd, _CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns {self.name}")
                 finally:
                     os.close(fd)
                 result.append(fn())

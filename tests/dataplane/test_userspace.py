@@ -255,9 +255,8 @@ async def test_failed_creation_leaves_no_interface(lab: NetnsLab) -> None:
         sock.bind(("::", 45555))
         return sock
 
-    with ns.call(bind_port):
-        with pytest.raises(BackendCallFailed, match="EADDRINUSE.*pick another port"):
-            await UserspaceBackend(ns.name).apply(
-                WgInterfaceSpec(name=name, private_key=Secret.random(32), listen_port=45555)
-            )
+    with ns.call(bind_port), pytest.raises(BackendCallFailed, match=r"EADDRINUSE.*another port"):
+        await UserspaceBackend(ns.name).apply(
+            WgInterfaceSpec(name=name, private_key=Secret.random(32), listen_port=45555)
+        )
     assert name not in ns.run("ip", "link")
