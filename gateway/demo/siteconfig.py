@@ -28,7 +28,12 @@ from gateway.demo.topology import KMS_ADDRESS
 from gateway.identity import SiteIdentity
 from gateway.kms.sim.pki import ensure_pki
 
-__all__ = ["materialize", "site_config"]
+__all__ = ["KMS_PATH_NAME", "materialize", "site_config"]
+
+# A tunnel's `kms` list names KMS *paths*, and the peer protocol disables a tunnel whose two ends
+# list different names (policy_mismatch). Every site reaches the one QKD backbone through its own
+# KME, so each site's single KMS entry carries this same name, with its own URL and KME ID.
+KMS_PATH_NAME = "qkd-backbone"
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -39,7 +44,7 @@ def site_config(plan: LabPlan, site: SitePlan) -> dict[str, Any]:
     """The configuration mapping of one site (paths relative to its directory)."""
     here = site.directory
     pki = plan.pki_dir
-    kms_name = f"kms-{site.name}"
+    kms_name = KMS_PATH_NAME
     peers: list[dict[str, Any]] = []
     tunnels: list[dict[str, Any]] = []
     for tunnel in plan.tunnels_of(site.name):

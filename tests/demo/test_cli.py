@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import IO
 
 import pytest
@@ -41,8 +43,22 @@ def _prefix(lines: list[str]) -> str:
 
 @pytest.mark.netns
 def test_lab_only_run_reports_and_exits_zero() -> None:
-    done = subprocess.run([*DEMO, "--lab-only", "--duration", "1.5"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([*DEMO, "--lab-only", "--duration", "1.5", "--keep"],
+                          capture_output=True, text=True, timeout=60)
+    match = re.search(r"files in (\S+)", done.stderr)
+    assert match, done.stderr
+    run_dir = Path(match.group(1))
+    try:
+        # No private key (identity, WireGuard, TLS) in anything the demo printed.
+        keys = [p for p in run_dir.rglob("*.key")]
+        assert len(keys) >= 2 * 4
+        for key in keys:
+            assert key.stat().st_mode & 0o077 == 0
+            for line in key.read_text().splitlines():
+                if line and not line.startswith("-----"):
+                    assert line not in done.stdout and line not in done.stderr
+    finally:
+        shutil.rmtree(run_dir)
     assert done.returncode == 0, done.stderr
     assert "KME network ready" in done.stderr
     out = done.stdout

@@ -53,6 +53,9 @@ def test_written_configs_load_and_hold_no_secret(tmp_path: Path) -> None:
     assert hub.tunnels[0].rekey_interval == 7.0 and hub.tunnels[0].reject_after == 10.5
     spoke = load_config(plan.sites[2].config_path)
     assert spoke.site.sae_id == "sae-iasi" and spoke.kms[0].kme_id == "kme-iasi"
+    # One KMS path name on every site: the peer protocol refuses tunnels whose lists differ.
+    assert {load_config(s.config_path).kms[0].name for s in plan.sites} == {"qkd-backbone"}
+    assert all(t.kms == ["qkd-backbone"] for t in hub.tunnels + spoke.tunnels)
     assert spoke.kms[0].url == "https://198.18.0.2:8402"
     wg = spoke.tunnels[0].wireguard
     assert wg is not None and wg.backend == "userspace"
