@@ -28,6 +28,7 @@ __all__ = [
     "UsedKeyIds",
     "check_init",
     "macs_equal",
+    "offered_mask",
     "qkd_secrets",
     "spi_ok",
     "transcript",
@@ -105,15 +106,22 @@ def check_init(policy: TunnelPolicy, m: RekeyInit, highest: int, last_attempt: i
     return None, None
 
 
-def qkd_secrets(policy: TunnelPolicy, x: Exchange) -> tuple[Secret | None, ...]:
-    return tuple(x.qkd.get(k) for k in policy.kms)
+def qkd_secrets(policy: TunnelPolicy, x: Exchange, mask: int) -> tuple[Secret | None, ...]:
+    return tuple(x.qkd.get(k) if mask >> n & 1 else None for n, k in enumerate(policy.kms))
+
+
+def offered_mask(init: RekeyInit) -> int:
+    return sum(1 << n for n, k in enumerate(init.key_ids) if k)
 
 
 def transcript(policy: TunnelPolicy, init: RekeyInit, resp: RekeyResp, initiator_sae: str,
                responder_sae: str) -> cb.RekeyTranscript:
+    """Both ends build this from the two messages; QKD slots the responder could not fetch
+    (mode "any" only, see ``RekeyResp.qkd_mask``) enter as left out."""
+    ids = [i if resp.qkd_mask >> n & 1 else "" for n, i in enumerate(init.key_ids)]
     return cb.RekeyTranscript(
         policy.mode, policy.kind, init.epoch, initiator_sae, responder_sae, policy.name,
-        tuple(cb.QkdSlot(k, i) for k, i in zip(policy.kms, init.key_ids, strict=True)),
+        tuple(cb.QkdSlot(k, i) for k, i in zip(policy.kms, ids, strict=True)),
         init.mlkem_ek, resp.mlkem_ct, init.x25519, resp.x25519, init.spi, resp.spi,
         init.nonce, resp.nonce)
 

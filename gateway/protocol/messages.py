@@ -216,6 +216,7 @@ def _key_id(raw: bytes) -> str:
 class RekeyResp:
     tunnel: str
     epoch: int
+    qkd_mask: int  # QKD paths the responder could fetch; < the offered set only in mode "any"
     mlkem_ct: bytes
     x25519: bytes
     nonce: bytes
@@ -223,12 +224,12 @@ class RekeyResp:
     mac: bytes
 
     def encode(self) -> bytes:
-        w = Writer().name(self.tunnel).u64(self.epoch).blob(self.mlkem_ct).blob(self.x25519)
-        return w.blob(self.nonce).u32(self.spi).blob(self.mac).bytes()
+        w = Writer().name(self.tunnel).u64(self.epoch).u8(self.qkd_mask).blob(self.mlkem_ct)
+        return w.blob(self.x25519).blob(self.nonce).u32(self.spi).blob(self.mac).bytes()
 
     @classmethod
     def decode(cls, r: Reader) -> RekeyResp:
-        return cls(r.name(), r.u64(), r.blob_exact((0, MLKEM768_CT_LEN)),
+        return cls(r.name(), r.u64(), r.u8(), r.blob_exact((0, MLKEM768_CT_LEN)),
                    r.blob_exact((X25519_LEN,)), r.blob_exact((NONCE_LEN,)), r.u32(),
                    r.blob_exact((MAC_LEN,)))
 

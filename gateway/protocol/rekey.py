@@ -7,7 +7,7 @@
     RekeyInit(epoch, mode, key_IDs, ek, X_i, N_i, SPI_i) ->
                                                       GATHER: FetchQkdKeys per path, AllocateSpi
                                                       derive; InstallKeys (inbound) ... Installed
-                                   <- RekeyResp(ct, X_r, N_r, SPI_r, MAC_r)
+                                   <- RekeyResp(mask, ct, X_r, N_r, SPI_r, MAC_r)
     derive, check MAC_r; InstallKeys ... Installed
     RekeyConfirm(MAC_i) ->; Activate                  check MAC_i; Activate
 
@@ -54,6 +54,7 @@ from gateway.protocol.exchange import (
     UsedKeyIds,
     check_init,
     macs_equal,
+    offered_mask,
     qkd_secrets,
     spi_ok,
     transcript,
@@ -167,16 +168,21 @@ class Tunnel:
         if p is None or not p.initiator or p.stage != "await_resp" or m.epoch != p.epoch:
             return  # late or foreign: the exchange it belongs to is gone
         assert p.init is not None and p.x25519 is not None
+        offered = offered_mask(p.init)
         try:
             if bool(m.mlkem_ct) != bool(p.init.mlkem_ek) or not spi_ok(self.policy, m.spi):
                 raise PolicyError("response does not match the request")
+            if m.qkd_mask & ~offered or (m.qkd_mask != offered and self.policy.mode is not
+                                          Mode.ANY):
+                raise PolicyError("responder left out a QKD path the mode requires")
             ss_kem = Secret(p.kem.decapsulate(m.mlkem_ct)) if p.kem is not None else None
             ss_x = Secret(p.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(m.x25519)))
         except (ValueError, PolicyError):
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return
         t = transcript(self.policy, p.init, m, self.local_sae, self.peer_sae)
-        keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p), ss_x), t)
+        secrets = qkd_secrets(self.policy, p, m.qkd_mask)
+        keys = cb.combine(cb.CombinerSecrets(ss_kem, secrets, ss_x), t)
         if not macs_equal(cb.confirm_mac(keys.confirm_r, keys.transcript_hash), m.mac):
             sink.act(Alarm("rekey_confirm_failed", self.peer, self.name, "responder MAC wrong"))
             self._abort(sink, AbortCode.BAD_MAC, now, tell_peer=True)
@@ -230,12 +236,14 @@ class Tunnel:
         except ValueError:
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return
-        resp = RekeyResp(self.name, p.epoch, ct, p.x25519.public_key().public_bytes(*_RAW),
-                         os.urandom(NONCE_LEN), p.spi, b"")
+        mask = sum(1 << n for n, k in enumerate(self.policy.kms) if p.qkd.get(k) is not None)
+        resp = RekeyResp(self.name, p.epoch, mask, ct,
+                         p.x25519.public_key().public_bytes(*_RAW), os.urandom(NONCE_LEN), p.spi,
+                         b"")
         t = transcript(self.policy, m, resp, self.peer_sae, self.local_sae)
-        keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p), ss_x), t)
+        keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p, mask), ss_x), t)
         p.keys, p.stage = keys, "installing"
-        p.resp = RekeyResp(resp.tunnel, resp.epoch, ct, resp.x25519, resp.nonce, resp.spi,
+        p.resp = RekeyResp(resp.tunnel, resp.epoch, mask, ct, resp.x25519, resp.nonce, resp.spi,
                            cb.confirm_mac(keys.confirm_r, keys.transcript_hash))
         mine = tunnel_keys(self.policy, t, keys, local_initiator=False, spi_in=p.spi,
                            spi_out=m.spi)
@@ -278,7 +286,7 @@ class Tunnel:
                 return
             p.waiting.discard(f"kms:{ev.kms}")
             p.qkd[ev.kms] = None
-            if not p.initiator or self.policy.mode is not Mode.ANY:  # only "any" tolerates a gap
+            if self.policy.mode is not Mode.ANY:  # only "any" tolerates a missing path
                 sink.act(Alarm("qkd_unavailable", self.peer, self.name,
                                f"kms {ev.kms}: {ev.reason}"))
                 self._abort(sink, AbortCode.FETCH_FAILED, now, tell_peer=not p.initiator)

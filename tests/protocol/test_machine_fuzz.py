@@ -92,7 +92,7 @@ INNER = st.one_of(
     st.builds(RekeyInit, TUN, EPOCH, st.sampled_from(list(Mode)),
               st.lists(st.sampled_from(["", "id-1", "id-2"]), max_size=2).map(tuple),
               st.sampled_from([b""]), B32, B32, st.sampled_from([0, 300])),
-    st.builds(RekeyResp, TUN, EPOCH, st.just(b""), B32, B32, st.sampled_from([0, 300]),
+    st.builds(RekeyResp, TUN, EPOCH, st.integers(0, 255), st.just(b""), B32, B32, st.sampled_from([0, 300]),
               st.binary(min_size=48, max_size=48)),
     st.builds(RekeyConfirm, TUN, EPOCH, st.binary(min_size=48, max_size=48)),
     st.builds(RekeyAbort, TUN, EPOCH, st.sampled_from(list(AbortCode)), EPOCH),

@@ -137,6 +137,32 @@ def test_any_mode_reports_what_it_achieved(ids: Ids) -> None:
 
 
 @pytest.mark.unit
+def test_any_mode_leaves_out_a_path_the_responder_cannot_fetch(ids: Ids) -> None:
+    links = {"k1": KeyLink("k1"), "k2": KeyLink("k2", fail_fetches=1)}
+    a, b = make_pair([TunnelPolicy("t", Mode.ANY, ("k1", "k2"))], ids=ids, links=links)
+    w = Wire(a, b)
+    w.open()
+    ka, kb = a.keys("t"), b.keys("t")
+    assert ka.achieved == kb.achieved == ("qkd:k1", "ml-kem-768", "x25519")
+    assert ka.wg_psk == kb.wg_psk and ka.key_ids == kb.key_ids and len(ka.key_ids) == 1
+    _run(w, 1.5)  # the next rekey gets both paths again
+    assert a.keys("t").achieved == ("qkd:k1", "qkd:k2", "ml-kem-768", "x25519")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("mode", [Mode.QKD_PQC, Mode.QKD])
+def test_exact_modes_abort_when_a_path_cannot_be_fetched(ids: Ids, mode: Mode) -> None:
+    links = {"k1": KeyLink("k1"), "k2": KeyLink("k2", fail_fetches=1)}
+    a, b = make_pair([TunnelPolicy("t", mode, ("k1", "k2"))], ids=ids, links=links)
+    w = Wire(a, b)
+    w.open()
+    assert "t" not in a.active and "t" not in b.active
+    assert not any(isinstance(x, InstallKeys) for x in a.actions + b.actions)
+    _run(w, 0.5, step=0.05)
+    assert len(a.keys("t").key_ids) == 2 and a.keys("t").wg_psk == b.keys("t").wg_psk
+
+
+@pytest.mark.unit
 def test_rekey_collision_is_resolved_deterministically(ids: Ids) -> None:
     # Equal timers on both sides: every rekey (the first one too) starts on both ends at once.
     timers = dataclasses.replace(FAST, rekey_after_backup=FAST.rekey_after)
