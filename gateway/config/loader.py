@@ -5,6 +5,12 @@ a word. Here the file is composed into nodes (``yaml.compose``) and walked by ha
 built by PyYAML's safe constructor, mappings and sequences by the walk, which records
 ``path -> line`` and reports duplicate keys. Merge keys (``<<``) are not supported: they hide
 where a value came from.
+
+The file may be hostile or mangled, so the walk never trusts it: a value that does not fit its
+tag (``!!int abc``), a tag other than the plain YAML types (``!!python/...``, ``!custom``, on a
+scalar, list or mapping), an alias to a list or mapping that contains it, nesting deeper than
+``MAX_DEPTH`` and aliases expanding past ``MAX_VALUES`` values are each a located problem, never
+an exception from PyYAML or a recursion.
 """
 
 from __future__ import annotations
@@ -40,21 +46,132 @@ class Document:
         return 0
 
 
+# Limits that keep a hostile or mangled file from exhausting memory or the stack. A real
+# configuration is a few levels deep and a few thousand values even for a large hub.
+MAX_DEPTH = 32
+MAX_VALUES = 50_000
+
+_STD = "tag:yaml.org,2002:"
+_MAP, _SEQ = _STD + "map", _STD + "seq"
+# Scalar tags the safe constructor builds, and what each reads as (for the message).
+_SCALARS = {_STD + "str": "text", _STD + "int": "a whole number", _STD + "float": "a number",
+            _STD + "bool": "true or false", _STD + "null": "null", _STD + "timestamp": "a date",
+            _STD + "binary": "base64 binary"}
+_TAG_FIX = "remove the tag and write plain text, numbers, lists or mappings"
+# What PyYAML's scalar constructors raise on a value that does not fit its tag
+# (`!!int abc` -> ValueError, `!!timestamp abc` -> AttributeError, `!!bool maybe` -> KeyError).
+_BAD_SCALAR = (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+               OverflowError)
+
+
+def _tag(tag: str) -> str:
+    short = "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
+    return short if len(short) <= 60 else short[:57] + "..."
+
+
+class _Stop(Exception):
+    """The walk cannot go on (expansion cap); carries the one problem to report."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class _Composer(yaml.SafeLoader):
+    """A safe loader that remembers where each alias is used. PyYAML hands back the anchored
+    node itself for an alias, which knows only the anchor's position."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.aliases: dict[tuple[int, object], tuple[yaml.Mark, str]] = {}
+
+    # The stubs say ``index: int``; for a mapping value PyYAML passes the key node.
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            self.aliases[_slot(parent, index)] = (event.start_mark, str(event.anchor))
+        return super().compose_node(parent, index)
+
+
+def _slot(parent: object, index: object) -> tuple[int, object]:
+    # Sequence items are composed with their position, mapping values with their key node.
+    return id(parent), index if isinstance(index, int) else id(index)
+
+
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, aliases: dict[tuple[int, object], tuple[yaml.Mark, str]]) -> None:
         self.constructor = yaml.SafeLoader("")  # a bare loader is a safe constructor
         self.doc = Document(data=None)
+        self.aliases = aliases
+        self.fatal: list[Problem] = []  # values that cannot be read: no validation after these
+        self.open: set[int] = set()  # nodes being walked, to catch an alias to an ancestor
+        self.count = 0
+        self.outer_alias: tuple[Loc, yaml.Mark] | None = None
 
-    def walk(self, node: yaml.Node, loc: Loc) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, loc)
-        if isinstance(node, yaml.SequenceNode):
-            out: list[Any] = []
-            for i, item in enumerate(node.value):
-                self.doc.lines.setdefault((*loc, i), item.start_mark.line + 1)
-                out.append(self.walk(item, (*loc, i)))
-            return out
-        return self.constructor.construct_object(node, deep=True)
+    def _problem(self, loc: Loc, mark: yaml.Mark, message: str, fix: str) -> None:
+        self.fatal.append(Problem(render_path(loc), mark.line + 1, message, fix, mark.column + 1))
+
+    def child(self, parent: yaml.Node, index: object, node: yaml.Node, loc: Loc) -> Any:
+        """Walk ``node`` found in ``parent`` at ``index``; record its line at ``loc``."""
+        alias = self.aliases.get(_slot(parent, index))
+        # Inside an alias's expansion every value is placed where the alias is used: that is
+        # the place the YAML path (and so the operator reading it) refers to.
+        mark = alias[0] if alias else self.outer_alias[1] if self.outer_alias else \
+            node.start_mark
+        self.doc.lines.setdefault(loc, mark.line + 1)
+        if alias is None:
+            return self.walk(node, loc, mark)
+        if id(node) in self.open:
+            self._problem(loc, mark, f"alias *{alias[1][:40]} refers to the list or mapping "
+                          "that contains it", "write the values out instead")
+            return None
+        if self.outer_alias is not None:
+            return self.walk(node, loc, mark)
+        # Lines inside the expansion are the anchor's; the cap names the outermost alias.
+        self.outer_alias = (loc, mark)
+        try:
+            return self.walk(node, loc, mark)
+        finally:
+            self.outer_alias = None
+
+    def walk(self, node: yaml.Node, loc: Loc, mark: yaml.Mark) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            where, at = self.outer_alias or (loc, mark)
+            raise _Stop(Problem(render_path(where), at.line + 1,
+                                f"aliases expand the file to more than {MAX_VALUES} values",
+                                "write the values out, or use fewer aliases inside aliases",
+                                at.column + 1))
+        if len(self.open) >= MAX_DEPTH:
+            raise _Stop(Problem(render_path(loc), mark.line + 1,
+                                f"lists or mappings are nested more than {MAX_DEPTH} deep",
+                                "a configuration needs a handful of levels", mark.column + 1))
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, loc, mark)
+        expected = _MAP if isinstance(node, yaml.MappingNode) else _SEQ
+        if node.tag != expected:
+            self._problem(loc, mark, f"unsupported YAML tag {_tag(node.tag)}", _TAG_FIX)
+            return None
+        self.open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc)
+            return [self.child(node, i, item, (*loc, i)) for i, item in enumerate(node.value)]
+        finally:
+            self.open.discard(id(node))
+
+    def _scalar(self, node: yaml.ScalarNode, loc: Loc, mark: yaml.Mark) -> Any:
+        what = _SCALARS.get(node.tag)
+        if what is None:
+            self._problem(loc, mark, f"unsupported YAML tag {_tag(node.tag)}", _TAG_FIX)
+            return None
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except _BAD_SCALAR:
+            # The constructor's own message quotes the value, which may be a pasted secret.
+            self._problem(loc, mark, f"cannot be read as {what} ({_tag(node.tag)})",
+                          "put it in quotes and remove any !! tag")
+            return None
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -83,53 +200,54 @@ class _Walker:
                 )
                 continue
             self.doc.lines[(*loc, key)] = line
-            out[key] = self.walk(value_node, (*loc, key))
+            out[key] = self.child(node, key_node, value_node, (*loc, key))
         return out
 
 
+def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
+    mark = exc.problem_mark or exc.context_mark
+    what = exc.problem or "not valid YAML"
+    if exc.context:
+        what = f"{exc.context}, {what}"
+    return ConfigError(
+        [Problem("", mark.line + 1 if mark else 0, f"YAML syntax error: {what}",
+                 "check the indentation and quoting here and on the line above",
+                 mark.column + 1 if mark else 0)],
+        name,
+    )
+
+
 def parse_yaml(text: str, name: str = "<config>") -> Document:
-    """Parse ``text``; YAML syntax errors raise :class:`ConfigError` with line and column.
+    """Parse ``text``; YAML syntax errors, values that cannot be read (``!!int abc``, unknown
+    tags), alias loops and oversized expansions raise :class:`ConfigError` with line and column.
 
     Structural problems that still allow a reading (duplicate keys) are left in
     ``Document.problems`` so they are reported together with everything else.
     """
+    composer = _Composer(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = composer.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or "not valid YAML"
-        if exc.context:
-            what = f"{exc.context}, {what}"
-        raise ConfigError(
-            [
-                Problem(
-                    "",
-                    mark.line + 1 if mark else 0,
-                    f"YAML syntax error: {what}",
-                    "check the indentation and quoting here and on the line above",
-                    mark.column + 1 if mark else 0,
-                )
-            ],
-            name,
-        ) from None
+        raise _syntax_error(exc, name) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem("", 0, f"YAML error: {exc}", "")], name) from None
-    walker = _Walker()
+    except RecursionError:
+        # PyYAML composes recursively: a few hundred unclosed '[' exhaust the stack.
+        raise ConfigError([Problem("", composer.get_mark().line + 1,
+                                   f"lists or mappings are nested more than {MAX_DEPTH} deep",
+                                   "a configuration needs a handful of levels")], name) from None
+    finally:
+        composer.dispose()
+    walker = _Walker(composer.aliases)
     if root is None:
         return walker.doc
     walker.doc.lines[()] = root.start_mark.line + 1
     try:
-        walker.doc.data = walker.walk(root, ())
-    except yaml.MarkedYAMLError as exc:
-        # Tags this loader will not build (!!python/object, unknown !tags, bad !!binary).
-        mark = exc.problem_mark or exc.context_mark
-        raise ConfigError(
-            [Problem("", mark.line + 1 if mark else 0,
-                     f"YAML value cannot be read: {exc.problem or exc.context}",
-                     "remove the !tag and write plain text, numbers, lists or mappings",
-                     mark.column + 1 if mark else 0)],
-            name,
-        ) from None
+        walker.doc.data = walker.walk(root, (), root.start_mark)
+    except _Stop as stop:
+        raise ConfigError([stop.problem], name) from None
+    if walker.fatal:
+        raise ConfigError(walker.fatal, name)
     return walker.doc
 
 

@@ -104,3 +104,32 @@ def test_key_files_that_do_not_parse_or_match(
         "`qkd-gateway keygen --wireguard`",
     ]
     assert_no_secrets(err, [site_dir])
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param("a: &x [*x]\n",
+                     "a[0] (line 1, column 8): alias *x refers to the list or mapping that "
+                     "contains it; write the values out instead", id="self-alias"),
+        pytest.param("site: !!int abc\n",
+                     "site (line 1, column 7): cannot be read as a whole number (!!int); put it "
+                     "in quotes and remove any !! tag", id="int"),
+        pytest.param("site: !!float abc\n",
+                     "site (line 1, column 7): cannot be read as a number (!!float); put it in "
+                     "quotes and remove any !! tag", id="float"),
+        pytest.param("site: !!timestamp abc\n",
+                     "site (line 1, column 7): cannot be read as a date (!!timestamp); put it in "
+                     "quotes and remove any !! tag", id="timestamp"),
+        pytest.param("a: !!python/object/apply:os.system ['true']\n",
+                     "a (line 1, column 4): unsupported YAML tag !!python/object/apply:os.system; "
+                     "remove the tag and write plain text, numbers, lists or mappings",
+                     id="tag-on-list"),
+    ],
+)
+def test_hostile_one_liners_exit_2_without_traceback(
+    write_config: Write, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    path = write_config(text)
+    assert run_cli("check-config", str(path)) == 2
+    assert capsys.readouterr() == ("", f"{path}: 1 problem\n  {problem}\n")

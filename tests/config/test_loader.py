@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gateway.config import ConfigError
@@ -50,3 +52,67 @@ def test_syntax_error() -> None:
         parse_yaml("site:\n  name: 'unterminated\n")
     [problem] = err.value.problems
     assert problem.line == 3 and problem.message.startswith("YAML syntax error: while scanning")
+
+
+def _messages(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_yaml(text)
+    return [str(p) for p in err.value.problems]
+
+
+def test_bad_values_and_unknown_tags_are_all_reported_at_their_lines() -> None:
+    text = ("a: !!int 12x\n"
+            "b:\n"
+            "  - !!bool maybe\n"
+            "  - !custom {k: v}\n"
+            "c: !!set {x, y}\n"
+            "d: !!binary 'A'\n"
+            "e: 2024-13-45\n"
+            "f: !!str fine\n")
+    fix = "put it in quotes and remove any !! tag"
+    tag_fix = "remove the tag and write plain text, numbers, lists or mappings"
+    assert _messages(text) == [
+        f"a (line 1, column 4): cannot be read as a whole number (!!int); {fix}",
+        f"b[0] (line 3, column 5): cannot be read as true or false (!!bool); {fix}",
+        f"b[1] (line 4, column 5): unsupported YAML tag !custom; {tag_fix}",
+        f"c (line 5, column 4): unsupported YAML tag !!set; {tag_fix}",
+        f"d (line 6, column 4): cannot be read as base64 binary (!!binary); {fix}",
+        f"e (line 7, column 4): cannot be read as a date (!!timestamp); {fix}",
+    ]
+
+
+def test_aliases_expand_and_lines_point_at_the_alias() -> None:
+    doc = parse_yaml("lan: &lan [10.1.0.0/16]\nx:\n  nets: *lan\n")
+    assert doc.data == {"lan": ["10.1.0.0/16"], "x": {"nets": ["10.1.0.0/16"]}}
+    assert doc.lines[("x", "nets")] == 3
+    # An item reached through an alias is placed where the alias is used, not at the anchor.
+    assert doc.line_of(("x", "nets", 0)) == 3
+
+
+def test_alias_loop_is_refused_deep_inside() -> None:
+    assert _messages("a:\n  b: &x\n    c:\n      - 1\n      - *x\n") == [
+        "a.b.c[1] (line 5, column 9): alias *x refers to the list or mapping that contains it; "
+        "write the values out instead",
+    ]
+
+
+def test_billion_laughs_is_capped() -> None:
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 10):
+        refs = ", ".join([f"*l{i - 1}"] * 10)
+        lines.append(f"l{i}: &l{i} [{refs}]")
+    started = time.perf_counter()
+    messages = _messages("\n".join(lines) + "\n")
+    assert time.perf_counter() - started < 5
+    assert messages == [
+        # l0..l3 expand to 12344 values, each *l3 to 11111 more: the fourth one crosses 50000.
+        "l4[3] (line 5, column 25): aliases expand the file to more than 50000 values; "
+        "write the values out, or use fewer aliases inside aliases",
+    ]
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_deep_nesting_is_a_problem_not_a_recursion_error(depth: int) -> None:
+    [message] = _messages("a: " + "[" * depth + "]" * depth + "\n")
+    assert message.endswith("lists or mappings are nested more than 32 deep; "
+                            "a configuration needs a handful of levels")
