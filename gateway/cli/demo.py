@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from gateway.demo import (
@@ -33,7 +31,7 @@ from gateway.demo import (
     stale_prefixes,
 )
 
-__all__ = ["main", "register", "run"]
+__all__ = ["register", "run"]
 
 
 def _seconds(text: str) -> float:
@@ -88,9 +86,6 @@ def _requirements(lab_only: bool) -> None:
     for tool, package in needed.items():
         if shutil.which(tool) is None:
             raise ToolMissing(f"`{tool}` not found: apt-get install {package}")
-    if not lab_only and importlib.util.find_spec("gateway.cli.run") is None:
-        raise ToolMissing("this build has no `qkd-gateway run` daemon yet; "
-                          "`qkd-gateway demo --lab-only` checks the lab without daemons")
 
 
 def _say(line: str) -> None:
@@ -139,16 +134,3 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gateway.cli.demo ARGS``: this command alone (tests, before it is listed in
-    the ``qkd-gateway`` command table)."""
-    parser = argparse.ArgumentParser(prog="qkd-gateway")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -56,27 +55,13 @@ class DemoOptions:
 
 
 def gateway_argv(subcommand: str, *args: str) -> list[str]:
-    """``python -m gateway SUBCOMMAND ARGS`` with this interpreter (the venv's)."""
-    from gateway.cli import main as cli_main
-
-    module = subcommand.replace("-", "_")
-    if module in cli_main._COMMANDS or importlib.util.find_spec(f"gateway.cli.{module}") is None:
-        return [sys.executable, "-m", "gateway", subcommand, *args]
-    # The module exists but the command table does not list it yet: register just that one.
-    code = ("import argparse,sys\n"
-            f"from gateway.cli import {module} as m\n"
-            "p=argparse.ArgumentParser(prog='qkd-gateway')\n"
-            "m.register(p.add_subparsers(dest='command', required=True))\n"
-            "a=p.parse_args(sys.argv[1:])\n"
-            "sys.exit(a.func(a))\n")
-    return [sys.executable, "-c", code, subcommand, *args]
+    """``python -m gateway SUBCOMMAND ARGS`` with this interpreter (the venv's): the lab runs
+    the very code it was started from, whatever is on PATH."""
+    return [sys.executable, "-m", "gateway", subcommand, *args]
 
 
 async def start_daemon(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabProcess:
     """The default ``start_site``: ``qkd-gateway run --config FILE`` in the site's namespace."""
-    if importlib.util.find_spec("gateway.cli.run") is None:
-        raise ToolMissing("this build has no `qkd-gateway run` daemon yet; "
-                          "use `qkd-gateway demo --lab-only` to check the lab alone")
     argv = gateway_argv("run", "--config", str(site.config_path))
     return await procs.start(f"daemon {site.name}", site.netns, argv, site.log_path)
 

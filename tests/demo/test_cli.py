@@ -19,7 +19,7 @@ from gateway.cli import demo as demo_cli
 from gateway.demo import stale_prefixes
 from tests.demo.conftest import leftovers
 
-DEMO = [sys.executable, "-m", "gateway.cli.demo"]
+DEMO = [sys.executable, "-m", "gateway", "demo"]
 
 
 def _wait_for_line(stream: IO[str], needle: str, timeout: float = 20.0) -> list[str]:
