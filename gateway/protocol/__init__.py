@@ -51,7 +51,7 @@ from gateway.protocol.events import (
     TakeQkdKeys,
     TunnelKeys,
 )
-from gateway.protocol.machine import Node, PeerConfig
+from gateway.protocol.machine import Node, PeerConfig, TunnelStatus
 from gateway.protocol.policy import Kind, Mode, TunnelPolicy
 from gateway.protocol.transport import Endpoint, PeerAddress
 
@@ -100,6 +100,7 @@ __all__ = [
     "Timers",
     "TunnelKeys",
     "TunnelPolicy",
+    "TunnelStatus",
     "UnknownPeer",
     "UnsupportedVersion",
     "WireError",

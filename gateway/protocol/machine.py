@@ -45,7 +45,7 @@ from gateway.protocol.policy import TunnelPolicy, reconcile
 from gateway.protocol.rekey import Tunnel
 from gateway.protocol.wire import Frame, FrameSplitter
 
-__all__ = ["Node", "PeerConfig"]
+__all__ = ["Node", "PeerConfig", "TunnelStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,21 @@ class PeerConfig:
     sae_id: str
     keys: PeerPublicKeys
     tunnels: tuple[TunnelPolicy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelStatus:
+    """A tunnel's protocol state for status displays and metrics (times are core ``now``)."""
+
+    tunnel: str
+    peer: str
+    mode: str
+    session_up: bool  # a session with the peer exists and both ends configured it identically
+    active_epoch: int  # 0: no key yet
+    active_since: float | None
+    expired: bool
+    rekeys_completed: int
+    rekey_in_progress: int | None  # epoch of the unfinished exchange
 
 
 @dataclass(slots=True)
@@ -180,6 +195,13 @@ class Node:
     # -- introspection -----------------------------------------------------------------------
     def session_conn(self, peer: str) -> int | None:
         return self._session.get(peer)
+
+    def tunnel_status(self, tunnel: str) -> TunnelStatus:
+        """Raises KeyError for a tunnel this node does not have."""
+        t = self.tunnels[tunnel]
+        return TunnelStatus(t.name, t.peer, t.policy.mode.label, t.enabled_at is not None,
+                            t.active_epoch, t.active_at, t.expired, t.completed,
+                            t.pending.epoch if t.pending else None)
 
     def pending_connections(self) -> int:
         return sum(1 for c in self._conns.values() if c.established is None)

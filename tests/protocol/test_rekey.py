@@ -74,6 +74,19 @@ def test_rekeys_in_every_mode_agree_on_keys(ids: Ids, mode: Mode, kms: tuple[str
 
 
 @pytest.mark.unit
+def test_tunnel_status_reports_progress(ids: Ids) -> None:
+    a, b = make_pair([TunnelPolicy("t", Mode.PQC)], ids=ids)
+    before = a.node.tunnel_status("t")
+    assert (before.session_up, before.active_epoch, before.rekeys_completed) == (False, 0, 0)
+    w = Wire(a, b)
+    w.open(5.0)
+    st = a.node.tunnel_status("t")
+    assert (st.peer, st.mode, st.session_up, st.active_epoch, st.active_since) == (
+        "b", "pqc", True, 1, 5.0)
+    assert st.rekeys_completed == 1 and st.rekey_in_progress is None and not st.expired
+
+
+@pytest.mark.unit
 def test_make_before_break_order(ids: Ids) -> None:
     a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",), Kind.ESP)], ids=ids)
     w = Wire(a, b)
