@@ -4,6 +4,7 @@ verdict fails when the two ends' keys differ."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import DemoOptions, LabPlan, LabProcess, ProcessSet, SitePlan, run_demo
+from gateway.demo import (
+    DemoOptions,
+    LabPlan,
+    LabProcess,
+    LabProcessError,
+    ProcessSet,
+    SitePlan,
+    run_demo,
+)
 from tests.demo.conftest import leftovers
 
 STANDIN = Path(__file__).with_name("standin_daemon.py")
@@ -70,4 +79,44 @@ async def test_verdict_fails_when_keys_differ() -> None:
     assert tunnel.lost == tunnel.sent  # the handshake cannot complete: nothing gets through
     table = report.table()
     assert "do not hold the same preshared key" in table and "DIFFER" in table
+    assert leftovers(report.prefix) == []
+
+
+@pytest.mark.netns
+async def test_daemon_that_exits_before_keying_fails_the_setup() -> None:
+    async def crashing(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabProcess:
+        return await procs.start(f"daemon {site.name}", site.netns,
+                                 ["sh", "-c", "echo 'config: boom'; exit 3"], site.log_path)
+
+    prefix: list[str] = []
+    with pytest.raises(LabProcessError, match=r"exited with code 3; last output .*\n.*boom"):
+        await run_demo(DemoOptions(sites=2, duration=5), start_site=crashing,
+                       say=lambda line: prefix.append(line.split()[1].rstrip(":")))
+    assert leftovers(prefix[0]) == []
+
+
+@pytest.mark.netns
+async def test_daemon_dying_while_pinging_is_reported() -> None:
+    seed = os.urandom(16).hex()
+    started = asyncio.Event()
+    standins: list[LabProcess] = []
+    start = standin({"bucharest": seed, "cluj-napoca": seed})
+
+    async def tracked(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabProcess:
+        standins.append(await start(site, plan, procs))
+        return standins[-1]
+
+    async def kill_spoke() -> None:
+        await started.wait()
+        await asyncio.sleep(0.5)
+        os.kill(standins[1].pid, 9)
+
+    killer = asyncio.create_task(kill_spoke())
+    report = await run_demo(DemoOptions(sites=2, duration=10, rekey_interval=1),
+                            start_site=tracked,
+                            say=lambda line: started.set() if line.startswith("pinging") else None)
+    await killer
+    assert not report.ok
+    assert report.duration_s < 5  # the run ends at the death, not after --duration
+    assert any("stand-in cluj-napoca exited with code -9" in e for e in report.errors)
     assert leftovers(report.prefix) == []
