@@ -66,6 +66,7 @@ class EtsiDaemon:
         self.installed: dict[tuple[str, int], TunnelKeys] = {}
         self.active: dict[str, int] = {}
         self.spi = 0x5000
+        self.qkd_keys: list[bytes] = []  # every QKD key seen, for the leak scan
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_action(self, a: Action) -> None:
@@ -92,6 +93,7 @@ class EtsiDaemon:
         try:
             if isinstance(a, TakeQkdKeys):
                 keys = await client.get_keys(a.slave_sae_id, a.n, 256)
+                self.qkd_keys += [k.key.reveal() for k in keys]
                 self._feed(KeysTaken(a.tunnel, a.epoch, a.kms, tuple(keys)))
             else:
                 keys = await client.get_keys_by_id(a.master_sae_id, a.key_ids)
@@ -164,6 +166,8 @@ async def test_multipath_rekeys_over_tcp_with_etsi014_kmes(ids: Ids, tmp_path: P
             assert len(ka.key_ids) == n_paths
     assert stock[0] < 1000 and stock[1] < 1000  # keys really came out of both networks
     secrets = [k.reveal() for v in da.installed.values() for k in (v.wg_psk, v.esp_in, v.esp_out)]
+    secrets += da.qkd_keys
+    assert len(da.qkd_keys) >= 8
     text = repr(logs) + capsys.readouterr().out + capsys.readouterr().err
     for s in secrets:
         assert s.hex() not in text and base64.b64encode(s).decode() not in text
