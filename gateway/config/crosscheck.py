@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
-from gateway.config.errors import Problem, render_path
+from gateway.config.errors import Problem, render_path, show
 from gateway.config.loader import Document, Loc
 
 __all__ = ["cross_check"]
@@ -43,7 +43,7 @@ class _Checker:
             if not isinstance(value, str):
                 continue
             if value in seen:
-                self.add((section, i, key), f"{what} '{value}' is already used by "
+                self.add((section, i, key), f"{what} {show(value)} is already used by "
                          f"{section}[{seen[value]}]", f"give each {what} a different value")
             else:
                 seen[value] = i
@@ -62,9 +62,10 @@ class _Checker:
             return
         what = "peer" if section == "peers" else "KMS"
         if names:
-            self.add(loc, f"no {what} named '{value}'", f"defined {section}: {', '.join(names)}")
+            self.add(loc, f"no {what} named {show(value)}",
+                     f"defined {section}: {', '.join(names)}")
         else:
-            self.add(loc, f"no {what} named '{value}'", f"define it under {section}:")
+            self.add(loc, f"no {what} named {show(value)}", f"define it under {section}:")
 
     def networks(self) -> None:
         owners: list[tuple[_Net, Loc, str]] = []
@@ -103,7 +104,7 @@ def cross_check(doc: Document) -> list[Problem]:
     own_sae = site.get("sae_id") if isinstance(site, dict) else None
     for i, peer in _items(data, "peers"):
         if isinstance(own_sae, str) and peer.get("sae_id") == own_sae:
-            c.add(("peers", i, "sae_id"), f"'{own_sae}' is this site's own SAE ID",
+            c.add(("peers", i, "sae_id"), f"{show(own_sae)} is this site's own SAE ID",
                   "write the peer's SAE ID here")
     for i, tunnel in _items(data, "tunnels"):
         c.reference(("tunnels", i, "peer"), tunnel.get("peer"), peers, "peers")
@@ -113,7 +114,7 @@ def cross_check(doc: Document) -> list[Problem]:
             for j, name in enumerate(names):
                 c.reference(("tunnels", i, "kms", j), name, kms, "kms")
                 if isinstance(name, str) and name in seen:
-                    c.add(("tunnels", i, "kms", j), f"KMS '{name}' is listed twice",
+                    c.add(("tunnels", i, "kms", j), f"KMS {show(name)} is listed twice",
                           "list each KMS once")
                 seen.add(str(name))
     c.networks()

@@ -11,15 +11,17 @@ Exception tree::
     tunnels[1].rekey_interval (line 42): '5x' is not a duration; write e.g. 120s or 5m
 
 A problem never quotes the value of a secret: where an inline secret is found, it says where,
-not what.
+not what; any value, key or path part that looks like key material (:func:`looks_like_key`) is
+shown as ``<hidden...>``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "Problem", "render_path"]
+__all__ = ["HIDDEN", "ConfigError", "Problem", "looks_like_key", "render_path", "show"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,39 @@ class ConfigError(ValueError):
         return "\n".join(str(p) for p in self.problems)
 
 
+_PEM = ("-----BEGIN", "PRIVATE KEY")
+_B64 = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")  # base64 and base64url of 15+ bytes
+_HEX = re.compile(r"(?:0x)?[0-9A-Fa-f]{32,}")
+HIDDEN = "<hidden: looks like key material>"
+
+
+def looks_like_key(text: str) -> bool:
+    """Whether ``text`` may be key material: part of a PEM block, 32+ hex digits, or 20+ base64
+    characters mixing upper case, lower case and digits (whitespace ignored, so a pasted
+    multi-line block counts). Messages never quote such a value; a false positive only costs a
+    less specific message, a false negative would put a key into logs and tickets."""
+    if any(marker in text for marker in _PEM):
+        return True
+    compact = "".join(text.split())
+    if _HEX.fullmatch(compact):
+        return True
+    return bool(_B64.fullmatch(compact)) and any(c.isupper() for c in compact) \
+        and any(c.islower() for c in compact) and any(c.isdigit() for c in compact)
+
+
+def show(value: object) -> str:
+    """A short quotation of an input value for a message; never of one that looks like key
+    material, and never of bytes (only a !!binary value is bytes here)."""
+    if isinstance(value, bytes | bytearray):
+        return "<binary data>"
+    text = str(value)
+    if looks_like_key(text):
+        return HIDDEN
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"'{text}'"
+
+
 def render_path(loc: Iterable[str | int]) -> str:
     """``('tunnels', 1, 'peer')`` -> ``tunnels[1].peer``."""
     out = ""
@@ -66,5 +101,6 @@ def render_path(loc: Iterable[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
+            part = "<hidden>" if looks_like_key(part) else part
             out += f".{part}" if out else part
     return out

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BeforeValidator, PlainSerializer, Validatio
 from pydantic_core import PydanticCustomError
 
 from gateway.config.durations import format_duration, parse_duration
+from gateway.config.errors import looks_like_key, show
 
 __all__ = [
     "Cidr",
@@ -42,6 +43,7 @@ __all__ = [
     "WireGuardPublicKey",
     "check_readable",
     "fail",
+    "not_pasted",
     "resolve_path",
     "show",
 ]
@@ -57,14 +59,6 @@ def fail(kind: str, message: str, fix: str = "", field: str = "") -> PydanticCus
     return PydanticCustomError(
         f"cfg_{kind}", "{message}", {"message": message, "fix": fix, "field": field}
     )
-
-
-def show(value: object) -> str:
-    """A short quotation of a (non-secret) input value for a message."""
-    text = str(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"'{text}'"
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -232,7 +226,15 @@ def check_readable(path: Path) -> str:
     return ""
 
 
+def not_pasted(value: Path) -> None:
+    """Refuse a path that is really pasted key material, without quoting it."""
+    if looks_like_key(str(value)):
+        raise fail("inline_secret", "this looks like key material, not a file path (not shown)",
+                   "put it in a file and write the file's path here")
+
+
 def _existing(value: Path, info: ValidationInfo) -> Path:
+    not_pasted(value)
     path = _resolve(value, info)
     reason = check_readable(path)
     if reason:
@@ -267,6 +269,7 @@ def _public_key(length: int, label: str, how: str) -> Callable[[Any, ValidationI
             # Not quoted: what is pasted here by mistake is sometimes a private key.
             return decode(value, f"this {label} public key")
         if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
+            not_pasted(Path(value["file"]))
             path = _resolve(Path(value["file"]), info)
             reason = check_readable(path)
             if reason:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config.errors import ConfigError, Problem, render_path
+from gateway.config.errors import ConfigError, Problem, render_path, show
 
 __all__ = ["Document", "Loc", "parse_yaml", "read_yaml"]
 
@@ -195,7 +195,7 @@ class _Walker:
                 first = self.doc.lines[(*loc, key)]
                 self.doc.problems.append(
                     Problem(render_path((*loc, key)), line,
-                            f"key '{key}' appears twice (first on line {first})",
+                            f"key {show(key)} appears twice (first on line {first})",
                             "remove one of them")
                 )
                 continue

@@ -15,8 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.config.errors import Problem, render_path
-from gateway.config.fields import show
+from gateway.config.errors import Problem, render_path, show
 from gateway.config.loader import Document, Loc
 
 __all__ = ["translate"]
@@ -109,7 +108,7 @@ def _one(root: type[BaseModel], doc: Document, err: Any) -> Problem:
     elif kind == "extra_forbidden":
         model = _model_at(root, loc[:-1])
         allowed = list(model.model_fields) if model else []
-        message = f"unknown key '{loc[-1]}'"
+        message = f"unknown key {show(loc[-1])}"
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         fix = f"did you mean '{close[0]}'? " if close else ""
         fix += f"allowed here: {', '.join(allowed)}" if allowed else "remove it"
