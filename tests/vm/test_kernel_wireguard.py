@@ -13,7 +13,14 @@ import time
 import pytest
 import structlog
 
-from gateway.dataplane import KernelBackend, WgInterfaceSpec, WgPeerSpec, select_backend
+from gateway.dataplane import (
+    InterfaceConflict,
+    InterfaceNotFound,
+    KernelBackend,
+    WgInterfaceSpec,
+    WgPeerSpec,
+    select_backend,
+)
 from gateway.keymaterial import Secret
 from tests.netns_harness import NetnsLab, wg_keypair, wg_show
 
@@ -108,3 +115,27 @@ async def test_kernel_tunnel_psk_rotation_and_drift() -> None:
     for key in [*used, Secret(ka), Secret(kb)]:
         raw = key.reveal()
         assert raw.hex() not in text and base64.b64encode(raw).decode() not in text
+
+
+async def test_kernel_adopt_touches_only_psk() -> None:
+    with NetnsLab(prefix="vm") as lab:
+        ns = lab.namespace("adopt")
+        name = lab.ifname("wgad")
+        _, peer = wg_keypair()
+        ns.run("ip", "link", "add", name, "type", "wireguard")
+        ns.run("wg", "set", name, "listen-port", "45000", "peer", peer, "allowed-ips",
+               "10.1.0.0/16")
+        before = ns.run("wg", "showconf", name)
+        backend = KernelBackend(ns.name)
+        spec = WgInterfaceSpec(name=name, private_key=None, listen_port=51820,
+                               peers=(WgPeerSpec(peer, None, ("10.3.0.0/16",)),), adopt=True)
+        assert await backend.apply(spec) == []
+        assert ns.run("wg", "showconf", name) == before
+        psk = Secret.random(32)
+        await backend.set_psk(name, peer, psk)
+        assert wg_show(ns, name, "preshared-keys") == {peer: base64.b64encode(psk.reveal()).decode()}
+        assert "listening port: 45000" in ns.run("wg", "show", name)
+        with pytest.raises(InterfaceConflict):
+            await backend.remove(name)
+        with pytest.raises(InterfaceNotFound):
+            await backend.peer_status(lab.ifname("wgnone"))
