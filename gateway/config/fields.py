@@ -27,6 +27,7 @@ from gateway.config.errors import looks_like_key, show
 
 __all__ = [
     "Cidr",
+    "Count",
     "Duration",
     "Ed25519PublicKey",
     "Endpoint",
@@ -43,6 +44,7 @@ __all__ = [
     "WireGuardPublicKey",
     "check_readable",
     "fail",
+    "longer_than_zero",
     "not_pasted",
     "resolve_path",
     "show",
@@ -99,6 +101,27 @@ def _duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_duration), PlainSerializer(format_duration)]
+
+
+def longer_than_zero(example: str) -> AfterValidator:
+    """For a Duration where 0 would mean "give up at once" or "expire at once", never "off"."""
+
+    def check(seconds: float) -> float:
+        if seconds <= 0:
+            raise fail("duration_range", "must be longer than 0s", f"write e.g. {example}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _count(value: Any) -> Any:
+    # Pydantic reads true as 1; `target: yes` is a typo, not a pool of one key.
+    if isinstance(value, bool):
+        raise fail("count", f"{show(value)} is not a whole number", "write e.g. 64")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_count)]
 
 
 # -- addresses -------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from gateway.config.durations import format_duration
 from gateway.config.fields import (
+    Count,
     Duration,
     Ed25519PublicKey,
     ExistingFile,
@@ -26,6 +28,7 @@ from gateway.config.fields import (
     Port,
     ResolvedPath,
     fail,
+    longer_than_zero,
     show,
 )
 from gateway.config.sources import GeneratedKey, SecretSource
@@ -49,6 +52,10 @@ __all__ = [
 
 # The peer control protocol's TCP port. Unassigned by IANA; chosen for this project.
 DEFAULT_LISTEN_PORT = 7447
+# MQTT's Keep Alive is a 16-bit number of seconds (MQTT 3.1.1 section 3.1.2.10; 0 would turn it
+# off, so a dead broker would go unnoticed); gateway.telemetry refuses less than 5 s.
+MQTT_MIN_KEEPALIVE = 5.0
+MQTT_MAX_KEEPALIVE = 65535.0
 
 
 class _Strict(BaseModel):
@@ -100,16 +107,16 @@ class Listen(_Strict):
 
 
 class KmsTimeouts(_Strict):
-    connect: Duration = 5.0
-    request: Duration = 10.0
+    connect: Annotated[Duration, longer_than_zero("5s")] = 5.0
+    request: Annotated[Duration, longer_than_zero("10s")] = 10.0
 
 
 class KmsPool(_Strict):
     """Keys fetched ahead: refill in ``batch``es up to ``target`` when below ``low_water``."""
 
-    target: int = Field(default=64, gt=0)
-    batch: int = Field(default=8, gt=0)
-    low_water: int = Field(default=16, ge=0)
+    target: Count = Field(default=64, gt=0)
+    batch: Count = Field(default=8, gt=0)
+    low_water: Count = Field(default=16, ge=0)
 
     @model_validator(mode="after")
     def _order(self) -> KmsPool:
@@ -180,6 +187,11 @@ class MqttSettings(_Strict):
 
     @model_validator(mode="after")
     def _tls(self) -> MqttSettings:
+        if not MQTT_MIN_KEEPALIVE <= self.keepalive <= MQTT_MAX_KEEPALIVE:
+            raise fail("duration_range", f"{format_duration(self.keepalive)} is outside "
+                       f"{format_duration(MQTT_MIN_KEEPALIVE)} to "
+                       f"{format_duration(MQTT_MAX_KEEPALIVE)} (MQTT keep-alive is 16-bit "
+                       "seconds; the client needs at least 5s)", "write e.g. 60s", "keepalive")
         if (self.client_cert is None) != (self.client_key is None):
             missing = "client_key" if self.client_key is None else "client_cert"
             raise fail("missing_rule", "client_cert and client_key go together",

@@ -7,13 +7,14 @@ references to peers and KMS) are in :mod:`gateway.config.crosscheck`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.config.durations import format_duration
 from gateway.config.fields import (
     Cidr,
+    Count,
     Duration,
     HostPort,
     IfName,
@@ -23,6 +24,7 @@ from gateway.config.fields import (
     Port,
     WireGuardPublicKey,
     fail,
+    longer_than_zero,
 )
 from gateway.config.sources import GeneratedKey
 
@@ -83,10 +85,11 @@ class EspLifetime(_Strict):
     """Kernel-enforced SA limits. Unset means no kernel limit: the gateway replaces SAs every
     ``rekey_interval`` and removes them after ``reject_after`` itself."""
 
-    soft_bytes: int | None = Field(default=None, gt=0)
-    hard_bytes: int | None = Field(default=None, gt=0)
-    soft_time: Duration | None = None
-    hard_time: Duration | None = None
+    soft_bytes: Count | None = Field(default=None, gt=0)
+    hard_bytes: Count | None = Field(default=None, gt=0)
+    # 0 would read as "no limit" to the kernel but as "expire now" to a reader: refused.
+    soft_time: Annotated[Duration, longer_than_zero("5m")] | None = None
+    hard_time: Annotated[Duration, longer_than_zero("10m")] | None = None
 
     @model_validator(mode="after")
     def _order(self) -> EspLifetime:
