@@ -35,6 +35,9 @@ class Document:
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # The text of each plain scalar that YAML read as something else (`yes` -> True, `0x10` ->
+    # 16), so messages can quote what the operator typed.
+    raw: dict[Loc, str] = field(default_factory=dict)
 
     def line_of(self, loc: Loc) -> int:
         """Line of ``loc``, or of its nearest ancestor present in the file (e.g. the mapping a
@@ -166,12 +169,15 @@ class _Walker:
             self._problem(loc, mark, f"unsupported YAML tag {_tag(node.tag)}", _TAG_FIX)
             return None
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except _BAD_SCALAR:
             # The constructor's own message quotes the value, which may be a pasted secret.
             self._problem(loc, mark, f"cannot be read as {what} ({_tag(node.tag)})",
                           "put it in quotes and remove any !! tag")
             return None
+        if not isinstance(value, str):
+            self.doc.raw[loc] = str(node.value)
+        return value
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
         out: dict[str, Any] = {}

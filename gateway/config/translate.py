@@ -2,7 +2,8 @@
 
 Pydantic reports a location tuple (``('tunnels', 1, 'rekey_interval')``) and a message written
 for programmers. Here each error class gets a sentence and a fix; our own validators already
-raise ``cfg_*`` errors that carry both. Input values are quoted only for scalar type errors
+raise ``cfg_*`` errors that carry both. A quoted value is quoted as the operator wrote it
+(``yes``, not ``True``). Input values are quoted only for scalar type errors
 (names, numbers, choices): mappings and text given where a mapping belongs are described, not
 quoted, because that is exactly where a pasted secret would be.
 """
@@ -131,6 +132,11 @@ def _one(root: type[BaseModel], doc: Document, err: Any) -> Problem:
         message, fix = "the list is empty", "add at least one entry"
     elif kind == "string_too_short":
         message, fix = "must not be empty", "write a value"
+    # Quote the value as written: `rekey_interval: yes` is "'yes' is not a duration", since
+    # 'True' is a word the operator never typed.
+    raw = doc.raw.get(tuple(err["loc"]))
+    if raw is not None and not isinstance(value, dict | list):
+        message = message.replace(show(value), show(raw), 1)
     return Problem(render_path(loc), doc.line_of(loc), message, fix)
 
 
