@@ -10,6 +10,7 @@ Activate can never overtake the InstallKeys of the same epoch, nor an Expire a l
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,10 @@ from gateway.telemetry import TelemetryBus
 
 __all__ = ["ActionRunner"]
 
+#: Actions that belong to one rekey exchange; the first one seen starts its latency clock.
+_EXCHANGE = (TakeQkdKeys, FetchQkdKeys, InstallKeys)
+_MAX_TRACKED = 1024
+
 #: A take waits at most this long for the pool; the pool refills ahead of need, so waiting means
 #: the KMS is slow or dry. Shorter than the protocol's rekey_timeout (30 s) so the core hears
 #: "failed" and retries with new keys instead of timing the whole exchange out.
@@ -65,6 +70,7 @@ class ActionRunner:
         self._lanes: dict[str, asyncio.Queue[Action]] = {}
         self._pending: dict[tuple[str, int], TunnelKeys] = {}
         self._tunnel_alarms: dict[str, set[str]] = {}
+        self._started: dict[tuple[str, int], float] = {}  # first action of each exchange
         self._tg: asyncio.TaskGroup | None = None
 
     def submit(self, action: Action) -> None:
@@ -113,6 +119,11 @@ class ActionRunner:
             self._bus.emit("peer_connection_closed", conn=action.conn, reason=action.reason)
 
     async def _perform(self, action: Action) -> None:
+        key = (action.tunnel, action.epoch) if isinstance(action, _EXCHANGE) else None
+        if key is not None and key not in self._started:
+            if len(self._started) > _MAX_TRACKED:  # abandoned exchanges must not pile up
+                self._started.clear()
+            self._started[key] = time.monotonic()
         if isinstance(action, TakeQkdKeys):
             await self._take(action)
         elif isinstance(action, FetchQkdKeys):
@@ -126,6 +137,7 @@ class ActionRunner:
             await self._activate(action)
         elif isinstance(action, Retire):
             self._pending.pop((action.tunnel, action.epoch), None)
+            self._started.pop((action.tunnel, action.epoch), None)
         elif isinstance(action, Expire):
             keeper = self._keepers.get(action.tunnel)
             if keeper is not None:
@@ -170,8 +182,12 @@ class ActionRunner:
             return
         for (tunnel, epoch) in [k for k in self._pending if k[0] == a.tunnel and k[1] < a.epoch]:
             del self._pending[(tunnel, epoch)]
+        started = self._started.pop((a.tunnel, a.epoch), None)
+        duration = None if started is None else time.monotonic() - started
         await keeper.activate(a.epoch, keys.wg_psk, keys.key_ids, keys.mode,
-                              "+".join(keys.achieved))
+                              "+".join(keys.achieved), duration)
+        if self._bus.metrics is not None:
+            self._bus.metrics.rekey(a.tunnel, "ok", duration)
         for name in self._tunnel_alarms.pop(a.tunnel, set()):
             self._bus.alarm(name, False, tunnel=a.tunnel)
 

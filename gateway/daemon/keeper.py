@@ -124,7 +124,7 @@ class TunnelKeeper:
             await self._fail_closed("no valid key at start")
 
     async def activate(self, epoch: int, key: Secret, key_ids: tuple[str, ...],
-                       policy: str, achieved: str) -> None:
+                       policy: str, achieved: str, rekey_s: float | None = None) -> None:
         """Install the key of a completed rekey and move the deadline forward."""
         if epoch <= self.epoch:
             raise ValueError(f"epoch {epoch} of tunnel {self.name} is not newer than {self.epoch}")
@@ -138,7 +138,8 @@ class TunnelKeeper:
         self._closed = False
         self._changed.set()
         self._emit("tunnel_rekeyed", tunnel=self.name, epoch=epoch, key_ids=list(key_ids),
-                   achieved=achieved)
+                   achieved=achieved,
+                   rekey_ms=None if rekey_s is None else round(rekey_s * 1000, 3))
 
     async def watch(self) -> None:
         """Long-running task: fail closed whenever the deadline passes without a new key."""

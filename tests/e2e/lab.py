@@ -1,0 +1,185 @@
+"""Two real sites for end-to-end tests: the demo's lab (namespaces on a bridged WAN, the KME
+network in its own namespace) with real `qkd-gateway run` processes, real WireGuard (wireguard-go
+on the host, the kernel's in the kernel lab) and a 20/s pinger through the tunnel.
+
+Tests change the generated configuration through ``overrides`` (applied to every site's tunnel),
+stop/continue the KME network with SIGSTOP/SIGCONT (the KMS stops answering, its key store
+survives), and SIGKILL/restart daemons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.demo import (
+    KMS_ADDRESS,
+    LabPlan,
+    LabProcess,
+    Pinger,
+    ProcessSet,
+    SitePlan,
+    Topology,
+    gateway_argv,
+    materialize,
+    new_prefix,
+    plan_lab,
+    wait_for_kme,
+)
+from gateway.demo.lab import detect_backend
+
+__all__ = ["Lab"]
+
+
+def wg_show(netns: str, ifname: str, what: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "wg", "show", ifname, what],
+                          check=True, capture_output=True, text=True, timeout=10).stdout
+
+
+class Lab:
+    """``async with Lab(rekey_interval=3, tunnel={"policy": "pqc"}) as lab``: two sites."""
+
+    def __init__(self, rekey_interval: float = 3.0, reject_after: float | None = None,
+                 tunnel: dict[str, Any] | None = None, wireguard: dict[str, Any] | None = None,
+                 max_key_count: int = 10_000) -> None:
+        self.rekey_interval = rekey_interval
+        self.reject_after = reject_after or rekey_interval * 2
+        self.tunnel_overrides = tunnel or {}
+        self.wg_overrides = wireguard or {}
+        self.max_key_count = max_key_count
+        self.prefix = new_prefix()
+        self.root = Path(tempfile.mkdtemp(prefix=f"qkd-e2e-{self.prefix}-"))
+        self._stack = contextlib.AsyncExitStack()
+        self.daemons: dict[str, LabProcess] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> Lab:
+        try:
+            self.topo = await self._stack.enter_async_context(
+                Topology(["bucharest", "cluj-napoca"], self.prefix))
+            backend = await asyncio.to_thread(detect_backend, self.topo.wan_netns,
+                                              f"{self.prefix}wgp")
+            self.plan: LabPlan = plan_lab(
+                self.prefix, self.root, 2, self.rekey_interval, backend,
+                {n: node.netns for n, node in self.topo.sites.items()})
+            object.__setattr__(self.plan, "max_key_count", self.max_key_count)
+            await asyncio.to_thread(materialize, self.plan)
+            for site in self.plan.sites:
+                self._rewrite_config(site)
+            self.procs = await self._stack.enter_async_context(ProcessSet())
+            await self.start_kms()
+        except BaseException:
+            await self._stack.aclose()
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._stack.aclose()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _rewrite_config(self, site: SitePlan) -> None:
+        cfg = yaml.safe_load(site.config_path.read_text())
+        # A KMS name names the QKD network (path) and is the same at both ends of a tunnel.
+        cfg["kms"][0]["name"] = "qkd"
+        for t in cfg["tunnels"]:
+            t["kms"] = ["qkd"]
+            t["reject_after"] = f"{self.reject_after:g}s"
+            t.update(self.tunnel_overrides)
+            t["wireguard"].update(self.wg_overrides)
+            if t["wireguard"].get("adopt"):
+                # The adopted interface keeps its own; the gateway only sets the PSK.
+                for key in ("private_key", "listen_port", "address", "endpoint", "allowed_ips"):
+                    t["wireguard"].pop(key, None)
+            if t.get("policy") == "pqc":
+                t["kms"] = []
+        site.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # -- processes ------------------------------------------------------------------------------
+    async def start_kms(self) -> None:
+        argv = gateway_argv("kms-sim", *self.plan.kms_sim_args(), "--log-format", "json")
+        self.kms = await self.procs.start("kms-sim", f"{self.prefix}-kms", argv,
+                                          self.plan.kms_log_path)
+        await asyncio.gather(*(
+            wait_for_kme(s.netns, str(KMS_ADDRESS.ip), s.kme_port, deadline_s=20, kme_id=s.kme_id,
+                         slave_sae_id=self.other(s).sae_id, ca_file=self.plan.pki_dir / "ca.crt",
+                         cert_file=self.plan.pki_dir / f"{s.sae_id}.crt",
+                         key_file=self.plan.pki_dir / f"{s.sae_id}.key")
+            for s in self.plan.sites))
+
+    def pause_kms(self) -> None:
+        """The KMS stops answering (connections hang), its key store is kept."""
+        os.kill(self.kms.pid, signal.SIGSTOP)
+
+    def resume_kms(self) -> None:
+        os.kill(self.kms.pid, signal.SIGCONT)
+
+    async def start_daemon(self, name: str) -> LabProcess:
+        site = self.plan.by_name[name]
+        argv = gateway_argv("run", "--config", str(site.config_path))
+        proc = await self.procs.start(f"daemon {name}", site.netns, argv, site.log_path)
+        self.daemons[name] = proc
+        return proc
+
+    async def start_daemons(self) -> None:
+        for s in self.plan.sites:
+            await self.start_daemon(s.name)
+
+    def kill_daemon(self, name: str) -> None:
+        # The daemon alone: wireguard-go runs in its own session and keeps the tunnel up.
+        os.kill(self.daemons[name].pid, signal.SIGKILL)
+
+    # -- observation ----------------------------------------------------------------------------
+    def other(self, site: SitePlan) -> SitePlan:
+        return next(s for s in self.plan.sites if s is not site)
+
+    @property
+    def tunnel(self) -> Any:
+        return self.plan.tunnels[0]
+
+    def psk(self, name: str) -> str:
+        """What `wg show <if> preshared-keys` reports for the one peer ("(none)" when unset)."""
+        site = self.plan.by_name[name]
+        out = wg_show(site.netns, self.tunnel.interface(name), "preshared-keys").split()
+        assert len(out) == 2, out
+        return out[1]
+
+    def events(self, name: str, event: str) -> list[dict[str, Any]]:
+        lines = self.plan.by_name[name].log_path.read_text(errors="replace").splitlines()
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if isinstance(rec, dict) and rec.get("event") == event:
+                    out.append(rec)
+        return out
+
+    def epochs(self, name: str) -> list[int]:
+        return [e["epoch"] for e in self.events(name, "tunnel_rekeyed")]
+
+    async def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            for p in self.daemons.values():
+                if p.returncode not in (None, -9):
+                    raise AssertionError(f"{p.name} exited ({p.returncode}): {p.log_tail(20)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            await asyncio.sleep(0.1)
+
+    def pinger(self) -> Pinger:
+        t = self.tunnel
+        return Pinger(self.plan.by_name[t.hub].netns, str(t.address(t.spoke).ip))
