@@ -63,8 +63,14 @@ def summary(config: GatewayConfig) -> list[str]:
              f"state in {config.state_dir}"]
     for k in config.kms:
         kme = f" KME {k.kme_id}" if k.kme_id else ""
-        lines.append(f"kms {k.name}: {k.kind} {k.url}{kme}, pool {k.pool.target} "
-                     f"(batch {k.pool.batch}, refill below {k.pool.low_water})")
+        line = (f"kms {k.name}: {k.kind} {k.url}{kme}, pool {k.pool.target} "
+                f"(batch {k.pool.batch}, refill below {k.pool.low_water}), ")
+        line += (f"rekeys slow down below {k.low_stock} stored keys" if k.low_stock
+                 else "rekeys never slow down")
+        if k.skip is not None and k.skip.remote_system_ids:
+            pairs = (f"{sae}={rid}" for sae, rid in k.skip.remote_system_ids.items())
+            line += f", remote systems {', '.join(pairs)}"
+        lines.append(line)
     for p in config.peers:
         fp = _fingerprint(p.public_keys.ed25519, p.public_keys.mldsa65)
         lines.append(f"peer {p.name}: SAE {p.sae_id} at {p.address}, identity {fp}")

@@ -24,6 +24,7 @@ from gateway.config.models import (
     Peer,
     PublicKeys,
     Site,
+    SkipSettings,
     Telemetry,
 )
 from gateway.config.sources import GeneratedKey, SecretSource
@@ -50,6 +51,7 @@ __all__ = [
     "PublicKeys",
     "SecretSource",
     "Site",
+    "SkipSettings",
     "Telemetry",
     "Tunnel",
     "WireGuardSettings",

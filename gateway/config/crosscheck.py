@@ -1,4 +1,5 @@
-"""Rules across sections: unique names, references that resolve, networks owned by one tunnel.
+"""Rules across sections: unique names, references that resolve (peers, KMS, SAE IDs mapped to
+SKIP remote systems), networks owned by one tunnel.
 
 These run on the raw parsed data, not on the validated model, so they still report when some
 other part of the file is broken: the operator gets every problem in one pass. Values that are
@@ -67,6 +68,24 @@ class _Checker:
         else:
             self.add(loc, f"no {what} named {show(value)}", f"define it under {section}:")
 
+    def remote_systems(self) -> None:
+        """Each SAE ID mapped under kms[].skip.remote_system_ids is a peer's: a typo would
+        otherwise leave the peer silently mapped to itself."""
+        saes: list[str] = []
+        for _, peer in _items(self.doc.data, "peers"):
+            sae = peer.get("sae_id")
+            if isinstance(sae, bool) or not isinstance(sae, str | int):
+                return  # reported by field validation; any mapping might be that peer's
+            saes.append(str(sae))
+        fix = f"peers' SAE IDs: {', '.join(saes)}" if saes else "define the peer under peers:"
+        for i, kms in _items(self.doc.data, "kms"):
+            skip = kms.get("skip")
+            ids = skip.get("remote_system_ids") if isinstance(skip, dict) else None
+            for sae in ids if isinstance(ids, dict) else ():
+                if sae not in saes:
+                    self.add(("kms", i, "skip", "remote_system_ids", sae),
+                             f"no peer has SAE ID {show(sae)}", fix)
+
     def networks(self) -> None:
         owners: list[tuple[_Net, Loc, str]] = []
         for i, tunnel in _items(self.doc.data, "tunnels"):
@@ -117,5 +136,6 @@ def cross_check(doc: Document) -> list[Problem]:
                     c.add(("tunnels", i, "kms", j), f"KMS {show(name)} is listed twice",
                           "list each KMS once")
                 seen.add(str(name))
+    c.remote_systems()
     c.networks()
     return c.problems

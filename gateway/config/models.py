@@ -47,6 +47,7 @@ __all__ = [
     "Peer",
     "PublicKeys",
     "Site",
+    "SkipSettings",
     "Telemetry",
 ]
 
@@ -128,6 +129,37 @@ class KmsPool(_Strict):
         return self
 
 
+def _system_id(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isascii() \
+            or not value.isprintable() or " " in value:
+        raise fail("system_id", f"{show(value)} is not a SKIP remote system ID",
+                   "use 1-128 printable characters without spaces, as the KMS names it")
+    return value
+
+
+SystemId = Annotated[str, BeforeValidator(_system_id)]
+
+
+class SkipSettings(_Strict):
+    """Cisco SKIP names the far end of a key by its ``remoteSystemID``, not by an SAE ID. A peer
+    whose SAE ID is not listed here is asked for by its SAE ID (what the embedded KME uses)."""
+
+    remote_system_ids: dict[Name, SystemId] = Field(default_factory=dict)
+
+
+def _low_stock_default(data: object) -> object:
+    """``low_stock`` defaults to the pool's ``low_water`` when that is a valid count; an invalid
+    one is reported at pool.low_water only, not a second time here."""
+    if isinstance(data, dict) and "low_stock" not in data:
+        pool = data.get("pool")
+        water = pool.get("low_water") if isinstance(pool, dict) else None
+        if isinstance(water, int) and not isinstance(water, bool) and water >= 0:
+            return {**data, "low_stock": water}
+    return data
+
+
 class Kms(_Strict):
     """One key management system this site's gateway (the SAE) fetches keys from."""
 
@@ -140,14 +172,28 @@ class Kms(_Strict):
     client_key: SecretSource
     timeouts: KmsTimeouts = Field(default_factory=KmsTimeouts)
     pool: KmsPool = Field(default_factory=KmsPool)
+    # The daemon stretches the rekey interval while the KMS reports fewer stored keys than this
+    # (gateway.daemon.schedule); 0 never stretches. Default: pool.low_water.
+    low_stock: Count = Field(default=KmsPool.model_fields["low_water"].default, ge=0)
+    skip: SkipSettings | None = None
+
+    _default_low_stock = model_validator(mode="before")(_low_stock_default)
 
     @model_validator(mode="after")
-    def _kme_id(self) -> Kms:
+    def _kind_rules(self) -> Kms:
         # ETSI GS QKD 014 forbids using a KME whose ID was not confirmed from its certificate.
         if self.kind == "etsi014" and self.kme_id is None:
             raise fail("missing_rule", "required for kind: etsi014 (the KME ID is checked "
                        "against the KME's certificate)", "add kme_id: ID", "kme_id")
+        if self.kind != "skip" and self.skip is not None:
+            raise fail("kind", f"a skip: block does not belong in a KMS of kind {self.kind}",
+                       "remove it, or set kind: skip", "skip")
         return self
+
+    def remote_system_id(self, sae_id: str) -> str:
+        """The SKIP ``remoteSystemID`` for the peer with ``sae_id`` (itself unless mapped)."""
+        mapped = self.skip.remote_system_ids if self.skip is not None else {}
+        return mapped.get(sae_id, sae_id)
 
     @property
     def host(self) -> str:

@@ -27,7 +27,7 @@ def test_valid_file_prints_summary(
     assert lines[1] == ("  site alpha: SAE sae-alpha, peer protocol on 0.0.0.0:7447, state in "
                         "/var/lib/qkd-gateway")
     assert lines[2] == ("  kms kms-a: etsi014 https://127.0.0.1:8443 KME kme-a, pool 64 "
-                        "(batch 8, refill below 16)")
+                        "(batch 8, refill below 16), rekeys slow down below 16 stored keys")
     assert lines[3].startswith("  peer beta: SAE sae-beta at 198.51.100.2:7447, identity ")
     assert lines[4] == ("  tunnel t0: wireguard on wg-beta to beta, policy qkd+pqc, kms kms-a, "
                         "rekey 1m30s, reject after 2m30s, on shutdown keep, backend auto")
@@ -133,3 +133,14 @@ def test_hostile_one_liners_exit_2_without_traceback(
     path = write_config(text)
     assert run_cli("check-config", str(path)) == 2
     assert capsys.readouterr() == ("", f"{path}: 1 problem\n  {problem}\n")
+
+
+def test_summary_shows_skip_remote_systems_and_low_stock(
+    write_config: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE.replace("    kind: etsi014\n", "    kind: skip\n    low_stock: 0\n    skip:\n"
+                        "      remote_system_ids: {sae-beta: router-2}\n")
+    assert run_cli("check-config", str(write_config(text))) == 0
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "  kms kms-a: skip https://127.0.0.1:8443 KME kme-a, pool 64 (batch 8, refill below 16), "
+        "rekeys never slow down, remote systems sae-beta=router-2")

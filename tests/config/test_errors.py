@@ -30,7 +30,7 @@ def test_four_problems_at_once_with_paths_and_lines(write_config: Write, site_di
     )
     assert problems(write_config, text) == "\n".join([
         "kms[0].tls (line 12): unknown key 'tls'; allowed here: name, kind, url, kme_id, "
-        "ca_file, client_cert, client_key, timeouts, pool",
+        "ca_file, client_cert, client_key, timeouts, pool, low_stock, skip",
         f"kms[0].ca_file (line 13): file {site_dir}/pki/missing-ca.crt does not exist; "
         "check the path (relative paths start at this file's folder)",
         "kms[0].timeouts.retry (line 14): unknown key 'retry'; allowed here: connect, request",
