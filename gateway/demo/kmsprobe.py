@@ -14,6 +14,7 @@ import contextlib
 import json
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -103,9 +104,11 @@ def _parse(raw: bytes, kme_id: str) -> dict[str, Any]:
 
 
 async def wait_for_kme(netns: str, host: str, port: int, *, deadline_s: float,
+                       check: Callable[[], None] = lambda: None,
                        **kwargs: Any) -> dict[str, Any]:
     """Poll :func:`kme_status` (jittered, capped backoff) until it answers or ``deadline_s``
-    passes; then raise the last error."""
+    passes (then :class:`KmsUnreachable` with the last error). ``check`` runs before every
+    retry and may raise to give up early (the KME network's process has exited)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
     failures = 0
@@ -113,9 +116,10 @@ async def wait_for_kme(netns: str, host: str, port: int, *, deadline_s: float,
         try:
             return await kme_status(netns, host, port,
                                     timeout=max(0.1, min(5.0, end - loop.time())), **kwargs)
-        except DemoError:
+        except DemoError as exc:
             failures += 1
+            check()
             if loop.time() + 0.05 >= end:
-                raise
+                raise KmsUnreachable(f"{exc}; gave up after {deadline_s:g} s") from None
             await asyncio.sleep(min(backoff_delay(_WAIT_POLICY, failures),
                                     max(0.0, end - loop.time())))

@@ -9,6 +9,7 @@ import pytest
 from gateway.demo import (
     KMS_ADDRESS,
     KmsUnreachable,
+    LabProcessError,
     ProcessSet,
     Topology,
     gateway_argv,
@@ -55,3 +56,28 @@ async def test_site_reads_kme_status_over_mutual_tls(topo: Topology, tmp_path: P
         topo.set_wan_link("kms", True)
         assert kms.running()
     assert "kms_sim_ready" in plan.kms_log_path.read_text()
+
+
+@pytest.mark.netns
+async def test_wait_gives_up_at_the_deadline_or_when_told(topo: Topology,
+                                                          tmp_path: Path) -> None:
+    plan = plan_lab(topo.prefix, tmp_path, 2, 10)
+    materialize(plan)
+    hub = plan.sites[0]
+    args = {"kme_id": hub.kme_id, "slave_sae_id": "sae-cluj-napoca",
+            "ca_file": plan.pki_dir / "ca.crt", "cert_file": plan.pki_dir / f"{hub.sae_id}.crt",
+            "key_file": plan.pki_dir / f"{hub.sae_id}.key"}
+    # Nothing listens in the kms namespace: refused at once, retried until the deadline.
+    with pytest.raises(KmsUnreachable, match=r"Connect call failed.*gave up after 0.6 s"):
+        await wait_for_kme(hub.netns, str(KMS_ADDRESS.ip), 8400, deadline_s=0.6, **args)
+    calls: list[int] = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise LabProcessError("kms-sim exited with code 1")
+
+    with pytest.raises(LabProcessError, match="kms-sim exited"):
+        await wait_for_kme(hub.netns, str(KMS_ADDRESS.ip), 8400, deadline_s=30, check=check,
+                           **args)
+    assert len(calls) == 2
