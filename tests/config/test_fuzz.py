@@ -18,7 +18,9 @@ pytestmark = pytest.mark.fuzz
 LINES = BASE.splitlines(keepends=True)
 JUNK = st.sampled_from(["", "x", "5x", "-1", "[", "]", "{", ": :", "null", "yes", "0.5",
                         "'quoted'", "[a, b]", "{file: nope}", "999999", "\t", "- item", "&a", "*a",
-                        "!!binary AAAA", "2001:db8::1", "10.0.0.0/33"])
+                        "!!binary AAAA", "2001:db8::1", "10.0.0.0/33", "!!int x", "!!float x",
+                        "!!timestamp x", "!!bool x", "!foo [1]", "!!python/name:os.system",
+                        "&b [*b]", "*undefined", "2024-13-45", "0", "0x10", "yes"])
 
 
 @st.composite
