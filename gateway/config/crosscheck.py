@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway.config.errors import Problem, render_path, show
-from gateway.config.loader import Document, Loc
+from gateway.config.loader import Document, Loc, as_text
 
 __all__ = ["cross_check"]
 
@@ -40,8 +40,8 @@ class _Checker:
         """Report repeated ``section[*].key`` values; return value -> first index."""
         seen: dict[str, int] = {}
         for i, item in _items(self.doc.data, section):
-            value = item.get(key)
-            if not isinstance(value, str):
+            value = as_text(item.get(key))
+            if value is None:
                 continue
             if value in seen:
                 self.add((section, i, key), f"{what} {show(value)} is already used by "
@@ -56,10 +56,11 @@ class _Checker:
         data = self.doc.data
         items = data.get(section, []) if isinstance(data, dict) else []
         return isinstance(items, list) and all(
-            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items)
+            isinstance(i, dict) and as_text(i.get("name")) is not None for i in items)
 
-    def reference(self, loc: Loc, value: Any, names: dict[str, int], section: str) -> None:
-        if not isinstance(value, str) or value in names or not self.readable(section):
+    def reference(self, loc: Loc, raw: Any, names: dict[str, int], section: str) -> None:
+        value = as_text(raw)
+        if value is None or value in names or not self.readable(section):
             return
         what = "peer" if section == "peers" else "KMS"
         if names:
@@ -73,10 +74,10 @@ class _Checker:
         otherwise leave the peer silently mapped to itself."""
         saes: list[str] = []
         for _, peer in _items(self.doc.data, "peers"):
-            sae = peer.get("sae_id")
-            if isinstance(sae, bool) or not isinstance(sae, str | int):
+            sae = as_text(peer.get("sae_id"))
+            if sae is None:
                 return  # reported by field validation; any mapping might be that peer's
-            saes.append(str(sae))
+            saes.append(sae)
         fix = f"peers' SAE IDs: {', '.join(saes)}" if saes else "define the peer under peers:"
         for i, kms in _items(self.doc.data, "kms"):
             skip = kms.get("skip")
@@ -120,9 +121,9 @@ def cross_check(doc: Document) -> list[Problem]:
     c.unique("tunnels", "name", "tunnel name")
     c.unique("tunnels", "interface", "interface")
     site = data.get("site") if isinstance(data, dict) else None
-    own_sae = site.get("sae_id") if isinstance(site, dict) else None
+    own_sae = as_text(site.get("sae_id")) if isinstance(site, dict) else None
     for i, peer in _items(data, "peers"):
-        if isinstance(own_sae, str) and peer.get("sae_id") == own_sae:
+        if own_sae is not None and as_text(peer.get("sae_id")) == own_sae:
             c.add(("peers", i, "sae_id"), f"{show(own_sae)} is this site's own SAE ID",
                   "write the peer's SAE ID here")
     for i, tunnel in _items(data, "tunnels"):
@@ -130,9 +131,10 @@ def cross_check(doc: Document) -> list[Problem]:
         names = tunnel.get("kms")
         if isinstance(names, list):
             seen: set[str] = set()
-            for j, name in enumerate(names):
-                c.reference(("tunnels", i, "kms", j), name, kms, "kms")
-                if isinstance(name, str) and name in seen:
+            for j, raw in enumerate(names):
+                c.reference(("tunnels", i, "kms", j), raw, kms, "kms")
+                name = as_text(raw)
+                if name is not None and name in seen:
                     c.add(("tunnels", i, "kms", j), f"KMS {show(name)} is listed twice",
                           "list each KMS once")
                 seen.add(str(name))

@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.config.durations import format_duration, parse_duration
 from gateway.config.errors import looks_like_key, show
+from gateway.config.loader import as_text
 
 __all__ = [
     "Cidr",
@@ -70,8 +71,8 @@ def _base_dir(info: ValidationInfo) -> Path:
 
 # -- names -----------------------------------------------------------------------------------
 def _name(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # `name: 2024` reads as a number in YAML; it is still a fine name
+    # `name: 2024` reads as a number in YAML; it is still a fine name, spelled as written.
+    value = as_text(value) if isinstance(value, int) else value
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise fail("name", f"{show(value)} is not a valid name",
                    "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")

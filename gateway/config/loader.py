@@ -15,6 +15,7 @@ an exception from PyYAML or a recursion.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import yaml
 
 from gateway.config.errors import ConfigError, Problem, render_path, show
 
-__all__ = ["Document", "Loc", "parse_yaml", "read_yaml"]
+__all__ = ["Document", "Loc", "SpelledInt", "as_text", "parse_yaml", "read_yaml"]
 
 Loc = tuple[str | int, ...]
 
@@ -70,6 +71,26 @@ _BAD_SCALAR = (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, 
 def _tag(tag: str) -> str:
     short = "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
     return short if len(short) <= 60 else short[:57] + "..."
+
+
+class SpelledInt(int):
+    """An int YAML 1.1 read from text that is not plain decimal (``0123`` is octal 83, ``0x10``
+    is 16, ``1_000`` is 1000). Numeric fields use the number; name fields use ``text``, what
+    the operator typed (an SAE ID ``0123`` must not become ``83``)."""
+
+    text: str = ""
+
+
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+
+
+def as_text(value: Any) -> str | None:
+    """A name-like scalar as the operator wrote it (str, or an int in its own spelling)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.text if isinstance(value, SpelledInt) else str(value)
+    return None
 
 
 class _Stop(Exception):
@@ -175,6 +196,10 @@ class _Walker:
             self._problem(loc, mark, f"cannot be read as {what} ({_tag(node.tag)})",
                           "put it in quotes and remove any !! tag")
             return None
+        if isinstance(value, int) and not isinstance(value, bool) \
+                and not _DECIMAL.fullmatch(node.value):
+            value = SpelledInt(value)
+            value.text = str(node.value)
         if not isinstance(value, str):
             self.doc.raw[loc] = str(node.value)
         return value

@@ -31,6 +31,7 @@ from gateway.config.fields import (
     longer_than_zero,
     show,
 )
+from gateway.config.loader import as_text
 from gateway.config.sources import GeneratedKey, SecretSource
 from gateway.config.tunnels import Tunnel
 
@@ -130,8 +131,7 @@ class KmsPool(_Strict):
 
 
 def _system_id(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
+    value = as_text(value) if isinstance(value, int) else value
     if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isascii() \
             or not value.isprintable() or " " in value:
         raise fail("system_id", f"{show(value)} is not a SKIP remote system ID",

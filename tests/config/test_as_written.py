@@ -45,3 +45,31 @@ def test_messages_quote_the_text_as_written(
 ) -> None:
     assert old in BASE
     assert problems(write_config, BASE.replace(old, new)) == [expected]
+
+
+def test_names_keep_their_spelling(write_config: Write) -> None:
+    # YAML 1.1 reads 0123 as octal 83 and 1_000 as 1000; as a name the operator meant the text.
+    text = (BASE.replace("sae_id: sae-alpha", "sae_id: 0123")
+            .replace("  - name: beta\n    sae_id: sae-beta\n", "  - name: 1_000\n    sae_id: 0x10\n")
+            .replace("peer: beta", "peer: 1_000")
+            .replace("site:\n", "listen: {port: 0x1F90}\nsite:\n"))
+    config = load_config(write_config(text))
+    assert (config.site.sae_id, config.peers[0].name, config.peers[0].sae_id) == (
+        "0123", "1_000", "0x10")
+    assert config.listen.port == 8080 and type(config.listen.port) is int
+    assert config.tunnels[0].peer == "1_000"
+
+
+def test_numeric_names_take_part_in_cross_checks(write_config: Write) -> None:
+    text = (BASE.replace("  - name: beta\n", "  - name: 0123\n")
+            .replace("peer: beta", "peer: '0123'")
+            .replace("kms: [kms-a]", "kms: [kms-a, kms-a]")
+            .replace("sae_id: sae-beta", "sae_id: 007"))
+    text = text.replace("  sae_id: sae-alpha\n", "  sae_id: 7\n")
+    assert problems(write_config, text) == [
+        "tunnels[0].kms[1] (line 27): KMS 'kms-a' is listed twice; list each KMS once"]
+    text = text.replace("  sae_id: 7\n", "  sae_id: '007'\n")
+    assert problems(write_config, text) == [
+        "peers[0].sae_id (line 17): '007' is this site's own SAE ID; write the peer's SAE ID "
+        "here",
+        "tunnels[0].kms[1] (line 27): KMS 'kms-a' is listed twice; list each KMS once"]
