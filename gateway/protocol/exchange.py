@@ -28,6 +28,7 @@ __all__ = [
     "UsedKeyIds",
     "check_init",
     "macs_equal",
+    "next_epoch",
     "offered_mask",
     "qkd_secrets",
     "spi_ok",
@@ -80,11 +81,22 @@ class Exchange:
 Verdict = tuple[AbortCode | None, tuple[str, str] | None]
 
 
+def next_epoch(after: int, *, preferred: bool) -> int:
+    """The next epoch this side may start: odd for the preferred side (lower SAE ID), even for
+    the other. So an epoch number names exactly one exchange, even when both ends start at once,
+    and a late action result of an abandoned attempt can never match the peer's exchange."""
+    epoch = after + 1
+    return epoch if epoch % 2 == int(preferred) else epoch + 1
+
+
 def check_init(policy: TunnelPolicy, m: RekeyInit, highest: int, last_attempt: int,
-               used: UsedKeyIds, *, enabled: bool) -> Verdict:
+               used: UsedKeyIds, *, enabled: bool, peer_preferred: bool) -> Verdict:
     """Validate a peer's RekeyInit: (abort code or None, (alarm name, reason) or None)."""
     if not enabled:
         return AbortCode.UNKNOWN_TUNNEL, None
+    if m.epoch % 2 != int(peer_preferred):
+        return AbortCode.POLICY, ("epoch_refused", f"epoch {m.epoch} has the wrong parity for "
+                                  "this peer")
     if m.mode is not policy.mode or len(m.key_ids) != len(policy.kms):
         return AbortCode.POLICY, ("downgrade_refused", f"peer asked for mode {m.mode.label}, "
                                   f"configured {policy.mode.label}")

@@ -54,6 +54,7 @@ from gateway.protocol.exchange import (
     UsedKeyIds,
     check_init,
     macs_equal,
+    next_epoch,
     offered_mask,
     qkd_secrets,
     spi_ok,
@@ -139,7 +140,7 @@ class Tunnel:
 
     # -- initiator ---------------------------------------------------------------------------
     def start(self, now: float, sink: Sink) -> None:
-        epoch = max(self.highest, self.last_attempt) + 1
+        epoch = next_epoch(max(self.highest, self.last_attempt), preferred=self.preferred)
         self.last_attempt = epoch
         waiting = {f"kms:{k}" for k in self.policy.kms}
         if self.policy.kind is Kind.ESP:
@@ -200,7 +201,8 @@ class Tunnel:
                 return  # collision, we win: the peer drops its attempt when it sees ours
             p = self.pending = None  # collision, we lose: our QKD keys are discarded
         code, alarm = check_init(self.policy, m, self.highest, self.last_attempt, used,
-                                 enabled=self.enabled_at is not None)
+                                 enabled=self.enabled_at is not None,
+                                 peer_preferred=not self.preferred)
         if alarm is not None:
             sink.act(Alarm(alarm[0], self.peer, self.name, alarm[1]))
         if code is not None:
@@ -274,11 +276,21 @@ class Tunnel:
             p = self.pending
             if p is not None and p.epoch == m.epoch:
                 self._abort(sink, m.code, now, tell_peer=False)
+            elif m.epoch == self.active_epoch and self.retry_at is None:
+                # The peer gave up on the exchange we completed (our RekeyConfirm came too late):
+                # it never switched to this epoch. Rekey now rather than run on mismatched keys
+                # until the next scheduled rekey.
+                sink.act(Alarm("epoch_not_confirmed", self.peer, self.name,
+                               f"peer aborted epoch {m.epoch} after it was activated here"))
+                self.retry_at = now
 
     def on_event(self, ev: Event, now: float, sink: Sink) -> None:
         p = self.pending
         if p is None or ev.epoch != p.epoch:
             return  # result for an abandoned exchange: its keys are simply dropped
+        if isinstance(ev, KeysTaken | KeysTakeFailed) != p.initiator and isinstance(
+                ev, KeysTaken | KeysTakeFailed | KeysFetched | KeysFetchFailed):
+            return  # a take answers only our own attempt, a fetch only the peer's
         if isinstance(ev, KeysTaken | KeysFetched):
             self._on_keys(p, ev, now, sink)
         elif isinstance(ev, KeysTakeFailed | KeysFetchFailed):

@@ -32,6 +32,10 @@ def _run(w: Wire, until: float, step: float = 0.25, start: float = 0.0) -> None:
         w.tick(t)
 
 
+def _activated(site: Site) -> list[int]:
+    return [x.epoch for x in site.actions if isinstance(x, Activate)]
+
+
 def _assert_no_key_bytes(sites: tuple[Site, Site], links: dict[str, KeyLink]) -> None:
     text = "\n".join(repr(x) for s in sites for x in s.actions) + "\n".join(
         str(x) for s in sites for x in s.actions)
@@ -58,17 +62,19 @@ def test_rekeys_in_every_mode_agree_on_keys(ids: Ids, mode: Mode, kms: tuple[str
     w = Wire(a, b)
     w.open()
     _run(w, 4.0)
-    assert a.active["t"] == b.active["t"] >= 4
-    for epoch in range(1, a.active["t"] + 1):
+    assert a.active["t"] == b.active["t"] >= 7
+    epochs = _activated(a)
+    assert epochs == _activated(b) and len(epochs) >= 4
+    for epoch in epochs:
         ka, kb = a.installed[("t", epoch)], b.installed[("t", epoch)]
         assert ka.wg_psk == kb.wg_psk and ka.esp_in == kb.esp_out and ka.esp_out == kb.esp_in
         assert ka.spi_in == kb.spi_out and ka.spi_out == kb.spi_in
         assert ka.achieved == achieved and ka.key_ids == kb.key_ids
         if kind is Kind.ESP:
             assert ka.spi_in >= 256
-    psks = [a.installed[("t", e)].wg_psk.reveal() for e in range(1, a.active["t"] + 1)]
+    psks = [a.installed[("t", e)].wg_psk.reveal() for e in epochs]
     assert len(set(psks)) == len(psks)
-    all_ids = [i for e in range(1, a.active["t"] + 1) for i in a.installed[("t", e)].key_ids]
+    all_ids = [i for e in epochs for i in a.installed[("t", e)].key_ids]
     assert len(all_ids) == len(set(all_ids))  # each QKD key used once
     _assert_no_key_bytes((a, b), a.links)
 
@@ -95,10 +101,12 @@ def test_make_before_break_order(ids: Ids) -> None:
     for site in (a, b):
         kinds = [(type(x).__name__, getattr(x, "epoch", None)) for x in site.actions
                  if isinstance(x, InstallKeys | Activate | Retire)]
-        for epoch in range(1, site.active["t"] + 1):
+        epochs = _activated(site)
+        assert len(epochs) >= 2
+        for epoch in epochs:
             assert kinds.index(("InstallKeys", epoch)) < kinds.index(("Activate", epoch))
-        assert ("Retire", 1) in kinds
-        assert kinds.index(("Activate", 2)) < kinds.index(("Retire", 1))
+        first, second = epochs[:2]
+        assert kinds.index(("Activate", second)) < kinds.index(("Retire", first))
     # B installs its inbound SA before A activates (A only gets RekeyResp after B's Installed)
     acts = [x for x in b.actions if isinstance(x, InstallKeys | Activate)]
     assert isinstance(acts[0], InstallKeys) and isinstance(acts[1], Activate)
@@ -115,7 +123,7 @@ def test_fetch_failure_aborts_and_the_retry_uses_new_keys(ids: Ids) -> None:
     assert any(isinstance(x, Alarm) and x.name == "qkd_unavailable" for x in b.actions)
     failed_id = next(x for x in b.actions if isinstance(x, FetchQkdKeys)).key_ids[0]
     _run(w, 0.5, step=0.05)
-    assert a.active["t"] == b.active["t"] == 2  # epoch 1 was the aborted one
+    assert a.active["t"] == b.active["t"] == 3  # epoch 1 was the aborted one (A uses odd ones)
     keys = a.keys("t")
     assert keys.key_ids != (failed_id,) and keys.wg_psk == b.keys("t").wg_psk
     assert not any(failed_id in k.key_ids for k in a.installed.values())
@@ -183,11 +191,10 @@ def test_rekey_collision_is_resolved_deterministically(ids: Ids) -> None:
     w = Wire(a, b)
     w.open()
     w.tick(1.0)  # both ticks run before either's RekeyInit is delivered
-    for epoch in (1, 2):
-        takes = [x for s in (a, b) for x in s.actions
-                 if isinstance(x, TakeQkdKeys) and x.epoch == epoch]
-        assert len(takes) == 2  # both really started
-    assert a.active["t"] == b.active["t"] == 2
+    # Both really started twice (A with odd epochs, B with even ones); A won both times.
+    assert [x.epoch for x in a.actions if isinstance(x, TakeQkdKeys)] == [1, 3]
+    assert [x.epoch for x in b.actions if isinstance(x, TakeQkdKeys)] == [2, 4]
+    assert _activated(a) == _activated(b) == [1, 3]
     assert a.keys("t").wg_psk == b.keys("t").wg_psk
     # sae-a < sae-b: A wins every collision; the keys B took were discarded, never used.
     used = {i for k in a.installed.values() for i in k.key_ids}
@@ -238,3 +245,41 @@ def test_peer_lowering_the_mode_at_rekey_time_is_refused(ids: Ids) -> None:
     assert a.active["t"] == 1
     assert any(isinstance(x, Alarm) and x.name == "downgrade_refused" for x in a.actions)
     assert not [x for x in a.actions if isinstance(x, InstallKeys) and x.epoch > 1]
+
+
+@pytest.mark.unit
+def test_a_confirmation_arriving_too_late_triggers_an_immediate_rekey(ids: Ids) -> None:
+    from tests.protocol.test_schedules import Sim
+
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids)
+    sim = Sim(a, b)
+
+    def pump(*, hold_confirm: bool) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for n in "ab":
+                if sim.events[n]:
+                    sim.step(("ev", n, 0))
+                    moved = True
+            if sim.inbox["a"]:
+                sim.step(("msg", "a"))
+                moved = True
+            pending = b.node.tunnels["t"].pending
+            held = hold_confirm and pending is not None and pending.stage == "await_confirm"
+            if sim.inbox["b"] and not held:
+                sim.step(("msg", "b"))
+                moved = True
+
+    sim.absorb("b", b.node.accept(1, 0.0))
+    sim.absorb("a", a.node.connect(1, "b", 0.0))
+    pump(hold_confirm=True)  # A's RekeyConfirm is stuck in the network
+    assert a.active["t"] == 1 and "t" not in b.active
+    sim.now = 1.0
+    sim.absorb("b", b.node.tick(1.0))  # B's rekey timeout fires: it aborts epoch 1
+    pump(hold_confirm=False)
+    assert any(isinstance(x, Alarm) and x.name == "epoch_not_confirmed" for x in a.actions)
+    sim.step(("tick", 0.05))  # A rekeys at once instead of waiting 120 s on mismatched keys
+    pump(hold_confirm=False)
+    assert a.active["t"] == b.active["t"] == 2
+    assert a.keys("t").wg_psk == b.keys("t").wg_psk

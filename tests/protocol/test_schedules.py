@@ -3,7 +3,9 @@ results (in any order, arbitrarily late) and timer ticks keeps the safety proper
 
 * nothing raises and the session never breaks (messages are genuine and TCP-ordered);
 * an epoch activated on both ends has the same keys on both ends (PSK, ESP directions, SPIs);
-* activated epochs strictly increase on each end; no QKD key ID is used in two epochs.
+* activated epochs strictly increase on each end; no QKD key ID is used in two epochs;
+* liveness: once the network delivers and the KMS works again, both ends converge on one epoch
+  within two rekey intervals.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ class Sim:
             if ev is not None:
                 self.events[name].append(ev)
 
+    def drain(self) -> None:
+        """Deliver everything in flight (messages and action results) until quiet."""
+        for _ in range(400):
+            if not any(self.inbox.values()) and not any(self.events.values()):
+                return
+            for n in "ab":
+                self.step(("msg", n))
+                self.step(("ev", n, 0))
+        raise AssertionError("the two ends never went quiet")
+
     def step(self, op: tuple[Any, ...]) -> None:
         if op[0] == "msg" and self.inbox[op[1]]:
             self.absorb(op[1], self.sites[op[1]].node.receive(1, self.inbox[op[1]].pop(0),
@@ -77,13 +89,7 @@ def test_random_schedules_keep_both_ends_consistent(ids: Any, policy: TunnelPoli
     sim.absorb("a", a.node.connect(1, "b", 0.0))
     for op in ops:
         sim.step(op)
-    # drain: deliver everything still in flight, then check
-    for _ in range(200):
-        if not any(sim.inbox.values()) and not any(sim.events.values()):
-            break
-        for n in "ab":
-            sim.step(("msg", n))
-            sim.step(("ev", n, 0))
+    sim.drain()
     target(float(sum(isinstance(x, Activate) for x in a.actions)))
     both = set(a.installed) & set(b.installed)
     for key in both:
@@ -97,3 +103,11 @@ def test_random_schedules_keep_both_ends_consistent(ids: Any, policy: TunnelPoli
         assert activated == sorted(set(activated))
         used = [i for e in activated for i in site.installed[("t", e)].key_ids]
         assert len(used) == len(set(used))
+    # liveness: the KMS works again and the network delivers promptly
+    for link in links.values():
+        link.fail_fetches = 0
+    for _ in range(2):
+        sim.step(("tick", TIMERS.rekey_after + 0.1))
+        sim.drain()
+    assert "t" in a.active and a.active == b.active
+    assert a.keys("t").wg_psk == b.keys("t").wg_psk

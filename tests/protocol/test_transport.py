@@ -65,6 +65,7 @@ class EtsiDaemon:
         self.endpoint: Endpoint | None = None
         self.installed: dict[tuple[str, int], TunnelKeys] = {}
         self.active: dict[str, int] = {}
+        self.activated: dict[str, list[int]] = {"wg0": [], "esp0": []}
         self.spi = 0x5000
         self.qkd_keys: list[bytes] = []  # every QKD key seen, for the leak scan
         self._tasks: set[asyncio.Task[None]] = set()
@@ -83,6 +84,7 @@ class EtsiDaemon:
         elif isinstance(a, Activate):
             assert a.epoch > self.active.get(a.tunnel, 0)
             self.active[a.tunnel] = a.epoch
+            self.activated.setdefault(a.tunnel, []).append(a.epoch)
 
     def _feed(self, ev: Any) -> None:
         assert self.endpoint is not None
@@ -156,11 +158,15 @@ async def test_multipath_rekeys_over_tcp_with_etsi014_kmes(ids: Ids, tmp_path: P
             stack.push_async_callback(eb.aclose)
             port = await eb.listen(LOOP, 0)
             ea.dial(PeerAddress("b", LOOP, port))
-            await _until(lambda: min(da.active.get("wg0", 0), da.active.get("esp0", 0),
-                                     db.active.get("wg0", 0), db.active.get("esp0", 0)) >= 4, 20)
+            await _until(lambda: min(len(d.activated[t]) for d in (da, db)
+                                     for t in ("wg0", "esp0")) >= 4, 20)
             stock = [nets[0].link_stock("KME_A1", "KME_B1"), nets[1].link_stock("KME_A2", "KME_B2")]
     for tunnel, n_paths in (("wg0", 2), ("esp0", 1)):
-        for epoch in range(1, 5):
+        last = min(da.active[tunnel], db.active[tunnel])
+        epochs = sorted(e for (t, e) in set(da.installed) & set(db.installed)
+                        if t == tunnel and e <= last)
+        assert len(epochs) >= 4
+        for epoch in epochs:
             ka, kb = da.installed[(tunnel, epoch)], db.installed[(tunnel, epoch)]
             assert ka.wg_psk == kb.wg_psk and ka.esp_out == kb.esp_in and ka.esp_in == kb.esp_out
             assert len(ka.key_ids) == n_paths
