@@ -56,6 +56,14 @@ def test_examples_pin_each_others_generated_keys(examples: Path) -> None:
     assert {k.kind for k in hub.kms} == {"etsi014", "skip"}
 
 
+def test_skip_examples_name_each_others_kme(examples: Path) -> None:
+    hub = load_config(examples / "ronaqci/bucharest.yaml")
+    spoke = load_config(examples / "ronaqci/craiova.yaml")
+    hub_skip, spoke_skip = hub.kms_named("kms-bucharest-skip"), spoke.kms_named("kms-craiova")
+    assert hub_skip.remote_system_id(spoke.site.sae_id) == spoke_skip.kme_id
+    assert spoke_skip.remote_system_id(hub.site.sae_id) == hub_skip.kme_id
+
+
 def test_example_keys_is_idempotent(examples: Path) -> None:
     before = {p: p.read_bytes() for p in (examples / "keys").rglob("*")
               if p.is_file()} | {p: p.read_bytes() for p in (examples / "pki").iterdir()}
