@@ -51,7 +51,7 @@ def test_unit_declares_the_contract() -> None:
         "/usr/local/bin/qkd-gateway run --config /etc/qkd-gateway/gateway.yaml"
     )
     assert one("ExecStartPre") == (
-        "/usr/local/bin/qkd-gateway check-config --config /etc/qkd-gateway/gateway.yaml"
+        "/usr/local/bin/qkd-gateway check-config --quiet /etc/qkd-gateway/gateway.yaml"
     )
     assert one("CapabilityBoundingSet") == "CAP_NET_ADMIN"
     assert one("AmbientCapabilities") == "CAP_NET_ADMIN"
@@ -125,3 +125,21 @@ def test_python_and_gateway_code_run_without_writable_executable_memory() -> Non
         pytest.skip(f"kernel lacks PR_SET_MDWE (Linux >= 6.3): {verdict['error']}")
     assert verdict["ok"], verdict
     assert verdict["modules"] > 10
+
+
+def test_every_exec_line_is_a_valid_command_line() -> None:
+    """ExecStart*/ExecStop* must parse with the real CLI, or systemd would fail at start."""
+    import shlex
+    from pathlib import Path
+
+    from gateway.cli.main import build_parser
+
+    unit = Path(__file__).resolve().parents[2] / "systemd" / "qkd-gateway.service"
+    lines = [ln.split("=", 1)[1] for ln in unit.read_text().splitlines()
+             if ln.startswith(("ExecStart", "ExecStop", "ExecReload"))]
+    assert lines
+    parser = build_parser()
+    for line in lines:
+        argv = shlex.split(line.lstrip("-+!@:"))
+        assert argv[0].endswith("/qkd-gateway"), line
+        parser.parse_args(argv[1:])  # SystemExit(2) on an unknown option or missing argument
