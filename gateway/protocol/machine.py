@@ -133,7 +133,9 @@ class Node:
     # -- inputs ------------------------------------------------------------------------------
     def connect(self, conn: int, peer: str, now: float) -> Output:
         """We dialled ``peer`` on ``conn``: send Hello."""
-        pc = self.peers[peer]
+        pc = self.peers.get(peer)
+        if pc is None:
+            raise ValueError(f"unknown peer {peer!r}; configured: {sorted(self.peers)}")
         hs = InitiatorHandshake(self.identity, self.sae_id, pc.sae_id, pc.keys, pc.tunnels)
         c = _Conn(conn, now, initiator=hs, peer=peer, initiator_sae=self.sae_id, last_rx=now)
         self._conns[conn] = c

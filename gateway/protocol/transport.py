@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -103,15 +104,20 @@ class Endpoint:
         self._apply(self.node.handle(event, self._now))
 
     # -- internals ---------------------------------------------------------------------------
-    def _spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(_TICK)
-            self._apply(self.node.tick(self._now))
+            try:
+                self._apply(self.node.tick(self._now))
+            except Exception:
+                # A failing action handler must not stop the protocol's timers (timeouts,
+                # expiry): log it and keep ticking. Exceptions never carry key bytes.
+                log.exception("tick_failed")
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._closing or self.node.pending_connections() >= self._max_pending:
@@ -175,6 +181,7 @@ class Endpoint:
                 continue
             w.write(s.data)
             if w.transport.get_write_buffer_size() > _WRITE_LIMIT:
+                log.warning("connection_closed", conn=s.conn, reason="peer does not read")
                 self._apply(self.node.connection_lost(s.conn, self._now))
                 self._close(s.conn)
         for a in out.actions:
