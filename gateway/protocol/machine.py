@@ -194,6 +194,14 @@ class Node:
             t.tick(now, self._sink(out, t.peer, now))
         return out
 
+    def restore_epoch(self, tunnel: str, epoch: int) -> None:
+        """After a restart: the last epoch this tunnel activated (from the daemon's state
+        store). New exchanges continue above it, so epochs keep increasing across restarts
+        without a STALE_EPOCH round trip. It restores no keys: those stay the daemon's."""
+        t = self.tunnels[tunnel]
+        t.highest = max(t.highest, epoch)
+        t.last_attempt = max(t.last_attempt, epoch)
+
     # -- introspection -----------------------------------------------------------------------
     def session_conn(self, peer: str) -> int | None:
         return self._session.get(peer)

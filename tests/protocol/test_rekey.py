@@ -93,6 +93,22 @@ def test_tunnel_status_reports_progress(ids: Ids) -> None:
 
 
 @pytest.mark.unit
+def test_restored_epochs_continue_upwards_after_a_restart(ids: Ids) -> None:
+    a, b = make_pair([TunnelPolicy("t", Mode.PQC)], ids=ids)
+    a.node.restore_epoch("t", 40)
+    b.node.restore_epoch("t", 40)
+    w = Wire(a, b)
+    w.open()
+    assert a.active["t"] == b.active["t"] == 41  # A's next odd epoch above 40
+    c, d = make_pair([TunnelPolicy("t", Mode.PQC)], ids=ids)
+    d.node.restore_epoch("t", 40)  # only B remembers: A learns from STALE_EPOCH and catches up
+    w = Wire(c, d)
+    w.open()
+    _run(w, 0.5, step=0.05)
+    assert c.active["t"] == d.active["t"] > 40
+
+
+@pytest.mark.unit
 def test_make_before_break_order(ids: Ids) -> None:
     a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",), Kind.ESP)], ids=ids)
     w = Wire(a, b)
