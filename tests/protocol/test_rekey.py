@@ -299,3 +299,35 @@ def test_a_confirmation_arriving_too_late_triggers_an_immediate_rekey(ids: Ids) 
     pump(hold_confirm=False)
     assert a.active["t"] == b.active["t"] == 2
     assert a.keys("t").wg_psk == b.keys("t").wg_psk
+
+
+@pytest.mark.unit
+def test_install_failure_aborts_alarms_and_retries(ids: Ids) -> None:
+    from gateway.protocol import InstallFailed
+
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",), Kind.ESP)], ids=ids)
+    b.auto_install = False
+    w = Wire(a, b)
+    w.open()
+    install = next(x for x in b.actions if isinstance(x, InstallKeys))
+    w._absorb(b, b.node.handle(InstallFailed("t", install.epoch, "EINVAL from XFRM"), 0.1), 0.1)
+    w.run(0.1)
+    assert any(isinstance(x, Alarm) and x.name == "install_failed" for x in b.actions)
+    assert Retire("t", install.epoch) in b.actions
+    assert "t" not in a.active and a.node.tunnel_status("t").rekey_in_progress is None
+    b.auto_install = True
+    _run(w, 0.6, step=0.05, start=0.1)
+    assert a.active["t"] == b.active["t"] > install.epoch
+
+
+@pytest.mark.unit
+def test_losing_the_session_mid_exchange_retires_a_half_installed_epoch(ids: Ids) -> None:
+    a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",), Kind.ESP)], ids=ids)
+    b.auto_install = False
+    w = Wire(a, b)
+    w.open()
+    install = next(x for x in b.actions if isinstance(x, InstallKeys))
+    out = b.node.connection_lost(1, 0.2)
+    assert Retire("t", install.epoch) in out.actions
+    st = b.node.tunnel_status("t")
+    assert not st.session_up and st.rekey_in_progress is None
