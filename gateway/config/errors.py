@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["HIDDEN", "ConfigError", "Problem", "looks_like_key", "render_path", "show"]
+__all__ = ["HIDDEN", "ConfigError", "Problem", "looks_like_key", "redact", "render_path", "show"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +62,40 @@ class ConfigError(ValueError):
 
 
 _PEM = ("-----BEGIN", "PRIVATE KEY")
-_B64 = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")  # base64 and base64url of 15+ bytes
+_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")  # base64 and base64url
 _HEX = re.compile(r"(?:0x)?[0-9A-Fa-f]{32,}")
 HIDDEN = "<hidden: looks like key material>"
 
 
 def looks_like_key(text: str) -> bool:
     """Whether ``text`` may be key material: part of a PEM block, 32+ hex digits, or 20+ base64
-    characters mixing upper case, lower case and digits (whitespace ignored, so a pasted
-    multi-line block counts). Messages never quote such a value; a false positive only costs a
-    less specific message, a false negative would put a key into logs and tickets."""
+    characters mixing upper case, lower case and digits, or several of each case (whitespace
+    ignored, so a pasted multi-line block counts).
+
+    Messages never quote such a value: a false positive only costs a less specific message,
+    a false negative would put a key into logs and tickets."""
     if any(marker in text for marker in _PEM):
         return True
     compact = "".join(text.split())
     if _HEX.fullmatch(compact):
         return True
-    return bool(_B64.fullmatch(compact)) and any(c.isupper() for c in compact) \
-        and any(c.islower() for c in compact) and any(c.isdigit() for c in compact)
+    if len(compact) < 20 or not _B64.fullmatch(compact):
+        return False
+    # Random base64 mixes upper case, lower case and digits; words, names and paths (mostly
+    # lower case) rarely do. 20 random base64 characters miss this test with odds ~1 in 15000.
+    upper = sum(c.isupper() for c in compact)
+    lower = sum(c.islower() for c in compact)
+    digit = any(c.isdigit() for c in compact)
+    return (upper >= 3 and lower >= 3) or (upper > 0 and lower > 0 and digit)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{20,}")
+
+
+def redact(text: str) -> str:
+    """``text`` with every word that looks like key material replaced by ``<hidden>``: for
+    messages that quote a piece of the file (a URL, a tag, PyYAML's own syntax errors)."""
+    return _TOKEN.sub(lambda m: "<hidden>" if looks_like_key(m.group()) else m.group(), text)
 
 
 def show(value: object) -> str:
@@ -87,7 +104,7 @@ def show(value: object) -> str:
     if isinstance(value, bytes | bytearray):
         return "<binary data>"
     text = str(value)
-    if looks_like_key(text):
+    if looks_like_key(text) or redact(text) != text:
         return HIDDEN
     if len(text) > 40:
         text = text[:37] + "..."

@@ -27,6 +27,7 @@ from gateway.config.errors import looks_like_key, show
 from gateway.config.loader import as_text
 
 __all__ = [
+    "PASTED",
     "Cidr",
     "Count",
     "Duration",
@@ -46,7 +47,6 @@ __all__ = [
     "check_readable",
     "fail",
     "longer_than_zero",
-    "not_pasted",
     "resolve_path",
     "show",
 ]
@@ -250,20 +250,20 @@ def check_readable(path: Path) -> str:
     return ""
 
 
-def not_pasted(value: Path) -> None:
-    """Refuse a path that is really pasted key material, without quoting it."""
-    if looks_like_key(str(value)):
-        raise fail("inline_secret", "this looks like key material, not a file path (not shown)",
-                   "put it in a file and write the file's path here")
+PASTED = "no such file, and this looks like key material rather than a path (not shown)"
 
 
 def _existing(value: Path, info: ValidationInfo) -> Path:
-    not_pasted(value)
     path = _resolve(value, info)
     reason = check_readable(path)
+    if reason and looks_like_key(str(value)):
+        # Pasted key material: the reason would quote it. An existing file is never refused.
+        raise fail("inline_secret", PASTED, "put it in a file and write the file's path here")
     if reason:
         raise fail("file", reason, "check the path (relative paths start at this file's folder)")
     return path
+
+
 
 
 ResolvedPath = Annotated[Path, AfterValidator(_resolve)]
@@ -293,9 +293,11 @@ def _public_key(length: int, label: str, how: str) -> Callable[[Any, ValidationI
             # Not quoted: what is pasted here by mistake is sometimes a private key.
             return decode(value, f"this {label} public key")
         if isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
-            not_pasted(Path(value["file"]))
             path = _resolve(Path(value["file"]), info)
             reason = check_readable(path)
+            if reason and looks_like_key(value["file"]):
+                raise fail("inline_secret", PASTED,
+                           "write the base64 key inline, or {file: PATH} to a .pub file")
             if reason:
                 raise fail("file", reason,
                            "check the path (relative paths start at this file's folder)")

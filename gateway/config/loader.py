@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config.errors import ConfigError, Problem, render_path, show
+from gateway.config.errors import ConfigError, Problem, redact, render_path, show
 
 __all__ = ["Document", "Loc", "SpelledInt", "as_text", "parse_yaml", "read_yaml"]
 
@@ -69,7 +69,7 @@ _BAD_SCALAR = (yaml.YAMLError, ValueError, TypeError, AttributeError, KeyError, 
 
 
 def _tag(tag: str) -> str:
-    short = "!!" + tag[len(_STD):] if tag.startswith(_STD) else tag
+    short = redact("!!" + tag[len(_STD):] if tag.startswith(_STD) else tag)
     return short if len(short) <= 60 else short[:57] + "..."
 
 
@@ -146,8 +146,9 @@ class _Walker:
         if alias is None:
             return self.walk(node, loc, mark)
         if id(node) in self.open:
-            self._problem(loc, mark, f"alias *{alias[1][:40]} refers to the list or mapping "
-                          "that contains it", "write the values out instead")
+            name = redact(alias[1][:40])
+            self._problem(loc, mark, f"alias *{name} refers to the list or mapping that "
+                          "contains it", "write the values out instead")
             return None
         if self.outer_alias is not None:
             return self.walk(node, loc, mark)
@@ -240,6 +241,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> ConfigError:
     what = exc.problem or "not valid YAML"
     if exc.context:
         what = f"{exc.context}, {what}"
+    what = redact(what)  # PyYAML quotes alias, anchor and tag names, where a key may be pasted
     return ConfigError(
         [Problem("", mark.line + 1 if mark else 0, f"YAML syntax error: {what}",
                  "check the indentation and quoting here and on the line above",
@@ -261,7 +263,7 @@ def parse_yaml(text: str, name: str = "<config>") -> Document:
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, name) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem("", 0, f"YAML error: {exc}", "")], name) from None
+        raise ConfigError([Problem("", 0, f"YAML error: {redact(str(exc))}", "")], name) from None
     except RecursionError:
         # PyYAML composes recursively: a few hundred unclosed '[' exhaust the stack.
         raise ConfigError([Problem("", composer.get_mark().line + 1,

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationInfo, model_validator
 
 from gateway.config.errors import looks_like_key
-from gateway.config.fields import check_readable, fail, resolve_path
+from gateway.config.fields import PASTED, check_readable, fail, resolve_path
 
 __all__ = ["GeneratedKey", "SecretSource"]
 
@@ -57,20 +57,21 @@ class SecretSource(BaseModel):
         context = info.context if isinstance(info.context, dict) else {}
         if (self.file is None) == (self.credential is None):
             raise fail("secret_source", "give exactly one of 'file' or 'credential'", _FIX)
-        # A key pasted as the path or name: say so before any message would quote it.
-        if self.file is not None and looks_like_key(str(self.file)):
-            raise fail("inline_secret", "this looks like key material, not a file path "
-                       "(not shown)", _FIX, "file")
-        if self.credential is not None and looks_like_key(self.credential):
-            raise fail("inline_secret", "this looks like key material, not a credential name "
-                       "(not shown)", _FIX, "credential")
         if self.file is not None:
             base = Path(context.get("base_dir", Path.cwd()))
             path = resolve_path(self.file, base)
             field = "file"
+            if check_readable(path) and looks_like_key(str(self.file)):
+                # A key pasted as the path: every other message here would quote it.
+                raise fail("inline_secret", PASTED, _FIX, field)
         else:
             assert self.credential is not None
             field = "credential"
+            creds = context.get("credentials_dir")
+            if looks_like_key(self.credential) and not (
+                    creds and (Path(creds) / self.credential).is_file()):
+                raise fail("inline_secret", "no such credential, and this looks like key "
+                           "material rather than a name (not shown)", _FIX, field)
             if "/" in self.credential or self.credential in ("", ".", ".."):
                 raise fail("credential", "a credential name cannot contain '/'",
                            "use the name given to LoadCredential=NAME:PATH", field)

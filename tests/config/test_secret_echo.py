@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def wg_key(site_dir: Path) -> str:
 def test_key_pasted_as_file_path(write_config: Write, wg_key: str) -> None:
     text = BASE.replace("client_key: {file: pki/sae-alpha.key}", f"client_key: {{file: {wg_key}}}")
     assert _problems(write_config, text, wg_key) == [
-        f"kms[0].client_key.file (line 14): this looks like key material, not a file path "
-        f"(not shown); {_FIX}"]
+        f"kms[0].client_key.file (line 14): no such file, and this looks like key material "
+        f"rather than a path (not shown); {_FIX}"]
 
 
 def test_key_pasted_as_credential_name(write_config: Write, wg_key: str, tmp_path: Path) -> None:
@@ -55,8 +56,8 @@ def test_key_pasted_as_credential_name(write_config: Write, wg_key: str, tmp_pat
                         f"client_key: {{credential: '{wg_key}'}}")
     for environ in ({}, {"CREDENTIALS_DIRECTORY": str(tmp_path)}):
         assert _problems(write_config, text, wg_key, environ) == [
-            f"kms[0].client_key.credential (line 14): this looks like key material, not a "
-            f"credential name (not shown); {_FIX}"]
+            f"kms[0].client_key.credential (line 14): no such credential, and this looks like "
+            f"key material rather than a name (not shown); {_FIX}"]
 
 
 def test_pem_key_pasted_as_certificate_path(write_config: Write, site_dir: Path) -> None:
@@ -64,8 +65,8 @@ def test_pem_key_pasted_as_certificate_path(write_config: Write, site_dir: Path)
     block = "|\n" + "".join(f"      {line}\n" for line in pem.splitlines())
     text = BASE.replace("client_cert: pki/sae-alpha.crt\n", f"client_cert: {block}")
     assert _problems(write_config, text, _pem_body(site_dir / "pki/sae-alpha.key")) == [
-        "kms[0].client_cert (line 13): this looks like key material, not a file path (not "
-        "shown); put it in a file and write the file's path here"]
+        "kms[0].client_cert (line 13): no such file, and this looks like key material rather "
+        "than a path (not shown); put it in a file and write the file's path here"]
 
 
 def test_key_pasted_into_name_fields(write_config: Write, site_dir: Path, wg_key: str) -> None:
@@ -93,7 +94,8 @@ def test_key_pasted_as_a_mapping_key(write_config: Write, wg_key: str) -> None:
 
 @pytest.mark.parametrize("text", [
     "-----BEGIN PRIVATE KEY-----", "MC4CAQAwBQYDK2VwBCIEIGx5Yk9wZ1h0", "0123456789abcdef" * 2,
-    "kH3x+9Qa/Zr2LmWp8Tn0Yb4V", "  aGVsbG8gd29ybGQgaGVs\n  bG8gd29ybGQ=\n"])
+    "kH3x+9Qa/Zr2LmWp8Tn0Yb4V", "  aGVsbG8gd29ybGQgaGVs\n  bG8gd29ybGQ=\n",
+    "bCpArstgChJPWtsykrsgdoZb"])
 def test_looks_like_key(text: str) -> None:
     assert looks_like_key(text)
     assert show(text) == "<hidden: looks like key material>"
@@ -110,3 +112,47 @@ def test_ordinary_values_are_quoted(text: str) -> None:
 
 def test_render_path_hides_key_like_keys() -> None:
     assert render_path(("kms", 0, "MC4CAQAwBQYDK2VwBCIEIGx5")) == "kms[0].<hidden>"
+
+
+def test_key_inside_a_url_tag_or_alias_name(write_config: Write, wg_key: str) -> None:
+    name = wg_key[:24].replace("/", "a").replace("+", "b")
+    url = BASE.replace("url: https://127.0.0.1:8443", f"url: https://{wg_key}@127.0.0.1:8443")
+    assert _problems(write_config, url, wg_key) == [
+        "kms[0].url (line 10): <hidden: looks like key material> is not scheme://host:port; "
+        "write e.g. https://127.0.0.1:8443"]
+    tag = BASE.replace("  sae_id: sae-alpha\n", f"  sae_id: !{name} x\n")
+    assert _problems(write_config, tag, name) == [
+        "site.sae_id (line 3, column 11): unsupported YAML tag !<hidden>; remove the tag and "
+        "write plain text, numbers, lists or mappings"]
+    alias = BASE.replace("  sae_id: sae-alpha\n", f"  sae_id: [*{name}]\n")
+    assert _problems(write_config, alias, name) == [
+        "line 3, column 12: YAML syntax error: found undefined alias '<hidden>'; check the "
+        "indentation and quoting here and on the line above"]
+
+
+def test_random_keys_and_their_fragments_are_recognised() -> None:
+    rng = random.Random(2026)
+    missed_keys = missed_fragments = 0
+    for _ in range(10000):
+        raw = rng.randbytes(rng.randint(16, 64))
+        assert looks_like_key(raw.hex())
+        for b64 in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+            missed_keys += not looks_like_key(b64)
+            start = rng.randint(0, len(b64) - 20)
+            missed_fragments += not looks_like_key(b64[start:start + 20])
+    # Measured: 0 of 20000 whole keys and 1 of 20000 20-character fragments (a fragment with
+    # no capital or no lower-case letter: odds about 1 in 15000).
+    assert missed_keys == 0
+    assert missed_fragments <= 3
+
+
+def test_existing_files_with_key_like_names_are_used(write_config: Write, site_dir: Path) -> None:
+    # Three character classes and no extension: looks like a key, but the file exists.
+    odd = site_dir / "keys/alpha/Wg2Key/alpha2private"
+    odd.parent.mkdir()
+    odd.write_bytes((site_dir / "keys/alpha/wireguard.key").read_bytes())
+    odd.chmod(0o600)
+    assert looks_like_key("keys/alpha/Wg2Key/alpha2private")
+    text = BASE.replace("keys/alpha/wireguard.key", "keys/alpha/Wg2Key/alpha2private")
+    wg = load_config(write_config(text)).tunnels[0].wireguard
+    assert wg is not None and wg.private_key is not None and wg.private_key.path == odd
