@@ -54,6 +54,7 @@ class Document:
 # configuration is a few levels deep and a few thousand values even for a large hub.
 MAX_DEPTH = 32
 MAX_VALUES = 50_000
+MAX_BYTES = 4 << 20  # a hub with hundreds of peers and inline ML-DSA keys stays below 1 MiB
 
 _STD = "tag:yaml.org,2002:"
 _MAP, _SEQ = _STD + "map", _STD + "seq"
@@ -162,7 +163,12 @@ class _Walker:
     def walk(self, node: yaml.Node, loc: Loc, mark: yaml.Mark) -> Any:
         self.count += 1
         if self.count > MAX_VALUES:
-            where, at = self.outer_alias or (loc, mark)
+            if self.outer_alias is None:
+                raise _Stop(Problem(render_path(loc), mark.line + 1,
+                                    f"the file holds more than {MAX_VALUES} values",
+                                    "a configuration needs a few thousand at most",
+                                    mark.column + 1))
+            where, at = self.outer_alias
             raise _Stop(Problem(render_path(where), at.line + 1,
                                 f"aliases expand the file to more than {MAX_VALUES} values",
                                 "write the values out, or use fewer aliases inside aliases",
@@ -287,7 +293,14 @@ def parse_yaml(text: str, name: str = "<config>") -> Document:
 def read_yaml(path: Path) -> Document:
     """Read and parse the file at ``path``; an unreadable file is a :class:`ConfigError` too."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise ConfigError(
+                [Problem("", 0, f"configuration file {path} is larger than "
+                         f"{MAX_BYTES >> 20} MiB", "check that this is the configuration file")],
+                str(path))
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             [Problem("", 0, f"configuration file {path} does not exist",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from gateway.config import ConfigError
-from gateway.config.loader import parse_yaml
+from gateway.config.loader import parse_yaml, read_yaml
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +117,22 @@ def test_deep_nesting_is_a_problem_not_a_recursion_error(depth: int) -> None:
     [message] = _messages("a: " + "[" * depth + "]" * depth + "\n")
     assert message.endswith("lists or mappings are nested more than 32 deep; "
                             "a configuration needs a handful of levels")
+
+
+def test_oversized_files_are_refused_before_parsing(tmp_path: Path) -> None:
+    many = tmp_path / "many.yaml"
+    many.write_text("a: [" + ", ".join(["1"] * 50_001) + "]\n")
+    assert _messages_of(many) == [
+        "a[49998] (line 1, column 149999): the file holds more than 50000 values; a "
+        "configuration needs a few thousand at most"]
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 500_000)
+    assert _messages_of(huge) == [
+        f"file: configuration file {huge} is larger than 4 MiB; check that this is the "
+        "configuration file"]
+
+
+def _messages_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        read_yaml(path)
+    return [str(p) for p in err.value.problems]
