@@ -62,6 +62,8 @@ _MAP, _SEQ = _STD + "map", _STD + "seq"
 _SCALARS = {_STD + "str": "text", _STD + "int": "a whole number", _STD + "float": "a number",
             _STD + "bool": "true or false", _STD + "null": "null", _STD + "timestamp": "a date",
             _STD + "binary": "base64 binary"}
+# What YAML 1.1 resolves a plain `<<` and `=` to; as values they are plain text.
+_INDICATORS = (_STD + "merge", _STD + "value")
 _TAG_FIX = "remove the tag and write plain text, numbers, lists or mappings"
 # What PyYAML's scalar constructors raise on a value that does not fit its tag
 # (`!!int abc` -> ValueError, `!!timestamp abc` -> AttributeError, `!!bool maybe` -> KeyError).
@@ -192,6 +194,8 @@ class _Walker:
             self.open.discard(id(node))
 
     def _scalar(self, node: yaml.ScalarNode, loc: Loc, mark: yaml.Mark) -> Any:
+        if node.tag in _INDICATORS:
+            return str(node.value)
         what = _SCALARS.get(node.tag)
         if what is None:
             self._problem(loc, mark, f"unsupported YAML tag {_tag(node.tag)}", _TAG_FIX)

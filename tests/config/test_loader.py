@@ -136,3 +136,9 @@ def _messages_of(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as err:
         read_yaml(path)
     return [str(p) for p in err.value.problems]
+
+
+def test_plain_merge_and_value_indicators_are_text() -> None:
+    # YAML 1.1 resolves a plain `<<` or `=` to the !!merge / !!value tags; as values they are
+    # just text the operator typed (and the field says whether it fits).
+    assert parse_yaml("a: <<\nb: =\n").data == {"a": "<<", "b": "="}
