@@ -63,9 +63,10 @@ class ActionRunner:
         keepers: dict[str, TunnelKeeper],
         bus: TelemetryBus,
         feed: Callable[[Event], None],
+        activated: Callable[[str], None] = lambda tunnel: None,
     ) -> None:
         self._pools, self._sources, self._keepers = pools, sources, keepers
-        self._bus, self._feed = bus, feed
+        self._bus, self._feed, self._activated = bus, feed, activated
         self._queue: asyncio.Queue[Action] = asyncio.Queue()
         self._lanes: dict[str, asyncio.Queue[Action]] = {}
         self._pending: dict[tuple[str, int], TunnelKeys] = {}
@@ -190,6 +191,7 @@ class ActionRunner:
             self._bus.metrics.rekey(a.tunnel, "ok", duration)
         for name in self._tunnel_alarms.pop(a.tunnel, set()):
             self._bus.alarm(name, False, tunnel=a.tunnel)
+        self._activated(a.tunnel)
 
     def status(self) -> dict[str, Any]:
         return {"queued": self._queue.qsize(), "pending_epochs": len(self._pending)}

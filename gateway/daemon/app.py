@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from gateway import __version__
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Tunnel
 from gateway.daemon.actions import ActionRunner
 from gateway.daemon.build import (
     build_kms,
@@ -33,6 +33,7 @@ from gateway.daemon.build import (
 )
 from gateway.daemon.control import ControlServer
 from gateway.daemon.keeper import TunnelKeeper
+from gateway.daemon.schedule import plan_rotation
 from gateway.daemon.state import StateStore
 from gateway.daemon.wg_installer import WireGuardInstaller
 from gateway.dataplane import WireGuardBackend, select_backend
@@ -93,6 +94,7 @@ class Daemon:
         self.sources = build_kms(cfg)
         self.pools = build_pools(cfg, self.sources)
         self.keepers: dict[str, TunnelKeeper] = {}
+        self._tunnels = {t.name: t for t in cfg.tunnels}
         self._installers: dict[str, WireGuardInstaller] = {}
         self._backends: dict[str, WireGuardBackend] = {}
         for t in cfg.tunnels:
@@ -105,7 +107,8 @@ class Daemon:
             self.keepers[t.name] = TunnelKeeper(
                 t.name, t.reject_after, inst, self.store, self.bus.emit, self._tunnel_alarm)
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
-                                   bus=self.bus, feed=self._feed)
+                                   bus=self.bus, feed=self._feed, activated=self._schedule)
+        self._low_stock: dict[str, bool] = {}
         self.endpoint = Endpoint(self.node, self.runner.submit)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
@@ -115,6 +118,29 @@ class Daemon:
 
     def _tunnel_alarm(self, name: str, active: bool, **fields: Any) -> None:
         self.bus.alarm(name, active, **fields)
+
+    def _stock(self, tunnel: Tunnel) -> tuple[int | None, int]:
+        """The lowest stored_key_count over the tunnel's KMS paths, with that KMS's low_stock."""
+        slave = self.cfg.peer(tunnel.peer).sae_id
+        worst: tuple[int | None, int] = (None, 0)
+        for name in tunnel.kms:
+            count = self.pools[(name, slave)].stored_key_count
+            low = self.cfg.kms_named(name).low_stock
+            if count is not None and (worst[0] is None or count - low < worst[0] - worst[1]):
+                worst = (count, low)
+        return worst
+
+    def _schedule(self, name: str) -> None:
+        """After each activation: the next rotation's interval (jittered; stretched while the
+        KMS runs low on keys, see gateway.daemon.schedule) goes to the protocol core."""
+        t = self._tunnels[name]
+        stock, low_water = self._stock(t)
+        plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water)
+        self.node.set_tunnel_timers(name, plan.delay, t.reject_after)
+        if plan.low_stock != self._low_stock.get(name, False):
+            self._low_stock[name] = plan.low_stock
+            self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
+                           low_stock=low_water, next_rekey_s=round(plan.delay, 1))
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,6 +161,9 @@ class Daemon:
                     await pool.start()
                 for name, keeper in self.keepers.items():
                     await keeper.start()
+                    # Epochs keep rising across restarts; timers are the tunnel's own.
+                    self.node.restore_epoch(name, keeper.epoch)
+                    self._schedule(name)
                     tg.create_task(keeper.watch(), name=f"keeper:{name}")
                 tg.create_task(self.runner.run(), name="actions")
                 tg.create_task(self._reconcile_loop(), name="reconcile")
@@ -211,12 +240,14 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         tunnels = {}
         for name, keeper in self.keepers.items():
-            t = self.node.tunnels.get(name)
+            t = self.node.tunnel_status(name)
             tunnels[name] = {
                 **keeper.status(),
-                "peer": t.peer if t else None,
-                "rekeys_completed": t.completed if t else 0,
-                "session_up": bool(t and t.enabled_at is not None),
+                "peer": t.peer,
+                "mode": t.mode,
+                "rekeys_completed": t.rekeys_completed,
+                "session_up": t.session_up,
+                "low_stock": self._low_stock.get(name, False),
             }
         return {
             "site": self.cfg.site.name,

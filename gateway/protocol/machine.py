@@ -13,6 +13,7 @@ reconnected), otherwise the session dialled by the lower SAE ID wins.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -201,6 +202,20 @@ class Node:
         t = self.tunnels[tunnel]
         t.highest = max(t.highest, epoch)
         t.last_attempt = max(t.last_attempt, epoch)
+
+    def set_tunnel_timers(self, tunnel: str, rekey_after: float, reject_after: float) -> None:
+        """Per-tunnel rekey interval and key lifetime (the configured ones, or the daemon's
+        stretched interval when the KMS runs low on keys). The backup side keeps its offset:
+        it steps in after ``rekey_after_backup / rekey_after`` of the interval (13/12 with
+        the defaults: 130 s of 120 s)."""
+        if not 0 < rekey_after < reject_after:
+            raise ValueError("need 0 < rekey_after < reject_after")
+        t = self.tunnels[tunnel]
+        ratio = self.timers.rekey_after_backup / self.timers.rekey_after
+        t.timers = dataclasses.replace(self.timers, rekey_after=rekey_after,
+                                       rekey_after_backup=min(rekey_after * ratio,
+                                                              (rekey_after + reject_after) / 2),
+                                       reject_after=reject_after)
 
     # -- introspection -----------------------------------------------------------------------
     def session_conn(self, peer: str) -> int | None:

@@ -331,3 +331,35 @@ def test_losing_the_session_mid_exchange_retires_a_half_installed_epoch(ids: Ids
     assert Retire("t", install.epoch) in out.actions
     st = b.node.tunnel_status("t")
     assert not st.session_up and st.rekey_in_progress is None
+
+
+
+@pytest.mark.unit
+def test_per_tunnel_timers_move_the_rekey_and_the_expiry(ids: Ids) -> None:
+    """Node.set_tunnel_timers: the daemon's per-tunnel interval (the configured one, or the one
+    stretched on low KMS stock) decides when the next rekey starts and when the key expires."""
+    a, b = make_pair([TunnelPolicy("t", Mode.PQC)], ids=ids)
+    w = Wire(a, b)
+    w.open()
+    _run(w, 0.5)
+    first = _activated(a)
+    assert first
+    ta = a.node.tunnels["t"]
+    assert ta.active_at is not None
+    a.node.set_tunnel_timers("t", 5.0, 8.0)
+    b.node.set_tunnel_timers("t", 5.0, 8.0)
+    start = ta.active_at
+    assert ta.due() == start + 5.0
+    _run(w, start + 4.75, start=0.5)
+    assert _activated(a) == first  # FAST would have rekeyed every 1 s
+    _run(w, start + 5.5, start=start + 4.75)
+    assert len(_activated(a)) == len(first) + 1
+    # No session any more: nothing rekeys, and the key expires at the per-tunnel reject_after.
+    w.closed.append("test")
+    now = ta.active_at
+    assert now is not None
+    a.node.connection_lost(1, now)
+    expired = [x for x in a.node.tick(now + 8.0).actions if isinstance(x, Expire)]
+    assert [x.tunnel for x in expired] == ["t"]
+    with pytest.raises(ValueError):
+        a.node.set_tunnel_timers("t", 8.0, 5.0)
