@@ -51,9 +51,8 @@ def _kms_client(k: Kms, peer_saes: list[str]) -> KeySource:
         )
     return SkipClient(
         name=k.name, url=k.url, local_system_id=k.kme_id or k.name,
-        # SKIP names the far end by remoteSystemID: the configured mapping, else the SAE ID.
-        remote_system_ids={sae: (k.skip.remote_system_ids.get(sae, sae) if k.skip else sae)
-                           for sae in peer_saes}, ca_file=k.ca_file,
+        # SKIP names the far end by remoteSystemID (kms[].skip.remote_system_ids, else the SAE ID).
+        remote_system_ids={sae: k.remote_system_id(sae) for sae in peer_saes}, ca_file=k.ca_file,
         cert_file=k.client_cert,
         key_file=k.client_key.path, timeout=k.timeouts.request,
         connect_timeout=k.timeouts.connect,
