@@ -26,6 +26,10 @@ def leftovers(prefix: str) -> list[str]:
         pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
                               check=False).stdout.split()
         found += [f"pid {pid} in {netns}: {_cmdline(pid)}" for pid in pids]
+    # Processes outside the namespaces that still name the lab (wireguard-go <prefix>w1h, ...).
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and prefix in _cmdline(proc.name):
+            found.append(f"pid {proc.name}: {_cmdline(proc.name)}")
     return found
 
 
