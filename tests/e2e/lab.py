@@ -52,12 +52,15 @@ class Lab:
 
     def __init__(self, rekey_interval: float = 3.0, reject_after: float | None = None,
                  tunnel: dict[str, Any] | None = None, wireguard: dict[str, Any] | None = None,
-                 max_key_count: int = 10_000) -> None:
+                 kms: dict[str, Any] | None = None,
+                 max_key_count: int = 10_000, kms_deadline: float = 20.0) -> None:
         self.rekey_interval = rekey_interval
         self.reject_after = reject_after or rekey_interval * 2
         self.tunnel_overrides = tunnel or {}
         self.wg_overrides = wireguard or {}
+        self.kms_overrides = kms or {}
         self.max_key_count = max_key_count
+        self.kms_deadline = kms_deadline
         self.prefix = new_prefix()
         self.root = Path(tempfile.mkdtemp(prefix=f"qkd-e2e-{self.prefix}-"))
         self._stack = contextlib.AsyncExitStack()
@@ -95,6 +98,7 @@ class Lab:
         cfg = yaml.safe_load(site.config_path.read_text())
         # A KMS name names the QKD network (path) and is the same at both ends of a tunnel.
         cfg["kms"][0]["name"] = "qkd"
+        cfg["kms"][0].update(self.kms_overrides)
         for t in cfg["tunnels"]:
             t["kms"] = ["qkd"]
             t["reject_after"] = f"{self.reject_after:g}s"
@@ -114,7 +118,8 @@ class Lab:
         self.kms = await self.procs.start("kms-sim", f"{self.prefix}-kms", argv,
                                           self.plan.kms_log_path)
         await asyncio.gather(*(
-            wait_for_kme(s.netns, str(KMS_ADDRESS.ip), s.kme_port, deadline_s=20, kme_id=s.kme_id,
+            wait_for_kme(s.netns, str(KMS_ADDRESS.ip), s.kme_port, deadline_s=self.kms_deadline,
+                         kme_id=s.kme_id,
                          slave_sae_id=self.other(s).sae_id, ca_file=self.plan.pki_dir / "ca.crt",
                          cert_file=self.plan.pki_dir / f"{s.sae_id}.crt",
                          key_file=self.plan.pki_dir / f"{s.sae_id}.key")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import subprocess
+from datetime import datetime
 
 import pytest
 
@@ -139,6 +141,21 @@ async def test_sigkill_and_restart_loses_at_most_one_rekey_interval() -> None:
         epochs = lab.epochs(NAMES[1])
         assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs), epochs
     assert stats.lost <= 20 * interval, stats
+
+
+async def test_low_kms_stock_stretches_the_rotation_and_raises_an_alarm() -> None:
+    # The KME holds 1000 keys per link; below low_stock = 5000 the daemons stretch the 2 s
+    # interval towards its ceiling, reject_after - (reject_after - interval) / 4 = 8 s.
+    async with Lab(rekey_interval=2, reject_after=10, max_key_count=1000,
+                   kms={"low_stock": 5000, "pool": {"target": 8, "batch": 8, "low_water": 2}}) as lab:
+        await lab.start_daemons()
+        await lab.wait_for(lambda: len(lab.epochs(NAMES[0])) >= 3, 60, "three rotations")
+        times = [e["timestamp"] for e in lab.events(NAMES[0], "tunnel_rekeyed")]
+        alarms = [e for e in lab.events(NAMES[0], "alarm_raised") if e["alarm"] == "kms_low_stock"]
+    assert alarms and alarms[0]["stored_key_count"] < 5000
+    stamps = [datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in times]
+    gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]
+    assert gaps and min(gaps) > 5.0, gaps  # stretched (unstretched: <= 2 s)
 
 
 def test_wg_tools_present() -> None:
