@@ -147,7 +147,7 @@ class Tunnel(_Strict):
                        "remove kms, or choose policy qkd+pqc", "kms")
         if self.policy != "pqc" and not self.kms:
             raise fail("missing_rule", f"policy {self.policy} needs at least one KMS",
-                       "list KMS names, e.g. kms: [kms-bucharest], or choose policy pqc", "kms")
+                       "list KMS names, e.g. kms: [ronaqci], or choose policy pqc", "kms")
         if self.rekey_interval < 1:
             raise fail("timer", "rekey_interval must be at least 1s", "write e.g. 120s",
                        "rekey_interval")

@@ -127,7 +127,7 @@ def test_unbracketed_ipv6_endpoint_in_flow_syntax_is_a_yaml_error(write_config: 
                      id="kind-block"),
         pytest.param("    kms: [kms-a]\n", "    policy: qkd\n",
                      "tunnels[0].kms (line 23): policy qkd needs at least one KMS; list KMS "
-                     "names, e.g. kms: [kms-bucharest], or choose policy pqc", id="policy-kms"),
+                     "names, e.g. kms: [ronaqci], or choose policy pqc", id="policy-kms"),
         pytest.param("    kme_id: kme-a\n", "",
                      "kms[0].kme_id (line 8): required for kind: etsi014 (the KME ID is "
                      "checked against the KME's certificate); add kme_id: ID", id="kme-id"),

@@ -59,7 +59,7 @@ def test_examples_pin_each_others_generated_keys(examples: Path) -> None:
 def test_skip_examples_name_each_others_kme(examples: Path) -> None:
     hub = load_config(examples / "ronaqci/bucharest.yaml")
     spoke = load_config(examples / "ronaqci/craiova.yaml")
-    hub_skip, spoke_skip = hub.kms_named("kms-bucharest-skip"), spoke.kms_named("kms-craiova")
+    hub_skip, spoke_skip = hub.kms_named("ronaqci-skip"), spoke.kms_named("ronaqci-skip")
     assert hub_skip.remote_system_id(spoke.site.sae_id) == spoke_skip.kme_id
     assert spoke_skip.remote_system_id(hub.site.sae_id) == hub_skip.kme_id
 
