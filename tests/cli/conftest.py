@@ -1,27 +1,5 @@
-from __future__ import annotations
+"""The CLI tests use the config tests' shared key files and config writer."""
 
-import itertools
-from collections.abc import Callable
-from pathlib import Path
+from tests.config.conftest import site_dir, write_config
 
-import pytest
-
-from tests.config.sitefiles import make_site_dir
-
-_counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Shared key files and PKI; tests write their config files next to them, never edit them."""
-    return make_site_dir(tmp_path_factory.mktemp("site"))
-
-
-@pytest.fixture
-def write_config(site_dir: Path) -> Callable[[str], Path]:
-    def write(text: str) -> Path:
-        path = site_dir / f"config-{next(_counter)}.yaml"
-        path.write_text(text)
-        return path
-
-    return write
+__all__ = ["site_dir", "write_config"]
