@@ -44,10 +44,30 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(cfg.telemetry.log.format, cfg.telemetry.log.level)
     try:
         return asyncio.run(_main(cfg))
-    except (BuildError, IdentityError, StateError, DataplaneError, KmsError,
-            TelemetryError) as exc:
+    except _STARTUP_ERRORS as exc:
         print(f"qkd-gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except ExceptionGroup as group:
+        # A task of the daemon's TaskGroup failed (e.g. a tunnel's interface is missing): report
+        # operator errors as such; anything else is a bug and keeps its traceback.
+        known = group.subgroup(lambda e: isinstance(e, _STARTUP_ERRORS))
+        if known is None or group.subgroup(
+                lambda e: not isinstance(e, (*_STARTUP_ERRORS, ExceptionGroup))) is not None:
+            raise
+        for leaf in _leaves(known):
+            print(f"qkd-gateway: cannot start: {leaf}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+_STARTUP_ERRORS = (BuildError, IdentityError, StateError, DataplaneError, KmsError,
+                   TelemetryError, OSError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def _main(cfg: Any) -> int:
