@@ -105,7 +105,7 @@ class Daemon:
             inst = WireGuardInstaller(backend, plan.spec, plan.peer_public_key)
             self._installers[t.name] = inst
             self.keepers[t.name] = TunnelKeeper(
-                t.name, t.reject_after, inst, self.store, self.bus.emit, self._tunnel_alarm)
+                t.name, t.reject_after, inst, self.store, self.bus.emit, self.bus.alarm)
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
                                    bus=self.bus, feed=self._feed, activated=self._schedule)
         self._low_stock: dict[str, bool] = {}
@@ -115,9 +115,6 @@ class Daemon:
 
     def _feed(self, event: Any) -> None:
         self.endpoint.handle(event)
-
-    def _tunnel_alarm(self, name: str, active: bool, **fields: Any) -> None:
-        self.bus.alarm(name, active, **fields)
 
     def _stock(self, tunnel: Tunnel) -> tuple[int | None, int]:
         """The lowest stored_key_count over the tunnel's KMS paths, with that KMS's low_stock."""

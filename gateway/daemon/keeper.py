@@ -56,7 +56,7 @@ class Emit(Protocol):
 
 
 class Alarm(Protocol):
-    def __call__(self, name: str, active: bool, **fields: Any) -> None: ...
+    def __call__(self, name: str, active: bool, **fields: Any) -> object: ...
 
 
 class TunnelKeeper:
