@@ -18,6 +18,7 @@ from pyroute2 import AsyncWireGuard
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSION, wgmsg
 
+from gateway.dataplane.device import adopt_or_reconcile
 from gateway.dataplane.errors import (
     BackendCallFailed,
     InterfaceConflict,
@@ -27,7 +28,7 @@ from gateway.dataplane.errors import (
 )
 from gateway.dataplane.links import Links, netlink_call
 from gateway.dataplane.netlink_wg import parse_device, peer_request, recreate_peer_attrs
-from gateway.dataplane.reconcile import DevicePlan, normalize_spec, plan_device, require_peers
+from gateway.dataplane.reconcile import DevicePlan, normalize_spec, require_peers
 from gateway.dataplane.types import (
     KEY_LEN,
     DeviceState,
@@ -91,32 +92,11 @@ class KernelBackend:
                 f"{name}: a {kind} link of that name exists (wireguard-go's TUN device?);"
                 " delete it, rename the interface, or use the userspace backend"
             )
-        if spec.adopt:
-            if kind is None:
-                raise InterfaceNotFound(
-                    f"{name}: adopt=true but the interface does not exist; bring it up first"
-                    " (wg-quick up / networkd) or set adopt=false to let the gateway create it"
-                )
-            require_peers(name, await self._get(name), [p.public_key for p in spec.peers])
-            self._adopted.add(name)
-            return []
-        created = kind is None
-        if created:
-            await self._links.create(name, "wireguard")
-        try:
-            plan = plan_device(spec, None if created else await self._get(name))
-            await self._write(name, plan)
-            corrections = list(plan.corrections)
-            corrections += await self._links.sync_link(spec, created=created)
-        except BaseException:
-            if created:  # never leave a half-configured interface we created behind
-                await self._links.delete(name)
-            raise
-        if created:
-            log.info("wg_interface_created", tunnel=name, backend=self.kind, netns=self.netns)
-        for text in corrections:
-            log.warning("wg_drift_corrected", tunnel=name, backend=self.kind, correction=text)
-        return corrections
+        return await adopt_or_reconcile(
+            spec, exists=kind is not None, kind=self.kind, netns=self.netns, links=self._links,
+            adopted=self._adopted, read=lambda: self._get(name),
+            create=lambda: self._links.create(name, "wireguard"),
+            write=lambda plan: self._write(name, plan))
 
     async def _write(self, name: str, plan: DevicePlan) -> None:
         if plan.empty:

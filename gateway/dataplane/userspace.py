@@ -16,17 +16,17 @@ from pathlib import Path
 
 import structlog
 
+from gateway.dataplane.device import adopt_or_reconcile
 from gateway.dataplane.errors import (
     BackendCallFailed,
     BackendUnavailable,
     DataplaneTimeout,
     InterfaceConflict,
-    InterfaceNotFound,
     PskNotApplied,
     SpecError,
 )
 from gateway.dataplane.links import Links
-from gateway.dataplane.reconcile import normalize_spec, plan_device, require_peers
+from gateway.dataplane.reconcile import DevicePlan, normalize_spec, require_peers
 from gateway.dataplane.types import (
     KEY_LEN,
     PeerState,
@@ -87,34 +87,16 @@ class UserspaceBackend:
                 f"{name}: link exists but no wireguard-go answers on {uapi.path}: it is a kernel"
                 " or other link; delete it, rename the interface, or use the kernel backend"
             )
-        if spec.adopt:
-            if index is None:
-                raise InterfaceNotFound(
-                    f"{name}: adopt=true but the interface does not exist; bring it up first"
-                    " (wg-quick up / networkd) or set adopt=false to let the gateway create it"
-                )
-            require_peers(name, await uapi.get(), [p.public_key for p in spec.peers])
-            self._adopted.add(name)
-            return []
-        created = index is None
-        if created:
-            await self._start(name, uapi)
-        try:
-            plan = plan_device(spec, None if created else await uapi.get())
+
+        async def write(plan: DevicePlan) -> None:
             body = plan_to_uapi(plan)
             if body:
                 await uapi.set(body)
-            corrections = list(plan.corrections)
-            corrections += await self._links.sync_link(spec, created=created)
-        except BaseException:
-            if created:  # never leave a half-configured interface we created behind
-                await self._links.delete(name)
-            raise
-        if created:
-            log.info("wg_interface_created", tunnel=name, backend=self.kind, netns=self.netns)
-        for text in corrections:
-            log.warning("wg_drift_corrected", tunnel=name, backend=self.kind, correction=text)
-        return corrections
+
+        return await adopt_or_reconcile(
+            spec, exists=index is not None, kind=self.kind, netns=self.netns, links=self._links,
+            adopted=self._adopted, read=uapi.get, create=lambda: self._start(name, uapi),
+            write=write)
 
     async def _start(self, name: str, uapi: UapiClient) -> None:
         if shutil.which(self.binary) is None:
