@@ -8,6 +8,8 @@ GW := $(VENV)/bin/qkd-gateway
 DEBS := iproute2 iputils-ping wireguard-go wireguard-tools mosquitto mosquitto-clients \
         iperf3 tcpdump kmod systemd procps
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k config"`.
+# The demo runs a minute and reports a verdict; `make demo DEMO_ARGS=` runs until Ctrl-C.
+DEMO_ARGS ?= --duration 60 --rekey-interval 5
 PYTEST_ARGS ?=
 
 .PHONY: setup apt venv example-keys demo test test-vm bench lint clean
@@ -35,7 +37,7 @@ example-keys: venv
 	$(PY) scripts/example_keys.py
 
 demo: setup
-	$(GW) demo
+	$(GW) demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
