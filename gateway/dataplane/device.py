@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.dataplane.errors import InterfaceNotFound
+from gateway.dataplane.errors import InterfaceNotFound, PskNotApplied
 from gateway.dataplane.links import Links
 from gateway.dataplane.reconcile import DevicePlan, plan_device, require_peers
 from gateway.dataplane.types import DeviceState, WgInterfaceSpec
+from gateway.keymaterial import Secret
 
-__all__ = ["adopt_or_reconcile"]
+__all__ = ["adopt_or_reconcile", "confirm_psk"]
 
 log = structlog.get_logger("gateway.dataplane")
 
@@ -62,3 +63,12 @@ async def adopt_or_reconcile(
     for text in corrections:
         log.warning("wg_drift_corrected", tunnel=name, backend=kind, correction=text)
     return corrections
+
+
+def confirm_psk(ifname: str, pub: str, read_back: Secret | None, written: Secret) -> None:
+    """A PSK write counts only when reading it back gives the same key (both backends)."""
+    if read_back != written:
+        raise PskNotApplied(
+            f"{ifname}: peer {pub}: the PSK read back differs from the one written;"
+            " the tunnel may be using a stale key (another tool writing PSKs?)"
+        )

@@ -18,12 +18,11 @@ from pyroute2 import AsyncWireGuard
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSION, wgmsg
 
-from gateway.dataplane.device import adopt_or_reconcile
+from gateway.dataplane.device import adopt_or_reconcile, confirm_psk
 from gateway.dataplane.errors import (
     BackendCallFailed,
     InterfaceConflict,
     InterfaceNotFound,
-    PskNotApplied,
     SpecError,
 )
 from gateway.dataplane.links import Links, netlink_call
@@ -143,12 +142,7 @@ class KernelBackend:
         }
         async with self._wg() as wg:
             await self._call(ifname, f"set PSK of peer {pub}", wg.set(ifname, peer=request))
-        peer = await self._peer(ifname, pub)
-        if peer.preshared_key != psk:
-            raise PskNotApplied(
-                f"{ifname}: peer {pub}: the PSK read back differs from the one written;"
-                " the tunnel may be using a stale key (another tool writing PSKs?)"
-            )
+        confirm_psk(ifname, pub, (await self._peer(ifname, pub)).preshared_key, psk)
 
     async def get_psk(self, ifname: str, peer_public_key: str) -> Secret | None:
         return (await self._peer(ifname, peer_public_key)).preshared_key

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import structlog
 
-from gateway.dataplane.device import adopt_or_reconcile
+from gateway.dataplane.device import adopt_or_reconcile, confirm_psk
 from gateway.dataplane.errors import (
     BackendCallFailed,
     BackendUnavailable,
     DataplaneTimeout,
     InterfaceConflict,
-    PskNotApplied,
     SpecError,
 )
 from gateway.dataplane.links import Links
@@ -160,12 +159,7 @@ class UserspaceBackend:
             f"public_key={b64_to_hex(pub)}\nupdate_only=true\n"
             f"preshared_key={psk.reveal().hex()}\n"
         )
-        peer = await self._peer(ifname, pub)
-        if peer.preshared_key != psk:
-            raise PskNotApplied(
-                f"{ifname}: peer {pub}: the PSK read back differs from the one written;"
-                " the tunnel may be using a stale key (another tool writing PSKs?)"
-            )
+        confirm_psk(ifname, pub, (await self._peer(ifname, pub)).preshared_key, psk)
 
     async def get_psk(self, ifname: str, peer_public_key: str) -> Secret | None:
         return (await self._peer(ifname, peer_public_key)).preshared_key
