@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 from gateway.daemon.keeper import TunnelKeeper
 from gateway.kms import KeyPool, KeyPoolError, KeySource, KmsError
@@ -192,6 +191,3 @@ class ActionRunner:
         for name in self._tunnel_alarms.pop(a.tunnel, set()):
             self._bus.alarm(name, False, tunnel=a.tunnel)
         self._activated(a.tunnel)
-
-    def status(self) -> dict[str, Any]:
-        return {"queued": self._queue.qsize(), "pending_epochs": len(self._pending)}

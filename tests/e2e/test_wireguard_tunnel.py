@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -115,6 +117,15 @@ async def test_pqc_policy_rides_out_a_kms_outage() -> None:
         stats = await ping
         assert len(lab.epochs(NAMES[0])) >= before + 3
         assert not lab.events(NAMES[0], "tunnel_failed_closed")[1:]
+        # `qkd-gateway status` over the control socket sees the same state.
+        cfg = lab.plan.by_name[NAMES[0]].config_path
+        out = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(cfg),
+                              "--json"], capture_output=True, text=True, timeout=30, check=True)
+        st = json.loads(out.stdout)
+        tunnel = st["tunnels"][lab.tunnel.name]
+        assert st["ok"] and tunnel["mode"] == "pqc" and tunnel["session_up"]
+        assert tunnel["epoch"] > 0 and tunnel["rekeys_completed"] >= 3
+        assert not tunnel["closed"] and st["alarms"] == []
     assert stats.lost == 0 and stats.received > 200, stats
 
 
