@@ -184,8 +184,17 @@ class ActionRunner:
             del self._pending[(tunnel, epoch)]
         started = self._started.pop((a.tunnel, a.epoch), None)
         duration = None if started is None else time.monotonic() - started
-        await keeper.activate(a.epoch, keys.wg_psk, keys.key_ids, keys.mode,
-                              "+".join(keys.achieved), duration)
+        try:
+            await keeper.activate(a.epoch, keys.wg_psk, keys.key_ids, keys.mode,
+                                  "+".join(keys.achieved), duration)
+        except Exception as exc:
+            # The keeper has put the previous key back (or failed closed); the tunnel stays on a
+            # known key and the failure is visible. The next scheduled rekey tries again.
+            self._bus.emit("tunnel_activate_failed", level="error", tunnel=a.tunnel,
+                           epoch=a.epoch, error=str(exc))
+            if self._bus.metrics is not None:
+                self._bus.metrics.rekey(a.tunnel, "failed", duration)
+            return
         if self._bus.metrics is not None:
             self._bus.metrics.rekey(a.tunnel, "ok", duration)
         for name in self._tunnel_alarms.pop(a.tunnel, set()):

@@ -32,9 +32,10 @@ from gateway.daemon.build import (
     wireguard_plan,
 )
 from gateway.daemon.control import ControlServer
+from gateway.daemon.inuse import HandshakeTracker
 from gateway.daemon.keeper import TunnelKeeper
 from gateway.daemon.schedule import plan_rotation
-from gateway.daemon.state import StateStore
+from gateway.daemon.state import StateError, StateLock, StateStore
 from gateway.daemon.wg_installer import WireGuardInstaller
 from gateway.dataplane import WireGuardBackend, select_backend
 from gateway.protocol import Endpoint, Node, Timers
@@ -56,6 +57,9 @@ log = structlog.get_logger("gateway.daemon")
 RECONCILE_INTERVAL = 30.0
 #: Pool levels and KMS stock are exported this often.
 POOL_METRICS_INTERVAL = 5.0
+#: A starting daemon waits this long for ``qkd-gateway failsafe`` (which holds the state lock for
+#: well under a second) before it concludes that another daemon owns the state directory.
+LOCK_WAIT = 5.0
 
 
 def timers_for(cfg: GatewayConfig) -> Timers:
@@ -88,6 +92,7 @@ class Daemon:
                 self.metrics)
         self.bus = TelemetryBus(self.metrics, self.mqtt)
         self.store = StateStore(cfg.state_dir)
+        self.lock = StateLock(cfg.state_dir)
         self.identity = load_identity(cfg)
         peers, self._addresses = build_peers(cfg)
         self.node = Node(self.identity, cfg.site.sae_id, peers, timers=self.timers)
@@ -109,6 +114,8 @@ class Daemon:
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
                                    bus=self.bus, feed=self._feed, activated=self._schedule)
         self._low_stock: dict[str, bool] = {}
+        self._handshakes = {name: HandshakeTracker() for name in self.keepers}
+        self._rekey_due: dict[str, float] = {}
         self.endpoint = Endpoint(self.node, self.runner.submit)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
@@ -134,6 +141,10 @@ class Daemon:
         stock, low_water = self._stock(t)
         plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water)
         self.node.set_tunnel_timers(name, plan.delay, t.reject_after)
+        self._rekey_due[name] = time.monotonic() + plan.delay
+        keeper = self.keepers[name]
+        if keeper.keys_installed:
+            self._handshakes[name].activated(keeper.epoch, time.time())
         if plan.low_stock != self._low_stock.get(name, False):
             self._low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
@@ -143,6 +154,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then leave tunnels per their ``on_shutdown``."""
         self.store.prepare()
+        await self._lock()
         self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
                       tunnels=[t.name for t in self.cfg.tunnels],
                       backends={k: b.kind for k, b in self._backends.items()})
@@ -182,6 +194,15 @@ class Daemon:
         finally:
             await self._shutdown()
 
+    async def _lock(self) -> None:
+        deadline = time.monotonic() + LOCK_WAIT
+        while not self.lock.try_acquire():
+            if time.monotonic() > deadline:
+                raise StateError(
+                    f"{self.lock.path} is locked: another qkd-gateway daemon uses state_dir "
+                    f"{self.cfg.state_dir}; stop it first, or give this one its own state_dir")
+            await asyncio.sleep(0.1)
+
     async def _shutdown(self) -> None:
         self.notifier.stopping("shutting down")
         with contextlib.suppress(Exception):
@@ -202,6 +223,7 @@ class Daemon:
             await source.aclose()
         self.bus.emit("daemon_stopped", keys_wasted=sum(p.stats().wasted
                                                          for p in self.pools.values()))
+        self.lock.release()
 
     # -- periodic tasks -----------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
@@ -210,12 +232,19 @@ class Daemon:
             for name, inst in self._installers.items():
                 try:
                     fixed = await inst.reconcile()
+                    # A peer re-added above has an empty PSK slot: the keeper puts back the key
+                    # it should hold (or fails closed), so a slot never silently reads empty.
+                    restored = await self.keepers[name].verify()
+                    await self._observe_handshake(name)
                 except Exception as exc:
                     self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
                     continue
-                if fixed:
+                if fixed or restored:
                     self.bus.emit("tunnel_drift_corrected", level="warning", tunnel=name,
-                                  corrections=fixed)
+                                  corrections=fixed, key_restored=restored)
+
+    async def _observe_handshake(self, name: str) -> None:
+        self._handshakes[name].observe(await self._installers[name].last_handshake())
 
     async def _pool_metrics_loop(self) -> None:
         while True:
@@ -231,20 +260,32 @@ class Daemon:
     # -- control socket -----------------------------------------------------------------------
     async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
         if req["cmd"] == "status":
+            for name in self.keepers:
+                with contextlib.suppress(Exception):  # status must answer even if a peer is gone
+                    await self._observe_handshake(name)
             return {"ok": True, **self.status()}
         return {"ok": False, "error": f"unknown command {req['cmd']!r}; try status"}
 
     def status(self) -> dict[str, Any]:
         tunnels = {}
+        now = time.monotonic()
         for name, keeper in self.keepers.items():
             t = self.node.tunnel_status(name)
+            cfg = self._tunnels[name]
+            slave = self.cfg.peer(cfg.peer).sae_id
+            due = self._rekey_due.get(name)
             tunnels[name] = {
                 **keeper.status(),
                 "peer": t.peer,
                 "mode": t.mode,
+                "dataplane": "wireguard" if cfg.kind == "wireguard" else "esp",
+                "kms": list(cfg.kms),
+                "kms_stock": {k: self.pools[(k, slave)].stored_key_count for k in cfg.kms},
                 "rekeys_completed": t.rekeys_completed,
+                "next_rekey_s": None if due is None or keeper.closed else round(due - now, 1),
                 "session_up": t.session_up,
                 "low_stock": self._low_stock.get(name, False),
+                "wg": self._handshakes[name].status(time.time()),
             }
         return {
             "site": self.cfg.site.name,

@@ -4,12 +4,19 @@ One JSON file per tunnel, ``<state_dir>/tunnels/<name>.json``, written atomicall
 fsync, rename) with mode 0600 in a 0700 directory. It records epochs, QKD key IDs and times,
 **never keys**: a restarted daemon cannot and must not recover key material; it resumes the epoch
 counter (so epochs never repeat) and knows how long the installed key has left before
-``reject_after``.
+``reject_after`` (on the boot clock, see gateway.daemon.clock). It also records a one-way
+fingerprint of the installed key, so that a restarted daemon can check, by reading the key back
+from the data plane, that the data plane still holds that very key before it reports it.
+
+``<state_dir>/daemon.lock`` is flock()ed by the running daemon: a second daemon on the same state
+directory refuses to start, and ``qkd-gateway failsafe`` acts only while no daemon holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -17,10 +24,26 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["StateError", "StateStore", "TunnelState"]
+from gateway.keymaterial import Secret
+
+__all__ = ["StateError", "StateLock", "StateStore", "TunnelState", "fingerprint"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VERSION = 1
+_VERSION = 2
+# Version 1 files (no boot clock, no fingerprint) still load; they can never be resumed from.
+_READABLE = (1, 2)
+_FINGERPRINT_LABEL = b"qkd-gateway/1 state-dir key fingerprint"
+
+
+def fingerprint(tunnel: str, epoch: int, key: Secret) -> str:
+    """A one-way, per-tunnel and per-epoch fingerprint of an installed key (hex SHA-256).
+
+    The key is 256 bits from the key schedule (or the OS RNG), so its hash reveals nothing
+    usable; binding the tunnel and epoch keeps two tunnels' fingerprints unrelated."""
+    h = hashlib.sha256(_FINGERPRINT_LABEL)
+    h.update(len(tunnel).to_bytes(2, "big") + tunnel.encode() + epoch.to_bytes(8, "big"))
+    h.update(key.reveal())
+    return h.hexdigest()
 
 
 class StateError(RuntimeError):
@@ -31,14 +54,19 @@ class StateError(RuntimeError):
 class TunnelState:
     tunnel: str
     epoch: int  # the last activated epoch
-    activated_at: float  # wall-clock (time.time()) when that epoch was activated
+    activated_at: float  # wall-clock (time.time()) when that epoch was activated: display only
     key_ids: tuple[str, ...] = field(default=())  # QKD key IDs that went into it (already spent)
     policy: str = ""
     achieved: str = ""  # which inputs actually went into the key, e.g. "qkd+pqc"
+    boot_id: str = ""  # the boot during which it was activated (gateway.daemon.clock)
+    activated_boot: float | None = None  # CLOCK_BOOTTIME at activation: lifetimes count from it
+    key_fingerprint: str = ""  # fingerprint() of the key installed for this epoch
+    closed: bool = False  # the tunnel was failed closed after this epoch (a random key is set)
 
 
 class StateStore:
     def __init__(self, directory: Path) -> None:
+        self.root = directory
         self._dir = directory / "tunnels"
 
     def prepare(self) -> None:
@@ -68,7 +96,7 @@ class StateStore:
                 f"state file {path} is unreadable ({exc}); remove it to start over"
             ) from None
         try:
-            if raw.pop("version") != _VERSION:
+            if raw.pop("version") not in _READABLE:
                 raise ValueError("unknown version")
             raw["key_ids"] = tuple(raw.get("key_ids", ()))
             state = TunnelState(**raw)
@@ -99,3 +127,30 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class StateLock:
+    """``<state_dir>/daemon.lock``, held with flock() for as long as a daemon runs.
+
+    The kernel drops the lock when the process dies however it dies, so a stale lock file never
+    blocks anything."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "daemon.lock"
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; False if another process does."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.dataplane.types import WgInterfaceSpec, WireGuardBackend
+from gateway.dataplane import InterfaceNotFound, PeerNotFound
+from gateway.dataplane.types import WgInterfaceSpec, WireGuardBackend, validate_public_key
 from gateway.keymaterial import Secret
 
 __all__ = ["WireGuardInstaller"]
@@ -31,6 +32,24 @@ class WireGuardInstaller:
         await self.backend.set_psk(self.spec.name, self.peer_public_key, key)
         if drop_session:
             await self.backend.force_handshake(self.spec.name, self.peer_public_key)
+
+    async def read_key(self) -> Secret | None:
+        try:
+            return await self.backend.get_psk(self.spec.name, self.peer_public_key)
+        except (InterfaceNotFound, PeerNotFound):
+            return None
+
+    async def last_handshake(self) -> float | None:
+        """The peer's latest handshake (Unix time), None before the first or if unreachable."""
+        try:
+            statuses = await self.backend.peer_status(self.spec.name)
+        except (InterfaceNotFound, PeerNotFound):
+            return None
+        mine = validate_public_key(self.peer_public_key)
+        return next((s.last_handshake for s in statuses if s.public_key == mine), None)
+
+    async def set_blocked(self, blocked: bool) -> None:
+        await self.backend.set_blocked(self.spec.name, blocked)
 
     async def close(self, teardown: bool) -> None:
         if teardown and not self.spec.adopt:

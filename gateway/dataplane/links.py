@@ -96,6 +96,15 @@ class Links:
             await netlink_call(f"delete {name}", ipr.link("del", index=found[0]))
         return True
 
+    async def set_state(self, name: str, state: str) -> bool:
+        """Set the link "up" or "down" (down: no traffic in or out); False if it is missing."""
+        async with self._ipr() as ipr:
+            found = await netlink_call(f"lookup {name}", ipr.link_lookup(ifname=name))
+            if not found:
+                return False
+            await netlink_call(f"set {name} {state}", ipr.link("set", index=found[0], state=state))
+        return True
+
     async def addresses(self, index: int) -> set[str]:
         """Global addresses as ``ip/prefix``; link-local ones are the kernel's, not ours."""
         async with self._ipr() as ipr:

@@ -130,6 +130,12 @@ class WireGuardBackend(Protocol):
         """Delete the interface (idempotent)."""
         ...
 
+    async def set_blocked(self, ifname: str, blocked: bool) -> None:
+        """Last resort of failing closed when no key can be written: take the interface down so
+        that no traffic passes (also an adopted one); ``blocked=False`` brings it back up.
+        Idempotent; a missing interface is fine (it carries no traffic)."""
+        ...
+
 
 def validate_ifname(name: str) -> str:
     if not _IFNAME_RE.fullmatch(name):

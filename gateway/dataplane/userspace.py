@@ -172,6 +172,11 @@ class UserspaceBackend:
         state = await self._uapi(ifname).get()
         return [p.status for p in state.peers.values()]
 
+    async def set_blocked(self, ifname: str, blocked: bool) -> None:
+        if await self._links.set_state(validate_ifname(ifname), "down" if blocked else "up"):
+            log.warning("wg_interface_blocked" if blocked else "wg_interface_unblocked",
+                        tunnel=ifname, backend=self.kind)
+
     async def remove(self, ifname: str) -> None:
         if ifname in self._adopted:
             raise InterfaceConflict(
