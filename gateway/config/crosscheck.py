@@ -18,6 +18,8 @@ from gateway.config.loader import Document, Loc, as_text
 __all__ = ["cross_check"]
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+# What describes a WireGuard interface rather than one of its peers (see _Checker.interfaces).
+_SHARED_WG_KEYS = ("backend", "adopt", "private_key", "listen_port")
 
 
 def _items(data: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -87,6 +89,43 @@ class _Checker:
                     self.add(("kms", i, "skip", "remote_system_ids", sae),
                              f"no peer has SAE ID {show(sae)}", fix)
 
+    def interfaces(self) -> None:
+        """Hub sites: several WireGuard tunnels may share one interface (one WireGuard peer each,
+        as wg-quick and networkd run a hub on one ``wg0``). The interface itself is one thing, so
+        what describes it must agree; an XFRM tunnel's interface is its own."""
+        first: dict[str, tuple[int, dict[str, Any]]] = {}
+        for i, tunnel in _items(self.doc.data, "tunnels"):
+            name = as_text(tunnel.get("interface"))
+            if name is None:
+                continue
+            if name not in first:
+                first[name] = (i, tunnel)
+                continue
+            j, other = first[name]
+            if tunnel.get("kind") != "wireguard" or other.get("kind") != "wireguard":
+                self.add(("tunnels", i, "interface"), f"interface {show(name)} is already used "
+                         f"by tunnels[{j}]", "only WireGuard tunnels can share an interface; "
+                         "give this tunnel its own")
+                continue
+            mine, theirs = tunnel.get("wireguard"), other.get("wireguard")
+            if not isinstance(mine, dict) or not isinstance(theirs, dict):
+                continue
+            for key in _SHARED_WG_KEYS:
+                if mine.get(key) != theirs.get(key):
+                    self.add(("tunnels", i, "wireguard", key),
+                             f"differs from tunnels[{j}] on the shared interface {show(name)}",
+                             f"tunnels on one interface share its {', '.join(_SHARED_WG_KEYS)}: "
+                             "write the same value in each, or give this tunnel its own interface")
+            if tunnel.get("on_shutdown", "keep") != other.get("on_shutdown", "keep"):
+                self.add(("tunnels", i, "on_shutdown"), f"differs from tunnels[{j}] on the "
+                         f"shared interface {show(name)}", "use the same on_shutdown for every "
+                         "tunnel on one interface (it removes the interface or keeps it)")
+            pub = mine.get("peer_public_key")
+            if pub is not None and pub == theirs.get("peer_public_key"):
+                self.add(("tunnels", i, "wireguard", "peer_public_key"),
+                         f"the same WireGuard peer as tunnels[{j}] on interface {show(name)}",
+                         "each tunnel on a shared interface has its own WireGuard peer")
+
     def networks(self) -> None:
         owners: list[tuple[_Net, Loc, str]] = []
         for i, tunnel in _items(self.doc.data, "tunnels"):
@@ -119,7 +158,7 @@ def cross_check(doc: Document) -> list[Problem]:
     peers = c.unique("peers", "name", "peer name")
     c.unique("peers", "sae_id", "SAE ID")
     c.unique("tunnels", "name", "tunnel name")
-    c.unique("tunnels", "interface", "interface")
+    c.interfaces()
     site = data.get("site") if isinstance(data, dict) else None
     own_sae = as_text(site.get("sae_id")) if isinstance(site, dict) else None
     for i, peer in _items(data, "peers"):

@@ -29,14 +29,14 @@ from gateway.daemon.build import (
     build_peers,
     build_pools,
     load_identity,
-    wireguard_plan,
+    wireguard_plans,
 )
 from gateway.daemon.control import ControlServer
 from gateway.daemon.inuse import HandshakeTracker
 from gateway.daemon.keeper import TunnelKeeper
 from gateway.daemon.schedule import plan_rotation
 from gateway.daemon.state import StateError, StateLock, StateStore
-from gateway.daemon.wg_installer import WireGuardInstaller
+from gateway.daemon.wg_installer import WgInterface, WireGuardInstaller
 from gateway.dataplane import WireGuardBackend, select_backend
 from gateway.protocol import Endpoint, Node, Timers
 from gateway.telemetry import (
@@ -102,12 +102,17 @@ class Daemon:
         self._tunnels = {t.name: t for t in cfg.tunnels}
         self._installers: dict[str, WireGuardInstaller] = {}
         self._backends: dict[str, WireGuardBackend] = {}
+        self._interfaces: dict[str, WgInterface] = {}
+        plans = wireguard_plans(cfg.tunnels)
         for t in cfg.tunnels:
-            plan = wireguard_plan(t)
+            plan = plans[t.name]
             backend = self._backends.get(plan.backend)
             if backend is None:
                 backend = self._backends[plan.backend] = select_backend(plan.backend)  # type: ignore[arg-type]
-            inst = WireGuardInstaller(backend, plan.spec, plan.peer_public_key)
+            iface = self._interfaces.get(plan.spec.name)
+            if iface is None:
+                iface = self._interfaces[plan.spec.name] = WgInterface(backend, plan.spec)
+            inst = WireGuardInstaller(iface, plan.peer_public_key)
             self._installers[t.name] = inst
             self.keepers[t.name] = TunnelKeeper(
                 t.name, t.reject_after, inst, self.store, self.bus.emit, self.bus.alarm)
@@ -229,19 +234,25 @@ class Daemon:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(RECONCILE_INTERVAL)
-            for name, inst in self._installers.items():
+            for iface in self._interfaces.values():
                 try:
-                    fixed = await inst.reconcile()
+                    fixed = await iface.reconcile()
+                except Exception as exc:
+                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
+                                  error=str(exc))
+                    continue
+                if fixed:
+                    self.bus.emit("tunnel_drift_corrected", level="warning",
+                                  interface=iface.name, corrections=fixed)
+            for name, keeper in self.keepers.items():
+                try:
                     # A peer re-added above has an empty PSK slot: the keeper puts back the key
                     # it should hold (or fails closed), so a slot never silently reads empty.
-                    restored = await self.keepers[name].verify()
+                    if await keeper.verify():
+                        self.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
                     await self._observe_handshake(name)
                 except Exception as exc:
                     self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
-                    continue
-                if fixed or restored:
-                    self.bus.emit("tunnel_drift_corrected", level="warning", tunnel=name,
-                                  corrections=fixed, key_restored=restored)
 
     async def _observe_handshake(self, name: str) -> None:
         self._handshakes[name].observe(await self._installers[name].last_handshake())

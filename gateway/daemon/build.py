@@ -25,7 +25,7 @@ __all__ = [
     "build_peers",
     "build_pools",
     "load_identity",
-    "wireguard_plan",
+    "wireguard_plans",
 ]
 
 #: QKD keys enter the combiner at 256 bits (gateway.protocol.constants.QKD_KEY_LEN).
@@ -126,22 +126,40 @@ def _read_wg_private(path: Path) -> Secret:
     return Secret(raw)
 
 
-def wireguard_plan(t: Tunnel) -> WireGuardPlan:
+def _peer_spec(t: Tunnel) -> WgPeerSpec:
     wg = t.wireguard
     assert wg is not None  # the config model requires the block for kind: wireguard
-    peer_key = base64.b64encode(wg.peer_public_key).decode()
-    private = None if wg.private_key is None else _read_wg_private(wg.private_key.path)
-    if private is None and not wg.adopt:
-        raise BuildError(f"tunnel {t.name!r}: wireguard.private_key is required unless adopt")
-    peer = WgPeerSpec(
-        public_key=peer_key,
+    return WgPeerSpec(
+        public_key=base64.b64encode(wg.peer_public_key).decode(),
         endpoint=str(wg.endpoint) if wg.endpoint is not None else None,
         allowed_ips=tuple(str(c) for c in wg.allowed_ips),
         persistent_keepalive=int(wg.persistent_keepalive) if wg.persistent_keepalive else None,
     )
-    spec = WgInterfaceSpec(
-        name=t.interface, private_key=private, listen_port=wg.listen_port,
-        addresses=(str(wg.address),) if wg.address is not None else (),
-        peers=(peer,), adopt=wg.adopt,
-    )
-    return WireGuardPlan(t.name, wg.backend, spec, peer_key)
+
+
+def wireguard_plans(tunnels: list[Tunnel]) -> dict[str, WireGuardPlan]:
+    """A plan per WireGuard tunnel. Tunnels that name the same interface (a hub) share ONE
+    interface spec holding every tunnel's peer and address; the config loader has checked that
+    they agree on the interface's own settings (gateway.config.crosscheck)."""
+    groups: dict[str, list[Tunnel]] = {}
+    for t in tunnels:
+        if t.kind == "wireguard":
+            groups.setdefault(t.interface, []).append(t)
+    plans: dict[str, WireGuardPlan] = {}
+    for ifname, members in groups.items():
+        wg = members[0].wireguard
+        assert wg is not None
+        private = None if wg.private_key is None else _read_wg_private(wg.private_key.path)
+        if private is None and not wg.adopt:
+            raise BuildError(f"tunnel {members[0].name!r}: wireguard.private_key is required "
+                             "unless adopt")
+        addresses = [str(m.wireguard.address) for m in members
+                     if m.wireguard is not None and m.wireguard.address is not None]
+        spec = WgInterfaceSpec(
+            name=ifname, private_key=private, listen_port=wg.listen_port,
+            addresses=tuple(dict.fromkeys(addresses)),
+            peers=tuple(_peer_spec(m) for m in members), adopt=wg.adopt,
+        )
+        for m, peer in zip(members, spec.peers, strict=True):
+            plans[m.name] = WireGuardPlan(m.name, wg.backend, spec, peer.public_key)
+    return plans

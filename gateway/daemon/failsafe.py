@@ -22,10 +22,10 @@ from typing import Any
 import structlog
 
 from gateway.config import GatewayConfig
-from gateway.daemon.build import BuildError, wireguard_plan
+from gateway.daemon.build import BuildError, wireguard_plans
 from gateway.daemon.keeper import FailClosedError, TunnelKeeper
 from gateway.daemon.state import StateError, StateLock, StateStore
-from gateway.daemon.wg_installer import WireGuardInstaller
+from gateway.daemon.wg_installer import WgInterface, WireGuardInstaller
 from gateway.dataplane import DataplaneError, select_backend
 
 __all__ = ["DEFAULT_HORIZON", "run_failsafe"]
@@ -55,16 +55,23 @@ async def run_failsafe(cfg: GatewayConfig, horizon: float = DEFAULT_HORIZON) -> 
         return 0
     failed = 0
     try:
+        plans = wireguard_plans(cfg.tunnels)
+    except BuildError as exc:
+        lock.release()
+        log.error("failsafe_failed", error=str(exc))
+        return 1
+    try:
         for t in cfg.tunnels:
             if t.kind != "wireguard":
                 continue  # ESP SAs carry kernel-enforced hard lifetimes
             try:
-                plan = wireguard_plan(t)
+                plan = plans[t.name]
                 backend = select_backend(plan.backend)  # type: ignore[arg-type]
-                installer = WireGuardInstaller(backend, plan.spec, plan.peer_public_key)
+                installer = WireGuardInstaller(WgInterface(backend, plan.spec),
+                                               plan.peer_public_key)
                 keeper = TunnelKeeper(t.name, t.reject_after, installer, store, _emit, _alarm)
                 why = await keeper.failsafe(horizon)
-            except (FailClosedError, DataplaneError, StateError, BuildError) as exc:
+            except (FailClosedError, DataplaneError, StateError) as exc:
                 failed += 1
                 log.error("failsafe_failed", tunnel=t.name, error=str(exc))
                 continue

@@ -1,4 +1,9 @@
-"""The WireGuard side of a tunnel keeper: the PSK slot of one peer on one interface."""
+"""The WireGuard side of a tunnel keeper: the PSK slot of one peer on one interface.
+
+A hub site runs several tunnels on one interface (one WireGuard peer each). The interface is then
+one :class:`WgInterface` shared by those tunnels' installers: it is created/adopted and
+reconciled once, not once per tunnel, and removed once at shutdown.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +11,78 @@ from gateway.dataplane import InterfaceNotFound, PeerNotFound
 from gateway.dataplane.types import WgInterfaceSpec, WireGuardBackend, validate_public_key
 from gateway.keymaterial import Secret
 
-__all__ = ["WireGuardInstaller"]
+__all__ = ["WgInterface", "WireGuardInstaller"]
+
+
+class WgInterface:
+    """One WireGuard interface as the daemon wants it (every peer of every tunnel on it)."""
+
+    def __init__(self, backend: WireGuardBackend, spec: WgInterfaceSpec) -> None:
+        self.backend, self.spec = backend, spec
+        self._applied = False
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def ensure(self) -> None:
+        """Create or adopt the interface once (the first tunnel on it to start does)."""
+        if not self._applied:
+            await self.backend.apply(self.spec)
+            self._applied = True
+
+    async def reconcile(self) -> list[str]:
+        """Restore the declared state if someone changed the interface behind our back."""
+        return await self.backend.apply(self.spec)
+
+    async def close(self, teardown: bool) -> None:
+        if teardown and not self.spec.adopt and not self._closed:
+            self._closed = True
+            await self.backend.remove(self.spec.name)
 
 
 class WireGuardInstaller:
     """Implements :class:`gateway.daemon.keeper.KeyInstaller` for one WireGuard peer.
 
-    ``prepare`` creates or adopts the interface (and reports drift it corrected); ``install``
-    sets the peer's PSK and has the backend read it back; ``reconcile`` is called periodically by
-    the daemon to restore the declared state if someone changed the interface behind its back.
+    ``prepare`` creates or adopts the interface; ``install`` sets the peer's PSK and has the
+    backend read it back; ``read_key`` is that read-back alone (for resume and verification).
     """
 
-    def __init__(self, backend: WireGuardBackend, spec: WgInterfaceSpec, peer_public_key: str):
-        self.backend = backend
-        self.spec = spec
+    def __init__(self, interface: WgInterface, peer_public_key: str) -> None:
+        self.interface = interface
+        self.backend = interface.backend
         self.peer_public_key = peer_public_key
 
-    async def prepare(self) -> None:
-        await self.backend.apply(self.spec)
+    @property
+    def ifname(self) -> str:
+        return self.interface.name
 
-    async def reconcile(self) -> list[str]:
-        return await self.backend.apply(self.spec)
+    async def prepare(self) -> None:
+        await self.interface.ensure()
 
     async def install(self, key: Secret, *, drop_session: bool = False) -> None:
-        await self.backend.set_psk(self.spec.name, self.peer_public_key, key)
+        await self.backend.set_psk(self.ifname, self.peer_public_key, key)
         if drop_session:
-            await self.backend.force_handshake(self.spec.name, self.peer_public_key)
+            await self.backend.force_handshake(self.ifname, self.peer_public_key)
 
     async def read_key(self) -> Secret | None:
         try:
-            return await self.backend.get_psk(self.spec.name, self.peer_public_key)
+            return await self.backend.get_psk(self.ifname, self.peer_public_key)
         except (InterfaceNotFound, PeerNotFound):
             return None
 
     async def last_handshake(self) -> float | None:
         """The peer's latest handshake (Unix time), None before the first or if unreachable."""
         try:
-            statuses = await self.backend.peer_status(self.spec.name)
+            statuses = await self.backend.peer_status(self.ifname)
         except (InterfaceNotFound, PeerNotFound):
             return None
         mine = validate_public_key(self.peer_public_key)
         return next((s.last_handshake for s in statuses if s.public_key == mine), None)
 
     async def set_blocked(self, blocked: bool) -> None:
-        await self.backend.set_blocked(self.spec.name, blocked)
+        await self.backend.set_blocked(self.ifname, blocked)
 
     async def close(self, teardown: bool) -> None:
-        if teardown and not self.spec.adopt:
-            await self.backend.remove(self.spec.name)
+        await self.interface.close(teardown)

@@ -164,9 +164,9 @@ def test_cross_tunnel_rules(write_config: Write) -> None:
     assert problems(write_config, BASE + second) == "\n".join([
         "tunnels[1].name (line 32): tunnel name 't0' is already used by tunnels[0]; give each "
         "tunnel name a different value",
-        "tunnels[1].interface (line 34): interface 'wg-beta' is already used by tunnels[0]; "
-        "give each interface a different value",
         "tunnels[1].kms[1] (line 36): KMS 'kms-a' is listed twice; list each KMS once",
+        "tunnels[1].wireguard.peer_public_key (line 38): the same WireGuard peer as tunnels[0] "
+        "on interface 'wg-beta'; each tunnel on a shared interface has its own WireGuard peer",
         "tunnels[1].wireguard.allowed_ips[0] (line 40): 10.2.3.0/24 overlaps 10.2.0.0/16 of "
         "tunnels[0].wireguard.allowed_ips[0] (tunnel t0); route each network through one "
         "tunnel only",

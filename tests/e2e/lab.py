@@ -35,6 +35,7 @@ from gateway.demo import (
     materialize,
     new_prefix,
     plan_lab,
+    site_names,
     wait_for_kme,
 )
 from gateway.demo.lab import detect_backend
@@ -48,12 +49,19 @@ def wg_show(netns: str, ifname: str, what: str) -> str:
 
 
 class Lab:
-    """``async with Lab(rekey_interval=3, tunnel={"policy": "pqc"}) as lab``: two sites."""
+    """``async with Lab(rekey_interval=3, tunnel={"policy": "pqc"}) as lab``: two sites.
+
+    ``sites=N`` builds a star (the first site is the hub, see gateway.demo.sites);
+    ``hub_interface=True`` puts all of the hub's tunnels on ONE WireGuard interface (one peer
+    per spoke), as wg-quick/networkd hubs run."""
 
     def __init__(self, rekey_interval: float = 3.0, reject_after: float | None = None,
                  tunnel: dict[str, Any] | None = None, wireguard: dict[str, Any] | None = None,
                  kms: dict[str, Any] | None = None,
-                 max_key_count: int = 10_000, kms_deadline: float = 20.0) -> None:
+                 max_key_count: int = 10_000, kms_deadline: float = 20.0,
+                 sites: int = 2, hub_interface: bool = False) -> None:
+        self.sites = sites
+        self.hub_interface = hub_interface
         self.rekey_interval = rekey_interval
         self.reject_after = reject_after or rekey_interval * 2
         self.tunnel_overrides = tunnel or {}
@@ -70,11 +78,11 @@ class Lab:
     async def __aenter__(self) -> Lab:
         try:
             self.topo = await self._stack.enter_async_context(
-                Topology(["bucharest", "cluj-napoca"], self.prefix))
+                Topology(site_names(self.sites), self.prefix))
             backend = await asyncio.to_thread(detect_backend, self.topo.wan_netns,
                                               f"{self.prefix}wgp")
             self.plan: LabPlan = plan_lab(
-                self.prefix, self.root, 2, self.rekey_interval, backend,
+                self.prefix, self.root, self.sites, self.rekey_interval, backend,
                 {n: node.netns for n, node in self.topo.sites.items()})
             object.__setattr__(self.plan, "max_key_count", self.max_key_count)
             await asyncio.to_thread(materialize, self.plan)
@@ -99,7 +107,16 @@ class Lab:
         # A KMS name names the QKD network (path) and is the same at both ends of a tunnel.
         cfg["kms"][0]["name"] = "qkd"
         cfg["kms"][0].update(self.kms_overrides)
+        hub = self.plan.tunnels[0]
         for t in cfg["tunnels"]:
+            if self.hub_interface:
+                # Every hub tunnel on the first tunnel's interface and port; spokes dial it.
+                if site.name == hub.hub:
+                    t["interface"] = hub.interface(hub.hub)
+                    t["wireguard"]["listen_port"] = hub.listen_port
+                else:
+                    t["wireguard"]["endpoint"] = f"{self.plan.by_name[hub.hub].wan.ip}:" \
+                                                 f"{hub.listen_port}"
             t["kms"] = ["qkd"]
             t["reject_after"] = f"{self.reject_after:g}s"
             t.update(self.tunnel_overrides)
@@ -117,13 +134,15 @@ class Lab:
         argv = gateway_argv("kms-sim", *self.plan.kms_sim_args(), "--log-format", "json")
         self.kms = await self.procs.start("kms-sim", f"{self.prefix}-kms", argv,
                                           self.plan.kms_log_path)
+        ends = [(self.plan.by_name[t.spoke], self.plan.by_name[t.hub]) for t in self.plan.tunnels]
+        ends += [(b, a) for a, b in ends]
         await asyncio.gather(*(
             wait_for_kme(s.netns, str(KMS_ADDRESS.ip), s.kme_port, deadline_s=self.kms_deadline,
                          kme_id=s.kme_id,
-                         slave_sae_id=self.other(s).sae_id, ca_file=self.plan.pki_dir / "ca.crt",
+                         slave_sae_id=o.sae_id, ca_file=self.plan.pki_dir / "ca.crt",
                          cert_file=self.plan.pki_dir / f"{s.sae_id}.crt",
                          key_file=self.plan.pki_dir / f"{s.sae_id}.key")
-            for s in self.plan.sites))
+            for s, o in ends))
 
     def pause_kms(self) -> None:
         """The KMS stops answering (connections hang), its key store is kept."""
@@ -161,6 +180,11 @@ class Lab:
         out = wg_show(site.netns, self.tunnel.interface(name), "preshared-keys").split()
         assert len(out) == 2, out
         return out[1]
+
+    def psks(self, name: str, ifname: str) -> dict[str, str]:
+        """Every peer's PSK on ``ifname`` of site ``name``: {peer public key: PSK}."""
+        out = wg_show(self.plan.by_name[name].netns, ifname, "preshared-keys")
+        return dict(line.split("\t", 1) for line in out.splitlines() if line.strip())
 
     def events(self, name: str, event: str) -> list[dict[str, Any]]:
         lines = self.plan.by_name[name].log_path.read_text(errors="replace").splitlines()
