@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from gateway.daemon.fetcher import FetchBatcher
 from gateway.daemon.keeper import TunnelKeeper
 from gateway.kms import KeyPool, KeyPoolError, KeySource, KmsError
 from gateway.protocol import (
@@ -64,7 +65,8 @@ class ActionRunner:
         feed: Callable[[Event], None],
         activated: Callable[[str], None] = lambda tunnel: None,
     ) -> None:
-        self._pools, self._sources, self._keepers = pools, sources, keepers
+        self._pools, self._keepers = pools, keepers
+        self._fetchers = {name: FetchBatcher(source) for name, source in sources.items()}
         self._bus, self._feed, self._activated = bus, feed, activated
         self._queue: asyncio.Queue[Action] = asyncio.Queue()
         self._lanes: dict[str, asyncio.Queue[Action]] = {}
@@ -159,13 +161,13 @@ class ActionRunner:
         self._feed(KeysTaken(a.tunnel, a.epoch, a.kms, tuple(keys)))
 
     async def _fetch(self, a: FetchQkdKeys) -> None:
-        source = self._sources.get(a.kms)
-        if source is None:
+        fetcher = self._fetchers.get(a.kms)
+        if fetcher is None:
             self._feed(KeysFetchFailed(a.tunnel, a.epoch, a.kms, "KMS not configured here"))
             return
         try:
             async with asyncio.timeout(FETCH_TIMEOUT):
-                keys = await source.get_keys_by_id(a.master_sae_id, a.key_ids)
+                keys = await fetcher.fetch(a.master_sae_id, a.key_ids)
         except TimeoutError:
             self._feed(KeysFetchFailed(a.tunnel, a.epoch, a.kms, "KMS did not answer in time"))
             return
