@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.daemon.fetcher import FetchBatcher
 from gateway.daemon.keeper import TunnelKeeper
@@ -63,7 +63,7 @@ class ActionRunner:
         keepers: dict[str, TunnelKeeper],
         bus: TelemetryBus,
         feed: Callable[[Event], None],
-        activated: Callable[[str], None] = lambda tunnel: None,
+        activated: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._pools, self._keepers = pools, keepers
         self._fetchers = {name: FetchBatcher(source) for name, source in sources.items()}
@@ -201,4 +201,5 @@ class ActionRunner:
             self._bus.metrics.rekey(a.tunnel, "ok", duration)
         for name in self._tunnel_alarms.pop(a.tunnel, set()):
             self._bus.alarm(name, False, tunnel=a.tunnel)
-        self._activated(a.tunnel)
+        if self._activated is not None:
+            await self._activated(a.tunnel)

@@ -34,7 +34,7 @@ from gateway.daemon.build import (
 from gateway.daemon.control import ControlServer
 from gateway.daemon.inuse import HandshakeTracker
 from gateway.daemon.keeper import TunnelKeeper
-from gateway.daemon.schedule import plan_rotation
+from gateway.daemon.schedule import align_to_handshake, plan_rotation
 from gateway.daemon.state import StateError, StateLock, StateStore
 from gateway.daemon.wg_installer import WgInterface, WireGuardInstaller
 from gateway.dataplane import WireGuardBackend, select_backend
@@ -57,6 +57,9 @@ log = structlog.get_logger("gateway.daemon")
 RECONCILE_INTERVAL = 30.0
 #: Pool levels and KMS stock are exported this often.
 POOL_METRICS_INTERVAL = 5.0
+#: Up to this many peers on a tunnel's interface, its handshake time is read at every activation
+#: (one UAPI/netlink dump of the interface); a bigger hub relies on the reconciliation pass.
+HANDSHAKE_LOOK_MAX_PEERS = 64
 #: A starting daemon waits this long for ``qkd-gateway failsafe`` (which holds the state lock for
 #: well under a second) before it concludes that another daemon owns the state directory.
 LOCK_WAIT = 5.0
@@ -117,7 +120,7 @@ class Daemon:
             self.keepers[t.name] = TunnelKeeper(
                 t.name, t.reject_after, inst, self.store, self.bus.emit, self.bus.alarm)
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
-                                   bus=self.bus, feed=self._feed, activated=self._schedule)
+                                   bus=self.bus, feed=self._feed, activated=self._activated)
         self._low_stock: dict[str, bool] = {}
         self._handshakes = {name: HandshakeTracker() for name in self.keepers}
         self._rekey_due: dict[str, float] = {}
@@ -139,17 +142,28 @@ class Daemon:
                 worst = (count, low)
         return worst
 
+    async def _activated(self, name: str) -> None:
+        """After each activation: note the new PSK for the keys-in-use figures, look at the
+        tunnel's last WireGuard handshake (cheap on a small interface; a big hub's is looked at
+        by the reconciliation pass instead), and schedule the next rotation."""
+        self._handshakes[name].activated(self.keepers[name].epoch, time.time())
+        if len(self._installers[name].interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
+            with contextlib.suppress(Exception):
+                await self._observe_handshake(name)
+        self._schedule(name)
+
     def _schedule(self, name: str) -> None:
-        """After each activation: the next rotation's interval (jittered; stretched while the
-        KMS runs low on keys, see gateway.daemon.schedule) goes to the protocol core."""
+        """The next rotation's interval (jittered; stretched while the KMS runs low on keys,
+        see gateway.daemon.schedule; for WireGuard brought forward to just before the next
+        natural handshake) goes to the protocol core."""
         t = self._tunnels[name]
         stock, low_water = self._stock(t)
         plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water)
-        self.node.set_tunnel_timers(name, plan.delay, t.reject_after)
-        self._rekey_due[name] = time.monotonic() + plan.delay
-        keeper = self.keepers[name]
-        if keeper.keys_installed:
-            self._handshakes[name].activated(keeper.epoch, time.time())
+        delay = plan.delay
+        if t.kind == "wireguard" and not plan.low_stock:
+            delay = align_to_handshake(delay, self._handshakes[name].last_handshake, time.time())
+        self.node.set_tunnel_timers(name, delay, t.reject_after)
+        self._rekey_due[name] = time.monotonic() + delay
         if plan.low_stock != self._low_stock.get(name, False):
             self._low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,

@@ -61,6 +61,10 @@ class HandshakeTracker:
             self._used.add(epoch)
             self.fresh += 1
 
+    @property
+    def last_handshake(self) -> float | None:
+        return self._last_seen
+
     def status(self, now_wall: float) -> dict[str, Any]:
         return {
             "handshakes": self.handshakes,

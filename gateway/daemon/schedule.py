@@ -21,7 +21,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["JITTER_FRACTION", "REKEY_MARGIN_FRACTION", "RotationPlan", "plan_rotation"]
+__all__ = [
+    "JITTER_FRACTION",
+    "REKEY_MARGIN_FRACTION",
+    "WG_FRESH_MARGIN",
+    "WG_REKEY_AFTER_TIME",
+    "RotationPlan",
+    "align_to_handshake",
+    "plan_rotation",
+]
 
 #: Up to 10 % earlier than configured. WireGuard's own timers are fixed (REKEY_AFTER_TIME 120 s);
 #: Rosenpass staggers its two roles by 10 s (120/130 s) for the same reason: avoid collisions.
@@ -61,3 +69,26 @@ def plan_rotation(
         ceiling = reject_after - (reject_after - rekey_interval) * REKEY_MARGIN_FRACTION
         base = min(rekey_interval * low_water / max(stored_key_count, 1), ceiling)
     return RotationPlan(delay=base * (1.0 - JITTER_FRACTION * rng.random()), low_stock=low)
+
+
+#: WireGuard's REKEY_AFTER_TIME: a session that carries traffic re-handshakes this long after its
+#: handshake, and only the handshake mixes in the PSK (see gateway.daemon.inuse).
+WG_REKEY_AFTER_TIME = 120.0
+#: A fresh PSK is set this long before that re-handshake is due: far more than a rekey exchange
+#: takes (milliseconds, seconds with a retry), and early enough for the backup side (13/12 of
+#: the interval) to step in if the preferred side fails.
+WG_FRESH_MARGIN = 15.0
+
+
+def align_to_handshake(delay: float, last_handshake: float | None, now: float) -> float:
+    """Move a WireGuard tunnel's next rotation to just before its next natural handshake, so that
+    every handshake picks up a PSK no earlier handshake used.
+
+    ``last_handshake`` and ``now`` are wall-clock seconds (WireGuard reports handshake times that
+    way). The rotation is only ever brought forward, never delayed past ``delay`` (the configured,
+    jittered interval); when the next handshake is due sooner than the margin, the rotation just
+    done is what it will pick up, and ``delay`` stands."""
+    if last_handshake is None:
+        return delay
+    target = last_handshake + WG_REKEY_AFTER_TIME - WG_FRESH_MARGIN - now
+    return target if 1.0 <= target < delay else delay

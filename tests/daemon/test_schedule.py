@@ -42,3 +42,16 @@ def test_back_to_normal_at_low_water() -> None:
 def test_rejects_inconsistent_timers() -> None:
     with pytest.raises(ValueError):
         plan_rotation(180, 120, None, 64)
+
+
+def test_wireguard_rotation_is_brought_forward_to_just_before_the_next_handshake() -> None:
+    from gateway.daemon.schedule import WG_FRESH_MARGIN, WG_REKEY_AFTER_TIME, align_to_handshake
+
+    # Rotated 40 s after a handshake: the next one is due in 80 s, so rotate in 65 s.
+    assert align_to_handshake(118.0, 1000.0, 1040.0) == pytest.approx(
+        WG_REKEY_AFTER_TIME - WG_FRESH_MARGIN - 40)
+    # Never later than the configured (jittered) interval ...
+    assert align_to_handshake(30.0, 1000.0, 1040.0) == 30.0
+    # ... and when the handshake is imminent, the key just installed is the one it takes.
+    assert align_to_handshake(118.0, 1000.0, 1110.0) == 118.0
+    assert align_to_handshake(118.0, None, 1110.0) == 118.0

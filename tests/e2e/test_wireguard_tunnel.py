@@ -126,6 +126,12 @@ async def test_pqc_policy_rides_out_a_kms_outage() -> None:
         assert st["ok"] and tunnel["mode"] == "pqc" and tunnel["session_up"]
         assert tunnel["epoch"] > 0 and tunnel["rekeys_completed"] >= 3
         assert not tunnel["closed"] and st["alarms"] == []
+        # Keys installed vs in use: PSKs installed by this daemon, and the WireGuard handshake
+        # the pings caused, attributed to the PSK it mixed in.
+        assert tunnel["dataplane"] == "wireguard" and tunnel["keys_installed"] >= 3
+        wg = tunnel["wg"]
+        assert wg["handshakes"] >= 1 and wg["fresh_handshakes"] >= 1, wg
+        assert 0 < wg["psk_in_use_epoch"] <= tunnel["epoch"], wg
     assert stats.lost == 0 and stats.received > 200, stats
 
 

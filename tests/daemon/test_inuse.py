@@ -1,0 +1,31 @@
+"""Keys installed vs keys in use: attributing observed WireGuard handshakes to PSKs."""
+
+import pytest
+
+from gateway.daemon.inuse import HandshakeTracker
+
+pytestmark = pytest.mark.unit
+
+
+def test_handshakes_are_attributed_to_the_psk_installed_before_them() -> None:
+    t = HandshakeTracker()
+    t.observe(None)  # no handshake yet
+    assert t.handshakes == 0
+    t.activated(1, 100.0)
+    t.activated(2, 105.0)
+    t.observe(107.0)  # under epoch 2's PSK: fresh
+    t.observe(107.0)  # the same handshake seen again: not counted twice
+    t.activated(3, 110.0)
+    t.observe(112.0)  # epoch 3: fresh
+    t.observe(113.0)  # another handshake, still epoch 3: not fresh
+    assert (t.handshakes, t.fresh, t.in_use_epoch) == (3, 2, 3)
+    st = t.status(120.0)
+    assert st["psk_in_use_epoch"] == 3 and st["psk_in_use_age_s"] == 10.0
+    assert st["fresh_handshakes"] == 2 and st["last_handshake_age_s"] == 7.0
+
+
+def test_a_handshake_before_any_known_psk_is_attributed_to_none() -> None:
+    t = HandshakeTracker()
+    t.activated(4, 200.0)
+    t.observe(150.0)
+    assert t.handshakes == 1 and t.fresh == 0 and t.in_use_epoch is None
