@@ -47,7 +47,8 @@ class WireGuardSettings(_Strict):
     """The WireGuard interface and its one peer. With ``adopt: true`` the interface exists
     already (wg-quick, networkd) and the gateway only ever writes the peer's preshared key."""
 
-    backend: Literal["auto", "kernel", "userspace"] = "auto"
+    # "record": benchmarks only (gateway.dataplane.record); the daemon refuses it otherwise.
+    backend: Literal["auto", "kernel", "userspace", "record"] = "auto"
     adopt: bool = False
     private_key: GeneratedKey | None = None
     listen_port: Port | None = None

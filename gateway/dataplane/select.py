@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.dataplane.errors import BackendUnavailable
 from gateway.dataplane.kernel import KernelBackend
+from gateway.dataplane.record import RecordBackend
 from gateway.dataplane.types import BackendPreference, WireGuardBackend
 from gateway.dataplane.userspace import UserspaceBackend
 
@@ -80,6 +81,8 @@ def select_backend(
     """The backend to use. ``auto``: kernel if available, else wireguard-go if on PATH.
 
     ``netns`` binds the backend to a named network namespace (tests, multi-tenant routers)."""
+    if preference == "record":
+        return RecordBackend()
     if preference not in ("auto", "kernel", "userspace"):
         raise ValueError(f"backend preference {preference!r}: use auto, kernel or userspace")
     if preference in ("auto", "kernel") and kernel_wireguard_available():

@@ -38,7 +38,8 @@ KEY_LEN = 32  # Curve25519 keys and WireGuard PSKs are 32 bytes
 # Linux IFNAMSIZ is 16 including the NUL; wireguard-go also uses the name for its socket file.
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
-BackendPreference = Literal["auto", "kernel", "userspace"]
+# "record" is the benchmarks' in-memory backend (gateway.dataplane.record), refused elsewhere.
+BackendPreference = Literal["auto", "kernel", "userspace", "record"]
 
 
 @dataclass(frozen=True, slots=True)
