@@ -55,7 +55,8 @@ def diff_configs(old: GatewayConfig, new: GatewayConfig) -> ConfigDiff:
     after = {t.name: t for t in new.tunnels}
     added = tuple(n for n in after if n not in before)
     removed = tuple(n for n in before if n not in after)
-    changed, unchanged = [], []
+    changed: list[str] = []
+    unchanged: list[str] = []
     for name in after:
         if name in before:
             same = _tunnel_inputs(old, before[name]) == _tunnel_inputs(new, after[name])
