@@ -29,6 +29,8 @@ VOLATILE_STATUS_KEYS = frozenset(
     {"key_age_s", "expires_in_s", "next_rekey_in_s", "next_rekey_s", "uptime_s", "ts"}
 )
 
+_PLAIN = (str, int, float, bool)
+
 Level = Literal["debug", "info", "warning", "error", "critical"]
 
 
@@ -114,9 +116,13 @@ class TelemetryBus:
         check_subject("tunnel", tunnel)
         if self.metrics is not None:
             self.metrics.tunnel_status(tunnel, status)
-        # A snapshot of JSON-safe copies: a list the caller mutates later must still compare.
-        stable = to_safe({k: v for k, v in status.items() if k not in VOLATILE_STATUS_KEYS},
-                         Redaction())  # fmt: skip
+        # A snapshot: plain values as they are, containers as JSON-safe copies (a list the
+        # caller mutates later must still compare as changed).
+        stable = {
+            k: v if v is None or type(v) in _PLAIN else to_safe(v, Redaction())
+            for k, v in status.items()
+            if k not in VOLATILE_STATUS_KEYS
+        }
         if self._tunnel_seen.get(tunnel) == stable:
             return False
         self._tunnel_seen[tunnel] = stable

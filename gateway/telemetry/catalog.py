@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.telemetry.metrics import Registry, check_label_value
+from gateway.telemetry.metrics import Registry
 
 __all__ = ["PREFIX", "GatewayMetrics"]
 
@@ -38,7 +38,8 @@ class _KeyAges(Collector):
             _KEY_AGE, "Seconds since the tunnel's current key was installed.", labels=["tunnel"]
         )
         now = self._clock()
-        for tunnel, at in self._installed_at.items():
+        # A copy: scrapes render in a worker thread while the event loop updates the dict.
+        for tunnel, at in list(self._installed_at.items()):
             family.add_metric([tunnel], max(0.0, now - at))
         yield family
 
@@ -153,7 +154,6 @@ class GatewayMetrics:
         word such as ``"starting"``), ``epoch``, ``activated_at`` and ``next_rekey_at`` (Unix
         times), ``kms_stock`` (an int, or None when unknown). Other keys are ignored here.
         """
-        check_label_value("qkd_gateway_tunnel_*", "tunnel", tunnel)
         state = status.get("state")
         if isinstance(state, str):
             self.tunnel_up.set(1 if state == STATE_UP else 0, tunnel=tunnel)
