@@ -41,7 +41,7 @@ import aiomqtt
 import structlog
 
 from gateway.telemetry.catalog import GatewayMetrics
-from gateway.telemetry.errors import TelemetrySettingsError
+from gateway.telemetry.errors import TelemetryNameError, TelemetrySettingsError
 from gateway.telemetry.mqtt_settings import (
     MqttSettings,
     check_name,
@@ -234,6 +234,8 @@ class MqttPublisher:
     async def _session(self, client: aiomqtt.Client) -> None:
         self._set_connected(True)
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
+        # Our own retained statuses come back once: those of tunnels we do not know are stale.
+        await client.subscribe(self.tunnel_topic("+"), qos=1)
         self._pending_alarms = set(self._alarms)
         self._pending_tunnels = set(self._tunnels)
         drain = asyncio.create_task(self._drain(client), name="mqtt-drain")
@@ -258,10 +260,24 @@ class MqttPublisher:
         raise aiomqtt.MqttError("session ended")
 
     async def _watch(self, client: aiomqtt.Client) -> None:
-        # We subscribe to nothing; iterating only serves to raise MqttError when the connection
-        # drops while the queue is idle (aiomqtt reports disconnection through the iterator).
-        async for _ in client.messages:
-            pass
+        # Iterating also serves to raise MqttError when the connection drops while the queue is
+        # idle (aiomqtt reports disconnection through the iterator).
+        loop = asyncio.get_running_loop()
+        async for message in client.messages:
+            levels = message.topic.value.split("/")
+            if message.retain and message.payload and len(levels) >= 2:
+                tunnel = levels[-2]
+                if tunnel not in self._tunnels:
+                    grace = self.settings.stale_status_grace_s
+                    loop.call_later(grace, self._clear_if_unknown, tunnel)
+
+    def _clear_if_unknown(self, tunnel: str) -> None:
+        """A retained status on the broker for a tunnel not reported since we connected: left by
+        a run whose configuration still had it. Delete it so dashboards show no ghost tunnel."""
+        if tunnel not in self._tunnels and tunnel not in self._clearing:
+            _log.info("mqtt_stale_tunnel_status_cleared", tunnel=tunnel)
+            with contextlib.suppress(TelemetryNameError):
+                self.clear_tunnel_status(tunnel)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:

@@ -58,6 +58,9 @@ class MqttSettings:
         keepalive_s: MQTT keepalive; a silent broker is detected after ~1.5x this.
         queue_size: events held while disconnected before the oldest are dropped.
         connect_timeout_s / publish_timeout_s: bounds on each network wait.
+        stale_status_grace_s: a retained tunnel status found on the broker for a tunnel this
+            gateway has not reported within this time after connecting is deleted (a tunnel
+            removed while the gateway was down); long enough for the daemon to start its tunnels.
         backoff_initial_s / backoff_max_s: reconnect delay doubles from initial up to max,
             each delay jittered down to between 50 % and 100 % so a site's gateways that lost
             the same broker do not reconnect in lockstep.
@@ -78,6 +81,7 @@ class MqttSettings:
     publish_timeout_s: float = 5.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    stale_status_grace_s: float = 30.0
 
     def problems(self) -> list[str]:
         """Every problem with these settings, each naming the setting and the fix."""
@@ -104,6 +108,8 @@ class MqttSettings:
             out.append(f"mqtt.queue_size {self.queue_size} must be at least 1")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             out.append("mqtt.backoff_initial_s must be > 0 and <= mqtt.backoff_max_s")
+        if self.stale_status_grace_s < 0:
+            out.append("mqtt.stale_status_grace_s must not be negative")
         if self.connect_timeout_s <= 0 or self.publish_timeout_s <= 0 or self.keepalive_s < 5:
             out.append("mqtt timeouts must be positive and keepalive_s at least 5")
         return out

@@ -141,6 +141,22 @@ async def test_statuses_are_republished_after_a_broker_restart(broker: Broker) -
         assert payload_json(late)["epoch"] == 3
 
 
+async def test_status_of_a_tunnel_removed_while_down_is_deleted(broker: Broker) -> None:
+    # A previous run published wg-old and wg-a; this run's configuration only has wg-a.
+    async with observe(broker) as previous:
+        for tunnel in ("wg-old", "wg-a"):
+            await previous.client.publish(_topic(tunnel), b'{"epoch":0}', qos=1, retain=True)
+    bus, pub = _bus(broker, stale_status_grace_s=2.0)
+    async with observe(broker) as live, running(pub):
+        await live.wait_for(f"{PREFIX}/{SITE}/status", lambda m: m.payload == b"online")
+        bus.tunnel_status("wg-a", _status(1))  # reported within the grace period: kept
+        await live.wait_for(_topic("wg-old"), lambda m: m.payload == b"", t=15)
+        assert await _retained_now(broker, _topic("wg-old")) == []
+        [kept] = await _retained_now(broker, _topic("wg-a"))
+        assert payload_json(kept)["epoch"] == 1
+        assert all(m.payload for m in live.on(_topic("wg-a")))  # never deleted meanwhile
+
+
 async def test_many_tunnels_reach_the_broker(broker: Broker) -> None:
     bus, pub = _bus(broker)
     names = [f"wg-{i:04d}" for i in range(300)]
