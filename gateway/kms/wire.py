@@ -47,7 +47,7 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 # "no such key", "no keys found for", "key IDs not available", "invalid key ID(s)". ("keys not
 # available" alone is left out: KMEs say that about an empty stock, too.)
 _NOT_FOUND = re.compile(
-    r"not\s+(be\s+)?found|(do|does|did)\s*(n['’]?t|\s+not)\s+exist|non-?existent|"
+    r"not\s+(be\s+)?found|(do|does|did)\s*(n['\u2019]?t|\s+not)\s+exist|non-?existent|"
     r"unknown\s+key|no\s+such\s+key|no\s+keys?\s+(found|with|for|matching)|"
     r"key[\s_-]?ids?\s+(is\s+|are\s+)?not\s+available|invalid\s+key[\s_-]?ids?",
     re.IGNORECASE)
