@@ -62,6 +62,7 @@ class Established:
     remote_count: int
     remote_digest: bytes
     local_digest: bytes  # the digest of our own list that this handshake signed
+    peer_keys: PeerPublicKeys  # the pinned keys the peer was authenticated with
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,8 @@ class InitiatorHandshake:
         mac = _mac(keys.confirm_i, _th(self._hello, payload, ed, ml))
         channel = Channel(keys.i2r, keys.r2i, initiator=True)
         return Finish(ed, ml, mac).encode(), Established(
-            self._peer_sae, True, channel, reply.policy_count, reply.policy_digest, self._digest)
+            self._peer_sae, True, channel, reply.policy_count, reply.policy_digest, self._digest,
+            self._peer_keys)
 
 
 PeerLookup = Callable[[str], PeerInfo | None]
@@ -276,4 +278,4 @@ class ResponderHandshake:
             raise BadMac(f"initiator {st.peer_sae!r}: key confirmation failed")
         channel = Channel(st.keys.r2i, st.keys.i2r, initiator=False)
         return Established(st.peer_sae, False, channel, st.remote_count, st.remote_digest,
-                           st.local_digest)
+                           st.local_digest, st.keys_pub)

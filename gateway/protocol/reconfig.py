@@ -37,10 +37,11 @@ class PeerConfig:
 
 def apply_config(node: Node, peers: Mapping[str, PeerConfig], now: float, out: Output) -> None:
     old_peers, new_peers = node.peers, dict(peers)
-    same = {n for n, pc in new_peers.items() if n in old_peers
-            and (old_peers[n].sae_id, old_peers[n].keys) == (pc.sae_id, pc.keys)}
+    # Same SAE ID: the tunnels (roles, epochs, keys) carry over. Same keys too: the session.
+    same = {n for n, pc in new_peers.items() if n in old_peers and old_peers[n].sae_id == pc.sae_id}
     for c in list(node._conns.values()):
-        if c.peer is not None and c.peer in old_peers and c.peer not in same:
+        if c.peer is not None and c.peer in old_peers and (
+                c.peer not in same or old_peers[c.peer].keys != new_peers[c.peer].keys):
             node._drop(c, "peer_reconfigured", out, now)
     changes: dict[str, tuple[list[TunnelPolicy], list[str]]] = {n: ([], []) for n in new_peers}
     tunnels: dict[str, Tunnel] = {}

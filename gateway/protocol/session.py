@@ -226,9 +226,11 @@ class SessionLayer:
 
     def _established(self, c: Conn, est: Established, now: float, out: Output) -> None:
         peer, local_sae = self._by_sae_name(est.peer_sae), self.sae_id
-        if peer is None or est.local_digest != self._peer_info(peer)[1].policy_digest:
-            # Reconfigured during the handshake: what it signed is outdated. Start over.
-            self._drop(c, "policy_changed_during_handshake", out, now)
+        info = self._peer_info(peer)[1] if peer is not None else None
+        if peer is None or info is None or (est.local_digest, est.peer_keys) != (
+                info.policy_digest, info.keys):
+            # Reconfigured during the handshake: what it signed or checked is outdated.
+            self._drop(c, "reconfigured_during_handshake", out, now)
             return
         c.peer, c.channel, c.established, c.last_rx = peer, est.channel, now, now
         c.initiator = c.responder = None
