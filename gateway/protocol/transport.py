@@ -11,10 +11,13 @@ that the end of their peer's session sets.
 
 Pre-authentication limits (see admission.py): per-source and global caps on unauthenticated
 connections, reserved slots for configured peer addresses, a per-source token bucket on new
-connections; a refused connection is reset before any byte is read. The core cuts a connection
+connections. Admission runs on the raw accepted socket: a refused connection is reset (RST)
+before asyncio builds anything for it and before any byte is read. The core cuts a connection
 that has not delivered its Hello within ``hello_timeout`` (3 s) and any handshake after
 ``handshake_timeout`` (10 s), and checks a Hello's freshness and signature before any expensive
-work. A peer that does not read what we write (write buffer above a limit) is cut.
+work. A peer that does not read what we write (write buffer above a limit) is cut. Refusals and
+the closes of connections that never authenticated are logged as a summary at most every
+10 s (a flood must not become a log flood), and such closes are not passed to ``on_action``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import functools
 import itertools
 import random
 import socket
+import struct
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -52,6 +56,13 @@ _TIMER_SLACK = 0.001
 _CONNECT_TIMEOUT = 5.0
 _DIAL_BACKOFF_BASE, _DIAL_BACKOFF_CAP = 0.5, 30.0
 _RESOLVE_TIMEOUT = 5.0
+# Listen backlog: a burst of legitimate reconnects and a flood both queue here; the accept loop
+# drains at most _ACCEPT_BATCH per readiness event so the rest of the loop keeps its turn.
+_BACKLOG = 1024
+_ACCEPT_BATCH = 64
+# Pre-authentication refusals and closes are summed up in one log line at most this often.
+_SUMMARY_INTERVAL = 10.0
+_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, keeps no state
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +75,12 @@ class PeerAddress:
 class _Link(asyncio.Protocol):
     """One TCP connection; hands everything to the endpoint."""
 
-    def __init__(self, ep: Endpoint, peer: str | None = None) -> None:
+    def __init__(self, ep: Endpoint, peer: str | None = None, source: str = "",
+                 reserved: bool = False) -> None:
         self.ep, self.peer = ep, peer
         self.conn = 0
         self.transport: asyncio.Transport | None = None
-        self.source, self.reserved, self.counted = "", False, False
+        self.source, self.reserved, self.counted = source, reserved, peer is None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,7 +117,7 @@ class Endpoint:
         self.admission = admission or Admission(max_pending=max_pending)
         self._links: dict[int, _Link] = {}
         self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._dialers: dict[str, tuple[PeerAddress, asyncio.Task[None]]] = {}
         self._addresses: dict[str, PeerAddress] = {a.peer: a for a in peers}
@@ -114,6 +126,8 @@ class Endpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "qkd-handshake")
         self._closing = False
+        self._summary: dict[str, int] = {}  # pre-auth refusals and closes since the last log
+        self._summary_at = 0.0
         self.rejected = 0  # connections refused by admission control
         self.wakeups = 0  # timer firings (for the idle benchmark)
 
@@ -123,12 +137,21 @@ class Endpoint:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def listen(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
-        """Start accepting; returns the bound port (pass 0 for an ephemeral one)."""
+        """Start accepting; returns the bound port (pass 0 for an ephemeral one). ``host`` "::"
+        listens on IPv6 and IPv4 where the system allows it."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Link(self), host, port)
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        family, addr = infos[0][0], infos[0][4]
+        dual = family == socket.AF_INET6 and host in ("::", "") and socket.has_dualstack_ipv6()
+        sock = socket.create_server(addr[:2], family=family, backlog=_BACKLOG,
+                                    dualstack_ipv6=dual)
+        sock.setblocking(False)
+        self._listener = sock
+        loop.add_reader(sock.fileno(), self._accept_ready)
         await self._resolve_peers()
         self._arm()
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(sock.getsockname()[1])
 
     def dial(self, addr: PeerAddress) -> None:
         """Keep a session to ``addr.peer`` up: (re)connect with capped, jittered backoff."""
@@ -172,8 +195,9 @@ class Endpoint:
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -182,27 +206,53 @@ class Endpoint:
         for link in list(self._links.values()):
             if link.transport is not None:
                 link.transport.abort()
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- connections -------------------------------------------------------------------------
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: admit or reset each waiting connection."""
+        assert self._listener is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again at the next readiness
+                self._note(f"accept failed: {exc.strerror}")
+                return
+            source = source_of(str(addr[0]))
+            verdict = self.admission.admit(source, self._now)
+            if self._closing or not verdict.admitted:
+                self.rejected += 1
+                self._note(verdict.reason or "shutting down")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+                sock.close()  # RST: nothing read, nothing kept
+                continue
+            sock.setblocking(False)
+            link = _Link(self, None, source, verdict.reserved)
+            self._spawn(self._adopt(sock, link), "protocol-accept")
+
+    async def _adopt(self, sock: socket.socket, link: _Link) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: link, sock=sock)
+        except OSError:
+            self._release(link)
+            sock.close()
+
     def _accepted(self, link: _Link) -> None:
-        assert link.transport is not None
-        peername = link.transport.get_extra_info("peername")
-        link.source = source_of(str(peername[0])) if isinstance(peername, tuple) else "?"
-        verdict = self.admission.admit(link.source, self._now)
-        if self._closing or not verdict.admitted:
-            self.rejected += 1
-            log.info("connection_refused", source=link.source,
-                     reason=verdict.reason or "shutting down")
-            link.transport.abort()  # RST: nothing read, nothing kept
-            return
-        link.reserved, link.counted = verdict.reserved, True
         link.conn = next(self._ids)
         self._links[link.conn] = link
         self._apply(self.node.accept(link.conn, self._now))
+
+    def _note(self, what: str) -> None:
+        """Count a pre-authentication refusal or close; log the sums every 10 s at most."""
+        self._summary[what] = self._summary.get(what, 0) + 1
+        now = self._now
+        if now - self._summary_at >= _SUMMARY_INTERVAL:
+            log.warning("unauthenticated_connections_refused_or_closed",
+                        counts=dict(sorted(self._summary.items())), seconds=round(
+                            min(now - self._summary_at, 1e6), 1))
+            self._summary, self._summary_at = {}, now
 
     def _data(self, link: _Link, data: bytes) -> None:
         if link.conn in self._links:
@@ -251,6 +301,11 @@ class Endpoint:
             fut.add_done_callback(lambda f, j=job: self._job_done(j, f))  # type: ignore[misc]
         for a in out.actions:
             if isinstance(a, Close):
+                link = self._links.get(a.conn)
+                if a.conn not in self._session_links and link is not None and link.peer is None:
+                    self._note(a.reason.split(":", 1)[0])  # never authenticated: summed up
+                    self._close(a.conn, abort=True)
+                    continue
                 log.info("connection_closed", conn=a.conn, reason=a.reason)
                 self._close(a.conn)
             elif isinstance(a, SessionUp):
