@@ -35,6 +35,7 @@ __all__ = [
     "USED_KEY_ID_MEMORY",
     "WIRE_VERSION",
     "Timers",
+    "TransportLimits",
 ]
 
 # -- wire ------------------------------------------------------------------------------------
@@ -177,3 +178,26 @@ class Timers:
     # After Activate, the previous epoch's inbound SA is kept this long for packets in flight,
     # then Retire is emitted (make-before-break's "break").
     retire_grace: float = 10.0
+
+
+class TransportLimits:
+    """Limits and timers of the TCP transport (transport.py)."""
+
+    # Unread output tolerated before a peer counts as not reading: small before authentication;
+    # in a session enough for a whole policy list (MAX_TUNNELS_PER_PEER) plus a burst of rekeys.
+    WRITE_LIMIT_PENDING = 4 * MAX_FRAME
+    WRITE_LIMIT_SESSION = 16 * 1024 * 1024
+    # The loop timer fires this much after the deadline it serves, so the core sees now >= it.
+    TIMER_SLACK = 0.001
+    # TCP connect to a peer, and DNS of a peer's host name: a WAN round trip fits many times.
+    CONNECT_TIMEOUT = 5.0
+    RESOLVE_TIMEOUT = 5.0
+    # Redial after a failed or short-lived connection: 0.5 s doubling to 30 s, 50-100 % jitter.
+    DIAL_BACKOFF_BASE = 0.5
+    DIAL_BACKOFF_CAP = 30.0
+    # Listen backlog: a burst of legitimate reconnects and a flood both queue here; the accept
+    # loop drains at most ACCEPT_BATCH per readiness event so the rest of the loop keeps its turn.
+    BACKLOG = 1024
+    ACCEPT_BATCH = 64
+    # Pre-authentication refusals and closes are summed up in one log line at most this often.
+    SUMMARY_INTERVAL = 10.0

@@ -309,16 +309,19 @@ class Node(SessionLayer):
     def _touch(self, t: Tunnel, now: float, out: Output) -> None:
         """After any change to ``t``: its deadline, the peer's exchange slots and its queue."""
         self._heap.schedule(t, t.wakeup())
-        running = self._initiating.setdefault(t.peer, set())
+        peer, name = t.peer, t.name
+        running = self._initiating[peer]
         if t.pending is not None and t.pending.initiator:
-            running.add(t.name)
-        else:
-            running.discard(t.name)
-        unacked = self._unacked.setdefault(t.peer, set())
-        (unacked.add if t.unacked is not None else unacked.discard)(t.name)
-        queue = self._queue.setdefault(t.peer, deque())
-        if t.waiting and t.name not in queue:
-            queue.append(t.name)
+            running.add(name)
+        elif name in running:
+            running.discard(name)
+        if t.unacked is not None:
+            self._unacked[peer].add(name)
+        elif name in self._unacked[peer]:
+            self._unacked[peer].discard(name)
+        queue = self._queue[peer]
+        if t.waiting and name not in queue:
+            queue.append(name)
         while queue and len(running) < MAX_CONCURRENT_EXCHANGES:
             nxt = self.tunnels.get(queue.popleft())
             if nxt is None or not nxt.waiting or nxt.enabled_at is None or nxt.pending:

@@ -11,11 +11,13 @@ or public keys changed loses its connections (a new handshake authenticates the 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.identity import PeerPublicKeys
+from gateway.protocol.constants import DEFAULT_PORT
 from gateway.protocol.events import Output
 from gateway.protocol.policy import TunnelPolicy, policy_digest
 from gateway.protocol.rekey import Tunnel
@@ -23,7 +25,16 @@ from gateway.protocol.rekey import Tunnel
 if TYPE_CHECKING:
     from gateway.protocol.machine import Node
 
-__all__ = ["PeerConfig", "apply_config"]
+__all__ = ["PeerAddress", "PeerConfig", "apply_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    """Where to dial a peer (and, resolved, the source address its reserved slots are for)."""
+
+    peer: str
+    host: str
+    port: int = DEFAULT_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,10 @@ def apply_config(node: Node, peers: Mapping[str, PeerConfig], now: float, out: O
     for name in [n for n in node._initiating if n not in new_peers]:
         for table in (node._initiating, node._queue, node._unacked):
             table.pop(name, None)
+    for name in new_peers:
+        node._initiating.setdefault(name, set())
+        node._unacked.setdefault(name, set())
+        node._queue.setdefault(name, deque())
     for peer, (upserts, removals) in changes.items():
         if not upserts and not removals:
             continue

@@ -144,7 +144,7 @@ class SessionLayer:
         except ProtocolError as exc:
             self._drop(c, exc.reason, out, now, detail=str(exc))
         if conn in self._conns:
-            self._sched_conn(c)
+            self._heap.schedule_by(c, self._conn_wakeup(c))
         return out
 
     def connection_lost(self, conn: int, now: float) -> Output:
@@ -270,8 +270,8 @@ class SessionLayer:
     def _seal(self, c: Conn, msg: InnerMessage, now: float, out: Output) -> None:
         assert c.channel is not None
         out.sends.append(Send(c.conn, c.channel.seal(encode_inner(msg))))
-        c.last_tx = now  # traffic doubles as keepalive
-        self._sched_conn(c)
+        c.last_tx = now  # traffic doubles as keepalive: the deadline can only move later
+        self._heap.schedule_by(c, self._conn_wakeup(c))
 
     def _conn_wakeup(self, c: Conn) -> float:
         tm = self.timers

@@ -42,6 +42,13 @@ class TimerHeap:
                           if i.sched is not None]
             heapq.heapify(self._heap)
 
+    def schedule_by(self, item: Schedulable, when: float) -> None:
+        """Make ``item`` due no later than ``when``: a later time keeps the current entry (the
+        item then wakes early once and reschedules itself), which saves a heap push for every
+        record of a busy session."""
+        if item.sched is None or when < item.sched:
+            self.schedule(item, when)
+
     def cancel(self, item: Schedulable) -> None:
         self.schedule(item, None)
 

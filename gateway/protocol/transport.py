@@ -11,13 +11,11 @@ that the end of their peer's session sets.
 
 Pre-authentication limits (see admission.py): per-source and global caps on unauthenticated
 connections, reserved slots for configured peer addresses, a per-source token bucket on new
-connections. Admission runs on the raw accepted socket: a refused connection is reset (RST)
-before asyncio builds anything for it and before any byte is read. The core cuts a connection
-that has not delivered its Hello within ``hello_timeout`` (3 s) and any handshake after
-``handshake_timeout`` (10 s), and checks a Hello's freshness and signature before any expensive
-work. A peer that does not read what we write (write buffer above a limit) is cut. Refusals and
-the closes of connections that never authenticated are logged as a summary at most every
-10 s (a flood must not become a log flood), and such closes are not passed to ``on_action``.
+connections, checked on the raw accepted socket: a refused connection is reset before asyncio
+builds anything for it. The core cuts a connection without a Hello after ``hello_timeout`` and
+any handshake after ``handshake_timeout``. A peer that does not read what we write is cut.
+Refusals and closes of never-authenticated connections are summed up in one log line per 10 s
+(a flood must not become a log flood) and are not passed to ``on_action``.
 """
 
 from __future__ import annotations
@@ -32,44 +30,21 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from gateway.protocol.admission import Admission, source_of
-from gateway.protocol.constants import DEFAULT_PORT, MAX_FRAME, MAX_PENDING_UNAUTHENTICATED
+from gateway.protocol.constants import DEFAULT_PORT, MAX_PENDING_UNAUTHENTICATED
+from gateway.protocol.constants import TransportLimits as _L
 from gateway.protocol.events import Action, Close, Event, Job, Output, SessionUp
 from gateway.protocol.machine import Node
-from gateway.protocol.reconfig import PeerConfig
+from gateway.protocol.reconfig import PeerAddress, PeerConfig
 
 __all__ = ["Endpoint", "PeerAddress"]
 
 log = structlog.get_logger("gateway.protocol")
-
-# Unread output tolerated before a peer counts as not reading: small before authentication; in a
-# session enough for a whole policy list (MAX_TUNNELS_PER_PEER policies) plus a burst of rekeys.
-_WRITE_LIMIT_PENDING = 4 * MAX_FRAME
-_WRITE_LIMIT_SESSION = 16 * 1024 * 1024
-# A timer fires this much after the deadline it serves, so the core sees now >= deadline.
-_TIMER_SLACK = 0.001
-_CONNECT_TIMEOUT = 5.0
-_DIAL_BACKOFF_BASE, _DIAL_BACKOFF_CAP = 0.5, 30.0
-_RESOLVE_TIMEOUT = 5.0
-# Listen backlog: a burst of legitimate reconnects and a flood both queue here; the accept loop
-# drains at most _ACCEPT_BATCH per readiness event so the rest of the loop keeps its turn.
-_BACKLOG = 1024
-_ACCEPT_BATCH = 64
-# Pre-authentication refusals and closes are summed up in one log line at most this often.
-_SUMMARY_INTERVAL = 10.0
 _RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, keeps no state
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAddress:
-    peer: str
-    host: str
-    port: int = DEFAULT_PORT
 
 
 class _Link(asyncio.Protocol):
@@ -144,7 +119,7 @@ class Endpoint:
                                        flags=socket.AI_PASSIVE)
         family, addr = infos[0][0], infos[0][4]
         dual = family == socket.AF_INET6 and host in ("::", "") and socket.has_dualstack_ipv6()
-        sock = socket.create_server(addr[:2], family=family, backlog=_BACKLOG,
+        sock = socket.create_server(addr[:2], family=family, backlog=_L.BACKLOG,
                                     dualstack_ipv6=dual)
         sock.setblocking(False)
         self._listener = sock
@@ -166,6 +141,16 @@ class Endpoint:
         self._dialers[addr.peer] = (addr, task)
         self._spawn(self._resolve_peers(), "protocol-resolve")
         self._arm()
+
+    def disconnect(self, peer: str) -> int:
+        """Reset every connection with ``peer`` (a forced reconnect: the dialer redials at
+        once). Returns how many were reset."""
+        conn = self.node.session_conn(peer)
+        links = [lk for c, lk in self._links.items() if lk.peer == peer or c == conn]
+        for link in links:
+            if link.transport is not None:
+                link.transport.abort()  # connection_lost tells the core
+        return len(links)
 
     def handle(self, event: Event) -> None:
         """Feed the result of an action back into the core."""
@@ -212,7 +197,7 @@ class Endpoint:
     def _accept_ready(self) -> None:
         """The listening socket is readable: admit or reset each waiting connection."""
         assert self._listener is not None
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(_L.ACCEPT_BATCH):
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -248,10 +233,9 @@ class Endpoint:
         """Count a pre-authentication refusal or close; log the sums every 10 s at most."""
         self._summary[what] = self._summary.get(what, 0) + 1
         now = self._now
-        if now - self._summary_at >= _SUMMARY_INTERVAL:
+        if now - self._summary_at >= _L.SUMMARY_INTERVAL:
             log.warning("unauthenticated_connections_refused_or_closed",
-                        counts=dict(sorted(self._summary.items())), seconds=round(
-                            min(now - self._summary_at, 1e6), 1))
+                        counts=dict(sorted(self._summary.items())))
             self._summary, self._summary_at = {}, now
 
     def _data(self, link: _Link, data: bytes) -> None:
@@ -290,9 +274,9 @@ class Endpoint:
             if link is None or link.transport is None:
                 continue
             link.transport.write(s.data)
-            limit = _WRITE_LIMIT_SESSION if s.conn in self._session_links else (
-                _WRITE_LIMIT_PENDING)
-            if link.transport.get_write_buffer_size() > limit:
+            session = s.conn in self._session_links
+            if link.transport.get_write_buffer_size() > (
+                    _L.WRITE_LIMIT_SESSION if session else _L.WRITE_LIMIT_PENDING):
                 log.warning("connection_closed", conn=s.conn, reason="peer does not read")
                 self._close(s.conn, abort=True)
                 self._apply(self.node.connection_lost(s.conn, self._now))
@@ -332,18 +316,13 @@ class Endpoint:
 
     # -- timer -------------------------------------------------------------------------------
     def _arm(self) -> None:
-        if self._closing:
-            return
         deadline = self.node.next_deadline()
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            return
-        when = deadline + _TIMER_SLACK
-        if self._timer is not None and self._timer.when() <= when:
-            return  # an earlier (or the same) firing re-arms after it ticks
+        if self._closing or deadline is None:
+            return  # (a timer still armed fires once and finds nothing to do)
+        when = deadline + _L.TIMER_SLACK
         if self._timer is not None:
+            if self._timer.when() <= when:
+                return  # an earlier (or the same) firing re-arms after it ticks
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_at(when, self._fire)
 
@@ -376,7 +355,7 @@ class Endpoint:
             link = _Link(self, addr.peer)
             try:
                 await asyncio.wait_for(loop.create_connection(
-                    functools.partial(_same, link), addr.host, addr.port), _CONNECT_TIMEOUT)
+                    functools.partial(_same, link), addr.host, addr.port), _L.CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 log.info("dial_failed", peer=addr.peer, host=addr.host, port=addr.port,
                          error=type(exc).__name__)
@@ -392,7 +371,8 @@ class Endpoint:
                 lived = self._now - started > self.node.timers.handshake_timeout
                 failures = 0 if lived else failures + 1
             if failures:
-                delay = min(_DIAL_BACKOFF_CAP, _DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 10))
+                delay = min(_L.DIAL_BACKOFF_CAP,
+                            _L.DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 10))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _resolve_peers(self) -> None:
@@ -403,7 +383,7 @@ class Endpoint:
             try:
                 infos = await asyncio.wait_for(
                     loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM),
-                    _RESOLVE_TIMEOUT)
+                    _L.RESOLVE_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 log.warning("peer_address_unresolved", peer=addr.peer, host=addr.host,
                             error=type(exc).__name__)
