@@ -122,15 +122,16 @@ class TunnelState:
         return base + interval
 
     def wakeup(self) -> float | None:
-        """The earliest time :meth:`tick` has something to do."""
-        times = [self.due()]
-        if self.pending is not None:
-            times.append(self.pending.started + self.timers.rekey_timeout)
-        if self.active_at is not None and not self.expired:
-            times.append(self.active_at + self.timers.reject_after)
-        if self._retire:
-            times.append(self._retire[0][0])
-        return min((x for x in times if x is not None), default=None)
+        """The earliest time :meth:`tick` has something to do (called after every change)."""
+        best = self.due()
+        t = self.timers
+        for when in (self.pending.started + t.rekey_timeout if self.pending else None,
+                     self.active_at + t.reject_after
+                     if self.active_at is not None and not self.expired else None,
+                     self._retire[0][0] if self._retire else None):
+            if when is not None and (best is None or when < best):
+                best = when
+        return best
 
     def tick(self, now: float, sink: Sink) -> None:
         while self._retire and self._retire[0][0] <= now:
