@@ -55,7 +55,12 @@ from gateway.protocol import (
 )
 from gateway.protocol.handshake import InitiatorHandshake
 from gateway.protocol.messages import FrameType
-from gateway.protocol.policy import policy_digest
+
+try:
+    from gateway.protocol.policy import policy_digest
+except ImportError:  # wire version 1
+    def policy_digest(policies: Any) -> bytes:
+        return b""
 from gateway.protocol.wire import encode_frame
 from tests.protocol.harness import Site
 
@@ -69,9 +74,16 @@ PEER_TIMERS = Timers(rekey_after=1.0, rekey_after_backup=1.5, reject_after=5.0,
 
 def mint_hello(keys: Path, from_sae: str, to_sae: str) -> bytes:
     ident = SiteIdentity.load(keys / "ed25519.key", keys / "mldsa65.key")
-    hs = InitiatorHandshake(ident, from_sae, to_sae, ident.public(), 0, policy_digest([]),
-                            int(time.time() * 1e6))
-    return encode_frame(FrameType.HELLO, hs.hello)
+    return encode_frame(FrameType.HELLO, _hello(ident, from_sae, to_sae))
+
+
+def _hello(ident: SiteIdentity, from_sae: str, to_sae: str) -> bytes:
+    try:
+        hs = InitiatorHandshake(ident, from_sae, to_sae, ident.public(), 0, policy_digest([]),
+                                int(time.time() * 1e6))
+    except TypeError:  # wire version 1 (the code before issue 9), for the "before" figures
+        hs = InitiatorHandshake(ident, from_sae, to_sae, ident.public(), ())  # type: ignore
+    return hs.hello
 
 
 def _sources(spec: str | None) -> list[str | None]:
@@ -89,6 +101,9 @@ class Attack:
                       "idle_held_max": 0}
         self._idle_now = 0
         self._n = 0
+        # Checked by every loop: Python 3.11's wait_for can swallow a cancellation that races
+        # with a completed connect, and the task would then run on forever.
+        self.stopping = False
 
     def _source(self) -> tuple[str, int] | None:
         self._n += 1
@@ -107,7 +122,7 @@ class Attack:
 
     async def idle(self) -> None:
         """Hold a connection that sends nothing; reconnect as soon as it is cut."""
-        while True:
+        while not self.stopping:
             conn = await self._open()
             if conn is None:
                 continue
@@ -120,7 +135,7 @@ class Attack:
 
     async def replay(self) -> None:
         """Send the Hello, read what comes back, start over, as fast as possible."""
-        while True:
+        while not self.stopping:
             conn = await self._open()
             if conn is None:
                 continue
@@ -134,20 +149,33 @@ class Attack:
                 pass
             writer.close()
 
-    async def run(self, idle: int, replayers: int, duration: float) -> dict[str, Any]:
-        """Attack for ``duration`` seconds or until SIGTERM/SIGINT."""
+    async def run(self, idle: int, replayers: int, duration: float,
+                  stop_on_eof: bool = False) -> dict[str, Any]:
+        """Attack for ``duration`` seconds, until SIGTERM/SIGINT, or (``stop_on_eof``) until
+        standard input closes: a parent can stop it without signals."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # A parent may have left these blocked (a child inherits the signal mask).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if stop_on_eof:
+            loop.add_reader(sys.stdin.fileno(), lambda: os.read(sys.stdin.fileno(), 4096)
+                            or stop.set())
         started = time.monotonic()
         tasks = [asyncio.create_task(self.idle()) for _ in range(idle)]
         tasks += [asyncio.create_task(self.replay()) for _ in range(replayers)]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+        deadline = started + duration
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(1.0, deadline - time.monotonic()))
+            # The figures so far, once a second: a killed attacker still leaves them.
+            print(json.dumps({**self.stats, "seconds": round(time.monotonic() - started, 1)}),
+                  flush=True)
+        self.stopping = True
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=10)
         seconds = time.monotonic() - started
         return {**self.stats, "seconds": round(seconds, 1),
                 "attempts_per_s": round(self.stats["connects"] / seconds, 1)}
@@ -178,13 +206,17 @@ async def run_peer(args: argparse.Namespace) -> None:
         if ev is not None:
             loop.call_soon(ep.handle, ev)
 
-    ep = Endpoint(node, on_action, peers=[PeerAddress("peer", LOOP, 0)])
+    try:
+        ep = Endpoint(node, on_action, peers=[PeerAddress("peer", LOOP, 0)])
+    except TypeError:  # wire version 1 had no reserved slots
+        ep = Endpoint(node, on_action)
     if args.listen:
         print(json.dumps({"port": await ep.listen(LOOP, 0)}), flush=True)
     else:
         ep.dial(PeerAddress("peer", LOOP, args.port))
     # SIGUSR1: drop the session (a forced reconnect); the dialer redials at once.
-    loop.add_signal_handler(signal.SIGUSR1, lambda: ep.disconnect("peer"))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: ep.disconnect("peer") if hasattr(
+        ep, "disconnect") else [w.close() for w in ep._writers.values()])  # type: ignore
     while True:
         await asyncio.sleep(0.25)
         done = sum(node.tunnel_status(f"t{i}").rekeys_completed for i in range(TUNNELS))
@@ -301,6 +333,7 @@ def main() -> None:
     a.add_argument("--claim-sae", default="SAE_A", help="SAE ID a forged Hello names")
     a.add_argument("--to-sae", default="SAE_B")
     a.add_argument("--sources", help="local source addresses, e.g. 127.0.0.2-51")
+    a.add_argument("--stop-on-eof", action="store_true", help="stop when stdin closes")
     p = sub.add_parser("peer")
     p.add_argument("--listen", action="store_true")
     p.add_argument("--port", type=int, default=0)
@@ -318,8 +351,8 @@ def main() -> None:
         host, _, port = args.target.rpartition(":")
         hello = Path(args.hello).read_bytes() if args.hello else _forged(args)
         attack = Attack(host, int(port), hello, _sources(args.sources))
-        print(json.dumps(asyncio.run(attack.run(args.idle, args.replayers, args.duration))),
-              flush=True)
+        print(json.dumps(asyncio.run(attack.run(args.idle, args.replayers, args.duration,
+                                                 args.stop_on_eof))), flush=True)
     elif args.cmd == "peer":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_peer(args))
@@ -330,9 +363,7 @@ def main() -> None:
 
 def _forged(args: argparse.Namespace) -> bytes:
     ident = SiteIdentity.generate()  # not the pinned key: the signature cannot verify
-    hs = InitiatorHandshake(ident, args.claim_sae, args.to_sae, ident.public(), 0,
-                            policy_digest([]), int(time.time() * 1e6))
-    return encode_frame(FrameType.HELLO, hs.hello)
+    return encode_frame(FrameType.HELLO, _hello(ident, args.claim_sae, args.to_sae))
 
 
 if __name__ == "__main__":
