@@ -194,11 +194,16 @@ class TunnelState:
             return  # an exchange or its acknowledgement is in flight: not (yet) a divergence
         if e.flags & CHECK_ANSWER or not self.preferred:
             sink.send(Keepalive((self.key_check(),)))  # so the peer sees it too
+        self.unacked = None
+        if 0 in (e.epoch, self.active_epoch):
+            # One core knows no key (a restart that did not restore its epoch, or a first
+            # exchange whose confirmation was lost): no alarm, just a rekey soon.
+            self.rekey_soon(now)
+            return
         if not self.diverged:
             sink.act(Alarm("key_divergence", self.peer, self.name,
                            f"peer runs epoch {e.epoch}, this side {self.active_epoch}: "
                            "rekeying now"))
-        self.unacked = None
         self._repair(now)
 
     def on_activate_failed(self, epoch: int, reason: str, now: float, sink: Sink) -> None:
