@@ -58,7 +58,16 @@ class KmsBadRequest(KmsError):
 
 
 class KmsUnauthorized(KmsError):
-    """401: the KME does not let this SAE make that call (wrong SAE certificate or key owner)."""
+    """401: the KME does not let this SAE make that call (wrong SAE certificate or key owner).
+
+    ``server_message`` is the KME's own text; ``not_found`` is true when that text says the key
+    IDs are unknown (some KMEs answer unknown keys with a 401).
+    """
+
+    def __init__(self, message: str, *, server_message: str = "", not_found: bool = False) -> None:
+        super().__init__(message)
+        self.server_message = server_message
+        self.not_found = not_found
 
 
 class KmsUnavailable(KmsError):

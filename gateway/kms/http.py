@@ -40,6 +40,10 @@ _log = structlog.get_logger("gateway.kms")
 # Idle kept-alive connections are closed after this long; KMEs commonly drop idle clients after
 # 60 s or more, and a shorter keep-alive avoids writing into a connection the KME already closed.
 _KEEPALIVE_S = 30.0
+# aiohttp rounds every timeout above its "ceil threshold" (default 5 s) UP to the next whole
+# second of the loop clock, so a configured 6 s could fire after 6.99 s. A timeout is a bound the
+# operator chose: never round it (an infinite threshold disables the rounding).
+_NO_CEIL = float("inf")
 
 
 def maybe_delivered(exc: BaseException) -> bool:
@@ -80,7 +84,8 @@ class KmeHttp:
         self._ssl: ssl.SSLContext = client_ssl_context(
             ca_file, cert_file, key_file, check_hostname=check_hostname)
         self._timeout = aiohttp.ClientTimeout(
-            total=timeout, connect=connect_timeout, sock_connect=connect_timeout)
+            total=timeout, connect=connect_timeout, sock_connect=connect_timeout,
+            ceil_threshold=_NO_CEIL)
         self._max_connections = max_connections
         self._not_found_statuses = not_found_statuses
         self._session: aiohttp.ClientSession | None = None
@@ -100,7 +105,8 @@ class KmeHttp:
         if self._session is None:
             connector = KmeCheckingConnector(
                 kme_id=self.kme_id, kms_name=self.name, ssl=self._ssl,
-                limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S)
+                limit=self._max_connections, keepalive_timeout=_KEEPALIVE_S,
+                timeout_ceil_threshold=_NO_CEIL)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False,
                 headers={"Accept": "application/json"})
@@ -171,9 +177,17 @@ class KmeHttp:
             return KmsBadRequest(f"{what}: KME rejected the request (400): {text!r}",
                                  server_message=text, not_found=says_not_found(body))
         if status == 401:
-            return KmsUnauthorized(
-                f"{what}: KME refused this SAE (401): check the SAE certificate and, for "
-                f"dec_keys, that the peer named this SAE as slave when it fetched the keys")
+            # KMEs answer 401 both for a certificate they do not accept and (several of them)
+            # for key IDs they do not know or that were issued to another SAE: keep the KME's
+            # own words and name both causes rather than guess.
+            causes = ("this SAE's certificate is not accepted by the KME (check cert_file/"
+                      "key_file and that the KME registered this SAE ID)")
+            if op == "dec_keys":
+                causes += ("; or the key IDs are unknown to this KME, already delivered, or "
+                           "were requested by the peer for another slave SAE ID")
+            return KmsUnauthorized(f"{what}: KME refused the request (401): {text!r}; likely "
+                                   f"causes: {causes}", server_message=text,
+                                   not_found=says_not_found(body))
         if status == 503:
             return KmsUnavailable(f"{what}: KME error on its side (503): {text!r}")
         if status in self._not_found_statuses or (

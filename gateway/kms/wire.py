@@ -42,8 +42,15 @@ STOCK_UNKNOWN = "qkdgw_stock_unknown"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_NOT_FOUND = re.compile(r"not\s+(be\s+)?found|does\s+not\s+exist|unknown\s+key|no\s+such\s+key",
-                        re.IGNORECASE)
+# Wordings real KMEs and their web frameworks use for unknown key IDs: "Key not found", "keys
+# do not exist", "key_ID does not exist", "doesn't exist", "non-existent key", "unknown key ID",
+# "no such key", "no keys found for", "key IDs not available", "invalid key ID(s)". ("keys not
+# available" alone is left out: KMEs say that about an empty stock, too.)
+_NOT_FOUND = re.compile(
+    r"not\s+(be\s+)?found|(do|does|did)\s*(n['\u2019]?t|\s+not)\s+exist|non-?existent|"
+    r"unknown\s+key|no\s+such\s+key|no\s+keys?\s+(found|with|for|matching)|"
+    r"key[\s_-]?ids?\s+(is\s+|are\s+)?not\s+available|invalid\s+key[\s_-]?ids?",
+    re.IGNORECASE)
 _STATUS_INTS = ("key_size", "stored_key_count", "max_key_count", "max_key_per_request",
                 "max_key_size", "min_key_size", "max_SAE_ID_count")
 

@@ -5,6 +5,7 @@ drives it directly), performs the actions it emits and feeds back their results 
 See docs/protocol.md for the messages, the state machines and the security argument.
 """
 
+from gateway.protocol.admission import Admission
 from gateway.protocol.combiner import (
     CombinerSecrets,
     QkdSlot,
@@ -22,6 +23,7 @@ from gateway.protocol.errors import (
     PolicyError,
     ProtocolError,
     ReplayError,
+    StaleHello,
     StateError,
     UnknownPeer,
     UnsupportedVersion,
@@ -30,6 +32,7 @@ from gateway.protocol.errors import (
 from gateway.protocol.events import (
     Action,
     Activate,
+    ActivateFailed,
     Alarm,
     AllocateSpi,
     Close,
@@ -39,6 +42,7 @@ from gateway.protocol.events import (
     Installed,
     InstallFailed,
     InstallKeys,
+    Job,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -51,8 +55,9 @@ from gateway.protocol.events import (
     TakeQkdKeys,
     TunnelKeys,
 )
-from gateway.protocol.machine import Node, PeerConfig, TunnelStatus
+from gateway.protocol.machine import Node, TunnelStatus
 from gateway.protocol.policy import Kind, Mode, TunnelPolicy
+from gateway.protocol.reconfig import PeerConfig
 from gateway.protocol.transport import Endpoint, PeerAddress
 
 __all__ = [
@@ -60,6 +65,8 @@ __all__ = [
     "MAX_FRAME",
     "Action",
     "Activate",
+    "ActivateFailed",
+    "Admission",
     "Alarm",
     "AllocateSpi",
     "AuthError",
@@ -75,6 +82,7 @@ __all__ = [
     "InstallFailed",
     "InstallKeys",
     "Installed",
+    "Job",
     "KeysFetchFailed",
     "KeysFetched",
     "KeysTakeFailed",
@@ -95,6 +103,7 @@ __all__ = [
     "SessionKeys",
     "SessionUp",
     "SpiAllocated",
+    "StaleHello",
     "StateError",
     "TakeQkdKeys",
     "Timers",

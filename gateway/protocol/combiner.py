@@ -2,19 +2,26 @@
 
 ::
 
-    Z'  = ss_MLKEM || K_QKD_1 || ... || K_QKD_n || ss_X25519     (each exactly 32 bytes; an input
-                                                                  the policy leaves out is a fixed
-                                                                  public marker, see labels.py)
-    th  = SHA-384(length-prefixed transcript, see RekeyTranscript.encode)
-    PRK = HKDF-Extract-SHA-384(salt = REKEY_SALT, IKM = Z')
-    out = HKDF-Expand-SHA-384(PRK, info = <purpose label> || th, L)
+    inputs = ss_MLKEM, K_QKD_1, ..., K_QKD_n, ss_X25519   (each exactly 32 bytes; an input the
+                                                            policy leaves out is a fixed public
+                                                            marker, see labels.py)
+    PRK_0  = REKEY_SALT
+    PRK_j  = HKDF-Extract-SHA-384(salt = PRK_(j-1), IKM = inputs[j])   for j = 1 .. n+2
+    th     = SHA-384(length-prefixed transcript, see RekeyTranscript.encode)
+    out    = HKDF-Expand-SHA-384(PRK_(n+2), info = <purpose label> || th, L)
 
-ML-KEM's secret goes first so that Z' is "Z || T" of NIST SP 800-56C rev2 with Z from an approved
-KEM; HMAC-SHA-384 is a dual PRF, so PRK is pseudorandom while ANY one of the inputs is (a QKD key
-alone, the ML-KEM secret alone, or the X25519 secret alone). The transcript carries the ML-KEM
-encapsulation key and ciphertext and both X25519 publics (SP 800-227: bind the KEM's public
-values), the mode and the achieved set (no silent downgrade), every KMS path and key ID, both
-SPIs and nonces, so each output is bound to exactly one exchange.
+A cascade of one Extract per input, as TLS 1.3's key schedule and RFC 9370's additional key
+exchanges chain theirs. Each step is HMAC(key = previous PRK, message = the input): its output is
+pseudorandom if the previous PRK is (HMAC is a PRF in its key) OR if the input is uniform and
+unknown (HMAC is a PRF in its message input: the dual-PRF assumption that the TLS 1.3 analyses
+make for HKDF-Extract). By induction the final PRK is pseudorandom while ANY one input is (a QKD
+key alone, the ML-KEM secret alone, or the X25519 secret alone), under standard assumptions and
+without a random oracle (one Extract over the concatenation would need the random-oracle model:
+the dual-PRF assumption covers a uniform key, not a uniform 32-byte piece of a longer one).
+ML-KEM's secret goes first (SP 800-56C: an approved secret opens the derivation). The transcript
+carries the ML-KEM encapsulation key and ciphertext and both X25519 publics (SP 800-227: bind the
+KEM's public values), the mode and the achieved set (no silent downgrade), every KMS path and key
+ID, both SPIs and nonces, so each output is bound to exactly one exchange.
 """
 
 from __future__ import annotations
@@ -41,12 +48,14 @@ __all__ = [
     "SessionKeys",
     "combine",
     "confirm_mac",
+    "extract_chain",
 ]
 
 WG_PSK_LEN = 32
 # RFC 4106: AES-256 key (32 B) followed by the 4-byte salt; XFRM takes it as one 288-bit key.
 ESP_KEYMAT_LEN = 36
 CONFIRM_KEY_LEN = 48
+KEY_CHECK_LEN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,9 @@ class CombinerSecrets:
 
 @dataclass(frozen=True, slots=True)
 class SessionKeys:
-    """Outputs of one rekey. Directions are the rekey's: i = the side that sent RekeyInit."""
+    """Outputs of one rekey. Directions are the rekey's: i = the side that sent RekeyInit.
+
+    ``key_check`` is public: a fingerprint of this epoch's keys for keepalives."""
 
     wg_psk: Secret
     esp_i2r: Secret
@@ -118,9 +129,19 @@ class SessionKeys:
     confirm_i: Secret
     confirm_r: Secret
     transcript_hash: bytes
+    key_check: bytes
 
 
-def _z_prime(secrets: CombinerSecrets, t: RekeyTranscript) -> bytes:
+def extract_chain(salt: bytes, inputs: list[bytes]) -> bytes:
+    """PRK after one HKDF-Extract per input: PRK_j = HMAC-SHA-384(PRK_(j-1), inputs[j]), with
+    PRK_0 = ``salt`` (HKDF-Extract is HMAC(salt, IKM), RFC 5869 section 2.2)."""
+    prk = salt
+    for ikm in inputs:
+        prk = hmac.new(prk, ikm, hashlib.sha384).digest()
+    return prk
+
+
+def _inputs(secrets: CombinerSecrets, t: RekeyTranscript) -> list[bytes]:
     if len(secrets.qkd) != len(t.qkd):
         raise PolicyError("number of QKD keys differs from the number of KMS paths")
     parts = [secrets.mlkem_ss.reveal() if secrets.mlkem_ss is not None else labels.ABSENT_MLKEM_SS]
@@ -135,7 +156,7 @@ def _z_prime(secrets: CombinerSecrets, t: RekeyTranscript) -> bytes:
     parts.append(secrets.x25519_ss.reveal())
     if any(len(p) != 32 for p in parts):
         raise PolicyError("every combiner input must be 32 bytes")
-    return b"".join(parts)
+    return parts
 
 
 def _expand(prk: bytes, label: bytes, th: bytes, length: int) -> Secret:
@@ -144,8 +165,7 @@ def _expand(prk: bytes, label: bytes, th: bytes, length: int) -> Secret:
 
 def combine(secrets: CombinerSecrets, transcript: RekeyTranscript) -> SessionKeys:
     th = transcript.hash()
-    # HKDF-Extract is HMAC(salt, IKM) (RFC 5869 section 2.2).
-    prk = hmac.new(labels.REKEY_SALT, _z_prime(secrets, transcript), hashlib.sha384).digest()
+    prk = extract_chain(labels.REKEY_SALT, _inputs(secrets, transcript))
     return SessionKeys(
         wg_psk=_expand(prk, labels.REKEY_WG_PSK, th, WG_PSK_LEN),
         esp_i2r=_expand(prk, labels.REKEY_ESP_I2R, th, ESP_KEYMAT_LEN),
@@ -153,6 +173,7 @@ def combine(secrets: CombinerSecrets, transcript: RekeyTranscript) -> SessionKey
         confirm_i=_expand(prk, labels.REKEY_CONFIRM_I, th, CONFIRM_KEY_LEN),
         confirm_r=_expand(prk, labels.REKEY_CONFIRM_R, th, CONFIRM_KEY_LEN),
         transcript_hash=th,
+        key_check=_expand(prk, labels.REKEY_KEY_CHECK, th, KEY_CHECK_LEN).reveal(),
     )
 
 

@@ -8,6 +8,8 @@
     │   ├── UnknownPeer           SAE ID not in the pinned peer list
     │   ├── BadSignature          Ed25519 or ML-DSA-65 signature did not verify
     │   ├── BadMac                key confirmation MAC did not verify
+    │   ├── StaleHello            Hello timestamp outside the clock window or not newer than the
+    │   │                         last accepted one from that peer (a replay)
     │   └── ReplayError           record sequence number or AEAD tag wrong
     ├── PolicyError               a tunnel's policy cannot be met (fails that tunnel closed)
     └── StateError                a valid message that is not allowed in the current state
@@ -25,6 +27,7 @@ __all__ = [
     "PolicyError",
     "ProtocolError",
     "ReplayError",
+    "StaleHello",
     "StateError",
     "UnknownPeer",
     "UnsupportedVersion",
@@ -64,6 +67,10 @@ class BadSignature(AuthError):
 
 class BadMac(AuthError):
     reason = "bad_mac"
+
+
+class StaleHello(AuthError):
+    reason = "stale_hello"
 
 
 class ReplayError(AuthError):

@@ -15,7 +15,8 @@ after a grace period; Expire means "no valid key any more": install a random PSK
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from gateway.keymaterial import Secret
 from gateway.kms.types import QKDKey
@@ -23,6 +24,7 @@ from gateway.kms.types import QKDKey
 __all__ = [
     "Action",
     "Activate",
+    "ActivateFailed",
     "Alarm",
     "AllocateSpi",
     "Close",
@@ -32,6 +34,7 @@ __all__ = [
     "InstallFailed",
     "InstallKeys",
     "Installed",
+    "Job",
     "KeysFetchFailed",
     "KeysFetched",
     "KeysTakeFailed",
@@ -122,12 +125,16 @@ class Expire:
 
 @dataclass(frozen=True, slots=True)
 class Alarm:
-    """Something an operator must see (policy mismatch, downgrade attempt, key expiry ...)."""
+    """Something an operator must see (policy mismatch, downgrade attempt, key expiry ...).
+
+    ``active=False`` clears an alarm the core raised before (today: ``qkd_path_dropped`` when an
+    ``any`` tunnel next activates with every QKD path)."""
 
     name: str
     peer: str
     tunnel: str | None
     reason: str
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +211,19 @@ class InstallFailed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ActivateFailed:
+    """The data plane could not switch to ``epoch`` (after an Activate). The core reverts its
+    view to the previous epoch, raises ``Alarm activate_failed``, tells the peer and rekeys."""
+
+    tunnel: str
+    epoch: int
+    reason: str
+
+
 Event = (
     KeysTaken | KeysTakeFailed | KeysFetched | KeysFetchFailed | SpiAllocated | Installed
-    | InstallFailed
+    | InstallFailed | ActivateFailed
 )
 
 
@@ -216,12 +233,25 @@ class Send:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """CPU-heavy pure work of the handshake (signatures, encapsulation) that the transport runs
+    in a worker thread so the event loop keeps serving rekeys. ``run`` touches no state of the
+    core; hand its return value back with ``Node.job_done(job, result, now)``."""
+
+    conn: int
+    id: int
+    run: Callable[[], object]
+
+
 @dataclass(slots=True)
 class Output:
-    """Everything one call into the core produced, in order."""
+    """Everything one call into the core produced, in order. ``jobs`` stays empty unless the
+    node was told to offload (``Node.offload = True``, set by the Endpoint)."""
 
     sends: list[Send]
     actions: list[Action]
+    jobs: list[Job] = field(default_factory=list)
 
     @classmethod
     def empty(cls) -> Output:

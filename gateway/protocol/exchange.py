@@ -1,14 +1,12 @@
 """One rekey exchange's state and the pure helpers around it (validation, transcript, keys).
 
 Split from rekey.py so that the state machine reads as transitions only; nothing here keeps
-state across exchanges except :class:`UsedKeyIds`.
+state across exchanges.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,17 +14,18 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from gateway.keymaterial import Secret
 from gateway.protocol import combiner as cb
-from gateway.protocol.constants import MAX_EPOCH_STEP, SPI_MIN
+from gateway.protocol.constants import EPOCH_CEILING, MAX_EPOCH_STEP, SPI_MIN
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import Action, TunnelKeys
-from gateway.protocol.messages import AbortCode, InnerMessage, RekeyInit, RekeyResp
+from gateway.protocol.inner import AbortCode, InnerMessage, RekeyInit, RekeyResp
+from gateway.protocol.keyids import PeerKeyIds
 from gateway.protocol.policy import Achieved, Kind, TunnelPolicy, check_achieved
 
 __all__ = [
     "Exchange",
     "Sink",
-    "UsedKeyIds",
     "check_init",
+    "epoch_bound",
     "macs_equal",
     "next_epoch",
     "offered_mask",
@@ -37,26 +36,14 @@ __all__ = [
 ]
 
 
-class UsedKeyIds:
-    """Bounded memory of QKD key IDs already used with this site (oldest forgotten first)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key_id: object) -> bool:
-        return key_id in self._ids
-
-    def add(self, key_ids: Iterable[str]) -> None:
-        for k in key_ids:
-            self._ids[k] = None
-        while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
-
-
 class Sink(Protocol):
+    """Where a tunnel's messages and actions go (the node's per-peer collector)."""
+
     def send(self, msg: InnerMessage) -> None: ...
     def act(self, action: Action) -> None: ...
+    def may_initiate(self) -> bool:
+        """Whether another exchange towards this peer may start now (MAX_CONCURRENT_EXCHANGES)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -69,6 +56,7 @@ class Exchange:
     waiting: set[str]  # "kms:<name>" and "spi"
     qkd: dict[str, Secret | None] = field(default_factory=dict)
     key_ids: dict[str, str] = field(default_factory=dict)
+    since: dict[str, float] = field(default_factory=dict)  # when each QKD key was taken
     spi: int = 0
     init: RekeyInit | None = None
     stage: str = "gather"  # gather -> await_resp | installing -> await_confirm
@@ -89,9 +77,19 @@ def next_epoch(after: int, *, preferred: bool) -> int:
     return epoch if epoch % 2 == int(preferred) else epoch + 1
 
 
+def epoch_bound(highest: int, last_attempt: int, *, synced: bool) -> int:
+    """The highest epoch a peer may name (in a RekeyInit or as a STALE_EPOCH hint). Until the
+    tunnel completed an exchange in this process our own epochs may be stale (restart, lost or
+    old state), so anything up to EPOCH_CEILING is adopted; afterwards at most MAX_EPOCH_STEP
+    beyond what we know."""
+    return max(highest, last_attempt) + MAX_EPOCH_STEP if synced else EPOCH_CEILING
+
+
 def check_init(policy: TunnelPolicy, m: RekeyInit, highest: int, last_attempt: int,
-               used: UsedKeyIds, *, enabled: bool, peer_preferred: bool) -> Verdict:
-    """Validate a peer's RekeyInit: (abort code or None, (alarm name, reason) or None)."""
+               used: PeerKeyIds, *, enabled: bool, peer_preferred: bool, synced: bool,
+               in_flight: dict[str, str]) -> Verdict:
+    """Validate a peer's RekeyInit: (abort code or None, (alarm name, reason) or None).
+    ``in_flight``: key IDs (per KMS) of the exchange this one would replace."""
     if not enabled:
         return AbortCode.UNKNOWN_TUNNEL, None
     if m.epoch % 2 != int(peer_preferred):
@@ -107,13 +105,14 @@ def check_init(policy: TunnelPolicy, m: RekeyInit, highest: int, last_attempt: i
         return AbortCode.POLICY, ("downgrade_refused", str(exc))
     if m.epoch <= highest:
         return AbortCode.STALE_EPOCH, None
-    if m.epoch > max(highest, last_attempt) + MAX_EPOCH_STEP:
+    if m.epoch > epoch_bound(highest, last_attempt, synced=synced):
         return AbortCode.POLICY, ("epoch_refused", f"epoch {m.epoch} jumps too far ahead of "
                                   f"{highest}")
     if not spi_ok(policy, m.spi):
         return AbortCode.POLICY, None
-    ids = [k for k in m.key_ids if k]
-    if any(k in used for k in ids) or len(set(ids)) != len(ids):
+    ids = [(kms, k) for kms, k in zip(policy.kms, m.key_ids, strict=True) if k]
+    if any(used.seen(kms, k) or in_flight.get(kms) == k for kms, k in ids) or len(
+            {k for _, k in ids}) != len(ids):
         return AbortCode.KEY_REUSE, ("key_reuse_refused", "peer offered a QKD key ID again")
     return None, None
 

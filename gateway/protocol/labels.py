@@ -11,6 +11,7 @@ import hashlib
 __all__ = [
     "ABSENT_MLKEM_SS",
     "ABSENT_QKD_KEY",
+    "CTX_SIGN_HELLO",
     "CTX_SIGN_INITIATOR",
     "CTX_SIGN_RESPONDER",
     "PROTOCOL_ID",
@@ -18,6 +19,7 @@ __all__ = [
     "REKEY_CONFIRM_R",
     "REKEY_ESP_I2R",
     "REKEY_ESP_R2I",
+    "REKEY_KEY_CHECK",
     "REKEY_SALT",
     "REKEY_WG_PSK",
     "SESSION_CONFIRM_I",
@@ -25,11 +27,12 @@ __all__ = [
     "SESSION_SALT",
     "SESSION_TRAFFIC_I2R",
     "SESSION_TRAFFIC_R2I",
+    "TRANSCRIPT_POLICIES",
     "TRANSCRIPT_REKEY",
     "TRANSCRIPT_SESSION",
 ]
 
-PROTOCOL_ID = b"qkd-gateway/1"
+PROTOCOL_ID = b"qkd-gateway/2"
 
 # -- control session (handshake) -------------------------------------------------------------
 SESSION_SALT = PROTOCOL_ID + b" session extract"
@@ -41,6 +44,11 @@ SESSION_CONFIRM_R = PROTOCOL_ID + b" session confirm responder"
 # never be replayed as an initiator one, nor any other signature of the site keys used here.
 CTX_SIGN_INITIATOR = PROTOCOL_ID + b" sign initiator"
 CTX_SIGN_RESPONDER = PROTOCOL_ID + b" sign responder"
+# The initiator's Ed25519 signature over its Hello: a cheap pre-authentication filter (only a
+# pinned peer can make the responder do the expensive part of the handshake).
+CTX_SIGN_HELLO = PROTOCOL_ID + b" sign hello"
+# The digest of one side's tunnel policy list, signed inside the handshake transcript.
+TRANSCRIPT_POLICIES = PROTOCOL_ID + b" policy list"
 TRANSCRIPT_SESSION = PROTOCOL_ID + b" session transcript"
 
 # -- per-tunnel rekey (the combiner) ---------------------------------------------------------
@@ -50,6 +58,10 @@ REKEY_ESP_I2R = PROTOCOL_ID + b" esp aes256gcm16 i->r"
 REKEY_ESP_R2I = PROTOCOL_ID + b" esp aes256gcm16 r->i"
 REKEY_CONFIRM_I = PROTOCOL_ID + b" rekey confirm initiator"
 REKEY_CONFIRM_R = PROTOCOL_ID + b" rekey confirm responder"
+# A public 16-byte fingerprint of an epoch's keys, sent in keepalives so both ends can see that
+# they run the same epoch with the same keys (a PRF output under its own label: it reveals
+# nothing about the other outputs).
+REKEY_KEY_CHECK = PROTOCOL_ID + b" rekey key check"
 TRANSCRIPT_REKEY = PROTOCOL_ID + b" rekey transcript"
 
 # Fixed-length stand-ins for inputs the policy leaves out. Public constants: they add no secrecy

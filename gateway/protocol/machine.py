@@ -1,61 +1,48 @@
 """The protocol core of one site: all peers, their connections, sessions and tunnels.
 
 Pure state machine. Inputs: ``connect``/``accept`` (a TCP connection exists), ``receive`` (bytes
-arrived), ``connection_lost``, ``tick(now)`` (timers) and ``handle(event)`` (results of actions).
-Each returns an :class:`Output`: bytes to send per connection and actions for the daemon. The core
-never reads a clock, a socket or a file; ``now`` is always an argument.
+arrived), ``connection_lost``, ``job_done`` (a handshake computation finished), ``tick(now)``
+(timers), ``handle(event)`` (results of actions), ``reconfigure(peers)`` (live reload) and
+``rekey_now(tunnel)``. Each returns an :class:`Output`: bytes to send per connection, actions
+for the daemon and (with ``offload``) jobs. The core never reads a clock, a socket or a file;
+``now`` is always an argument. ``next_deadline()`` says when ``tick`` is next needed; deadlines
+live in a heap, so neither call scans all tunnels.
 
-Connections are identified by integers the caller chooses. A connection becomes a peer's session
-after the handshake; if two sessions with one peer exist (both dialled at once), both ends keep
-the same one: a newer session from the same initiator replaces the older one (the peer
-reconnected), otherwise the session dialled by the lower SAE ID wins.
+Connections are identified by integers the caller chooses (see session.py for sessions).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from gateway.identity import PeerPublicKeys, SiteIdentity
-from gateway.protocol.channel import Channel
-from gateway.protocol.constants import USED_KEY_ID_MEMORY, Timers
-from gateway.protocol.errors import PolicyError, ProtocolError, StateError
-from gateway.protocol.events import (
-    Action,
-    Alarm,
-    Close,
-    Event,
-    Output,
-    Send,
-    SessionUp,
-)
-from gateway.protocol.exchange import UsedKeyIds
-from gateway.protocol.handshake import Established, InitiatorHandshake, ResponderHandshake
-from gateway.protocol.messages import (
+from gateway.identity import SiteIdentity
+from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
+from gateway.protocol.errors import PolicyError
+from gateway.protocol.events import Action, Alarm, Event, Output
+from gateway.protocol.exchange import Sink
+from gateway.protocol.handshake import PeerInfo
+from gateway.protocol.inner import (
+    CHECK_ANSWER,
     AbortCode,
-    FrameType,
     InnerMessage,
     Keepalive,
+    KeyCheck,
+    PolicyUpdate,
     RekeyAbort,
-    decode_inner,
-    encode_inner,
 )
-from gateway.protocol.policy import TunnelPolicy, reconcile
+from gateway.protocol.keyids import KeyIdMemory
+from gateway.protocol.policy import TunnelPolicy, mismatch
+from gateway.protocol.reconfig import PeerConfig, apply_config
 from gateway.protocol.rekey import Tunnel
-from gateway.protocol.wire import Frame, FrameSplitter
+from gateway.protocol.session import Conn, SessionLayer
+from gateway.protocol.sync import PolicyView
+from gateway.protocol.timers import TimerHeap
 
 __all__ = ["Node", "PeerConfig", "TunnelStatus"]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerConfig:
-    """A pinned peer: its SAE ID, public keys, and the tunnels configured towards it."""
-
-    sae_id: str
-    keys: PeerPublicKeys
-    tunnels: tuple[TunnelPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,43 +58,32 @@ class TunnelStatus:
     expired: bool
     rekeys_completed: int
     rekey_in_progress: int | None  # epoch of the unfinished exchange
-
-
-@dataclass(slots=True)
-class _Conn:
-    conn: int
-    created: float
-    splitter: FrameSplitter = field(default_factory=FrameSplitter)
-    initiator: InitiatorHandshake | None = None
-    responder: ResponderHandshake | None = None
-    peer: str | None = None  # known once established (or dialled)
-    channel: Channel | None = None
-    initiator_sae: str = ""
-    last_rx: float = 0.0
-    last_tx: float = 0.0
-    established: float | None = None
+    diverged: bool = False  # the ends were seen running different keys; a rekey repairs it
 
 
 class _PeerSink:
     """Collects one peer's messages and actions into an Output."""
 
-    __slots__ = ("_conn", "_now", "_out")
+    __slots__ = ("_node", "_now", "_out", "_peer")
 
-    def __init__(self, out: Output, conn: _Conn | None, now: float) -> None:
-        self._out, self._conn, self._now = out, conn, now
+    def __init__(self, node: Node, out: Output, peer: str, now: float) -> None:
+        self._node, self._out, self._peer, self._now = node, out, peer, now
 
     def send(self, msg: InnerMessage) -> None:
-        c = self._conn
+        conn = self._node._session.get(self._peer)
+        c = self._node._conns.get(conn) if conn is not None else None
         if c is None or c.channel is None:
             return  # no session: the message is moot, the rekey times out and retries later
-        self._out.sends.append(Send(c.conn, c.channel.seal(encode_inner(msg))))
-        c.last_tx = self._now  # traffic doubles as keepalive
+        self._node._seal(c, msg, self._now, self._out)
 
     def act(self, action: Action) -> None:
         self._out.actions.append(action)
 
+    def may_initiate(self) -> bool:
+        return len(self._node._initiating.get(self._peer, ())) < MAX_CONCURRENT_EXCHANGES
 
-class Node:
+
+class Node(SessionLayer):
     """This site's protocol core. ``peers`` maps a peer name to its pinned config."""
 
     def __init__(self, identity: SiteIdentity, sae_id: str, peers: Mapping[str, PeerConfig],
@@ -115,93 +91,84 @@ class Node:
         self.identity, self.sae_id = identity, sae_id
         self.timers = timers or Timers()
         self._rng = rng or random.SystemRandom()
-        self.peers = dict(peers)
-        self._by_sae = {p.sae_id: name for name, p in self.peers.items()}
-        if len(self._by_sae) != len(self.peers) or sae_id in self._by_sae:
-            raise PolicyError("every peer needs its own SAE ID, different from this site's")
+        self.offload = False  # run handshake crypto as Jobs (the Endpoint sets it)
+        self._heap = TimerHeap()
+        self._used = KeyIdMemory()
+        self._init_sessions()
+        self.peers: dict[str, PeerConfig] = {}
+        self._by_sae: dict[str, str] = {}
         self.tunnels: dict[str, Tunnel] = {}
-        for name, pc in self.peers.items():
-            for pol in pc.tunnels:
-                if pol.name in self.tunnels:
-                    raise PolicyError(f"tunnel name {pol.name!r} is used twice; names must be "
-                                      "unique on a site")
-                self.tunnels[pol.name] = Tunnel(pol, name, sae_id, pc.sae_id, self.timers,
-                                                self._rng)
-        self._conns: dict[int, _Conn] = {}
-        self._session: dict[str, int] = {}  # peer -> conn of its established session
-        self._used = UsedKeyIds(USED_KEY_ID_MEMORY)
+        self._initiating: dict[str, set[str]] = {}  # peer -> tunnels with our exchange running
+        self._queue: dict[str, deque[str]] = {}  # peer -> tunnels due but over the limit
+        self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
+        self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
+        self._digests: dict[str, bytes] = {}
+        _validate(sae_id, peers)
+        self._apply_config(peers, 0.0, Output.empty())
 
     # -- inputs ------------------------------------------------------------------------------
-    def connect(self, conn: int, peer: str, now: float) -> Output:
-        """We dialled ``peer`` on ``conn``: send Hello."""
-        pc = self.peers.get(peer)
-        if pc is None:
-            raise ValueError(f"unknown peer {peer!r}; configured: {sorted(self.peers)}")
-        hs = InitiatorHandshake(self.identity, self.sae_id, pc.sae_id, pc.keys, pc.tunnels)
-        c = _Conn(conn, now, initiator=hs, peer=peer, initiator_sae=self.sae_id, last_rx=now)
-        self._conns[conn] = c
-        out = Output.empty()
-        self._send_frame(out, c, FrameType.HELLO, hs.hello, now)
-        return out
-
-    def accept(self, conn: int, now: float) -> Output:
-        self._conns[conn] = _Conn(conn, now, responder=ResponderHandshake(
-            self.identity, self.sae_id, self._lookup), last_rx=now)
-        return Output.empty()
-
-    def receive(self, conn: int, data: bytes, now: float) -> Output:
-        out = Output.empty()
-        c = self._conns.get(conn)
-        if c is None:
-            return out
-        try:
-            for frame in c.splitter.feed(data):
-                self._frame(c, frame, now, out)
-                if conn not in self._conns:
-                    break
-        except ProtocolError as exc:
-            self._drop(c, exc.reason, out, detail=str(exc))
-        return out
-
-    def connection_lost(self, conn: int, now: float) -> Output:
-        out = Output.empty()
-        c = self._conns.get(conn)
-        if c is not None:
-            self._forget(c, out)
-        return out
-
     def handle(self, event: Event, now: float) -> Output:
         out = Output.empty()
         t = self.tunnels.get(event.tunnel)
         if t is not None:
             t.on_event(event, now, self._sink(out, t.peer, now))
+            self._touch(t, now, out)
         return out
 
     def tick(self, now: float) -> Output:
         out = Output.empty()
-        tm = self.timers
-        for c in list(self._conns.values()):
-            if c.established is None and now >= c.created + tm.handshake_timeout:
-                self._drop(c, "handshake_timeout", out)
-            elif c.established is not None and now >= c.last_rx + tm.dead_after:
-                self._drop(c, "peer_silent", out)
-            elif (c.established is not None and c.initiator_sae == self.sae_id
-                  and now >= c.established + tm.reauth_interval):
-                self._drop(c, "reauthenticate", out)
-            elif c.channel is not None and now >= c.last_tx + tm.keepalive_interval:
-                c.last_tx = now
-                out.sends.append(Send(c.conn, c.channel.seal(encode_inner(Keepalive()))))
-        for t in self.tunnels.values():
-            t.tick(now, self._sink(out, t.peer, now))
+        for item in self._heap.pop_due(now):
+            if isinstance(item, Conn):
+                if item.conn in self._conns:
+                    self._conn_tick(item, now, out)
+            elif isinstance(item, Tunnel) and self.tunnels.get(item.name) is item:
+                item.tick(now, self._sink(out, item.peer, now))
+                self._touch(item, now, out)
         return out
 
-    def restore_epoch(self, tunnel: str, epoch: int) -> None:
+    def rekey_now(self, tunnel: str, now: float) -> Output:
+        """Start a rekey of ``tunnel`` at once (``qkd-gateway rekey``). A rekey already running
+        counts; ValueError says why it cannot start (unknown tunnel, no session with the peer,
+        policies differing between the ends)."""
+        t = self.tunnels.get(tunnel)
+        if t is None:
+            raise ValueError(f"no tunnel {tunnel!r}; configured: {sorted(self.tunnels)[:20]}")
+        if t.enabled_at is None:
+            raise ValueError(f"tunnel {tunnel!r}: no session with peer {t.peer!r}, or the two "
+                             "ends configure it differently; it rekeys as soon as both hold")
+        out = Output.empty()
+        if t.pending is None:
+            t.retry_at, t.waiting = now, False
+            t.tick(now, self._sink(out, t.peer, now))
+            self._touch(t, now, out)
+        return out
+
+    def reconfigure(self, peers: Mapping[str, PeerConfig], now: float) -> Output:
+        """Live reload: apply only the difference. Unchanged tunnels keep epoch, keys and timers;
+        added ones come up; removed ones retire their keys; a changed one is re-announced to
+        the peer (an in-session PolicyUpdate) and rekeyed once both ends agree. A peer whose
+        SAE ID or keys changed gets a new session. Raises PolicyError (and changes nothing)
+        when the new configuration is inconsistent."""
+        _validate(self.sae_id, peers)
+        out = Output.empty()
+        self._apply_config(peers, now, out)
+        return out
+
+    # -- state store, timers, status ---------------------------------------------------------
+    def restore_epoch(self, tunnel: str, epoch: int, *, age: float | None = None,
+                      now: float | None = None) -> None:
         """After a restart: the last epoch this tunnel activated (from the daemon's state
-        store). New exchanges continue above it, so epochs keep increasing across restarts
-        without a STALE_EPOCH round trip. It restores no keys: those stay the daemon's."""
+        store). New exchanges continue above it. With ``age`` (seconds since that activation,
+        younger than reject_after) and ``now``, the core also takes that epoch as active, so
+        the next rekey follows the schedule instead of starting at once (no key wasted per
+        restart); its key check is unknown, the peer's epoch is compared instead. It restores
+        no keys: those stay the daemon's (which must have checked the data plane holds them)."""
         t = self.tunnels[tunnel]
         t.highest = max(t.highest, epoch)
         t.last_attempt = max(t.last_attempt, epoch)
+        if age is not None and now is not None and epoch and 0 <= age < t.timers.reject_after:
+            t.active_epoch, t.active_at, t.active_check = epoch, now - age, None
+            self._heap.schedule(t, t.wakeup())
 
     def set_tunnel_timers(self, tunnel: str, rekey_after: float, reject_after: float) -> None:
         """Per-tunnel rekey interval and key lifetime (the configured ones, or the daemon's
@@ -216,111 +183,166 @@ class Node:
                                        rekey_after_backup=min(rekey_after * ratio,
                                                               (rekey_after + reject_after) / 2),
                                        reject_after=reject_after)
-
-    # -- introspection -----------------------------------------------------------------------
-    def session_conn(self, peer: str) -> int | None:
-        return self._session.get(peer)
+        self._heap.schedule(t, t.wakeup())
 
     def tunnel_status(self, tunnel: str) -> TunnelStatus:
         """Raises KeyError for a tunnel this node does not have."""
         t = self.tunnels[tunnel]
         return TunnelStatus(t.name, t.peer, t.policy.mode.label, t.enabled_at is not None,
                             t.active_epoch, t.active_at, t.expired, t.completed,
-                            t.pending.epoch if t.pending else None)
-
-    def pending_connections(self) -> int:
-        return sum(1 for c in self._conns.values() if c.established is None)
+                            t.pending.epoch if t.pending else None, t.diverged)
 
     def next_deadline(self) -> float | None:
-        """Earliest time ``tick`` has something to do (a hint for the transport's timer)."""
-        times = [t.due() for t in self.tunnels.values()]
-        times += [t.pending.started + self.timers.rekey_timeout
-                  for t in self.tunnels.values() if t.pending]
-        times += [c.created + self.timers.handshake_timeout
-                  for c in self._conns.values() if c.established is None]
-        times += [c.last_tx + self.timers.keepalive_interval
-                  for c in self._conns.values() if c.channel is not None]
-        return min((x for x in times if x is not None), default=None)
+        """Earliest time ``tick`` has something to do (O(1) amortised: a heap)."""
+        return self._heap.next()
 
-    # -- internals ---------------------------------------------------------------------------
-    def _lookup(self, sae: str) -> tuple[PeerPublicKeys, tuple[TunnelPolicy, ...]] | None:
+    def export_used_key_ids(self) -> dict[str, dict[str, list[str]]]:
+        """{peer: {kms: [QKD key IDs used, oldest first]}} for the daemon's state store."""
+        return self._used.export()
+
+    def restore_used_key_ids(self, data: Mapping[str, Mapping[str, Sequence[str]]]) -> int:
+        """Merge a saved export after a restart; returns how many IDs were taken."""
+        return self._used.restore(data)
+
+    @property
+    def used_key_ids_generation(self) -> int:
+        """Changes whenever a key ID is recorded: save the export when it moved."""
+        return self._used.generation
+
+    # -- hooks of the session layer ----------------------------------------------------------
+    def _peer_info(self, peer: str) -> tuple[str, PeerInfo]:
+        pc = self.peers.get(peer)
+        if pc is None:
+            raise ValueError(f"unknown peer {peer!r}; configured: {sorted(self.peers)}")
+        return pc.sae_id, PeerInfo(pc.keys, len(pc.tunnels), self._digests[peer])
+
+    def _lookup(self, sae: str) -> PeerInfo | None:
         name = self._by_sae.get(sae)
-        return None if name is None else (self.peers[name].keys, self.peers[name].tunnels)
+        return None if name is None else self._peer_info(name)[1]
 
-    def _sink(self, out: Output, peer: str, now: float) -> _PeerSink:
-        conn = self._session.get(peer)
-        return _PeerSink(out, self._conns.get(conn) if conn is not None else None, now)
+    def _by_sae_name(self, sae: str) -> str | None:
+        return self._by_sae.get(sae)
 
-    def _send_frame(self, out: Output, c: _Conn, ftype: int, payload: bytes, now: float) -> None:
-        out.sends.append(Send(c.conn, Frame(ftype, payload).header + payload))
-        c.last_tx = now
-
-    def _frame(self, c: _Conn, f: Frame, now: float, out: Output) -> None:
-        if c.channel is not None:
-            if f.type != FrameType.RECORD:
-                raise StateError("plaintext frame inside an established session")
-            msg = decode_inner(c.channel.open(f.header, f.payload))
-            c.last_rx = now
-            if c.peer is not None and self._session.get(c.peer) == c.conn:
-                self._inner(c.peer, msg, now, out)
-            return
-        if c.responder is not None and c.responder.peer_sae is None and f.type == FrameType.HELLO:
-            self._send_frame(out, c, FrameType.HELLO_REPLY, c.responder.on_hello(f.payload), now)
-        elif c.responder is not None and c.responder.peer_sae and f.type == FrameType.FINISH:
-            est = c.responder.on_finish(f.payload)
-            c.initiator_sae = est.peer_sae
-            self._established(c, est, now, out)
-        elif c.initiator is not None and f.type == FrameType.HELLO_REPLY:
-            finish, est = c.initiator.on_reply(f.payload)
-            self._send_frame(out, c, FrameType.FINISH, finish, now)
-            self._established(c, est, now, out)
-        else:
-            raise StateError(f"frame type 0x{f.type:02x} not expected during the handshake")
-
-    def _established(self, c: _Conn, est: Established, now: float, out: Output) -> None:
-        peer = self._by_sae[est.peer_sae]
-        c.peer, c.channel, c.established, c.last_rx = peer, est.channel, now, now
-        c.initiator = c.responder = None
-        old = self._session.get(peer)
-        if old is not None and old in self._conns:
-            o = self._conns[old]
-            keep_new = o.initiator_sae == c.initiator_sae or c.initiator_sae == min(
-                self.sae_id, est.peer_sae)
-            if not keep_new:
-                self._drop(c, "duplicate_session", out)
-                return
-            self._drop(o, "superseded_session", out)
-        self._session[peer] = c.conn
-        out.actions.append(SessionUp(peer, c.conn, est.initiator))
-        enabled, refused = reconcile(self.peers[peer].tunnels, est.remote_policies)
-        for name, why in refused:
-            out.actions.append(Alarm("policy_mismatch", peer, name, why))
-        for pol in enabled:
-            self.tunnels[pol.name].session_up(now)
-        sink = self._sink(out, peer, now)
-        for pol in enabled:
-            self.tunnels[pol.name].tick(now, sink)
+    def _local_policies(self, peer: str) -> dict[str, TunnelPolicy]:
+        return {p.name: p for p in self.peers[peer].tunnels}
 
     def _inner(self, peer: str, msg: InnerMessage, now: float, out: Output) -> None:
-        if isinstance(msg, Keepalive):
-            return
         sink = self._sink(out, peer, now)
+        if isinstance(msg, Keepalive):
+            for e in msg.entries:
+                t = self.tunnels.get(e.tunnel)
+                if t is not None and t.peer == peer:
+                    t.on_key_check(e, now, sink)
+                    self._touch(t, now, out)
+            return
+        assert not isinstance(msg, PolicyUpdate)
         t = self.tunnels.get(msg.tunnel)
         if t is None or t.peer != peer:
             # Another peer's tunnel name, or none: answer without touching any state.
             if not isinstance(msg, RekeyAbort):
                 sink.send(RekeyAbort(msg.tunnel, msg.epoch, AbortCode.UNKNOWN_TUNNEL, 0))
             return
-        t.on_message(msg, now, sink, self._used)
+        t.on_message(msg, now, sink)
+        self._touch(t, now, out)
 
-    def _drop(self, c: _Conn, reason: str, out: Output, detail: str = "") -> None:
-        self._forget(c, out)
-        out.actions.append(Close(c.conn, reason if not detail else f"{reason}: {detail}"))
+    def _view_changed(self, peer: str, names: set[str], now: float, out: Output) -> None:
+        """The peer's list (or ours) changed for ``names``: enable, disable or leave each."""
+        view = self._view(peer)
+        if view is None or not view.complete:
+            return
+        sink = self._sink(out, peer, now)
+        answer: list[KeyCheck] = []
+        for name in sorted(names):
+            t = self.tunnels.get(name)
+            if t is None or t.peer != peer:
+                if name in view.policies:
+                    out.actions.append(Alarm("policy_mismatch", peer, name,
+                                             "not configured locally"))
+                continue
+            why = mismatch(t.policy, view.policies.get(name))
+            if why is not None:
+                if t.enabled_at is not None:
+                    t.session_down(now, sink)
+                out.actions.append(Alarm("policy_mismatch", peer, name, why))
+            elif t.enabled_at is None:
+                t.session_up(now)
+                if t.unacked is not None:
+                    answer.append(t.key_check(CHECK_ANSWER))
+                if t.policy_changed:
+                    t.policy_changed = False
+                    t.rekey_soon(now)  # the peer holds the new policy too: rekey under it
+                t.tick(now, sink)
+            self._touch(t, now, out)
+        self._send_checks(peer, answer, now, out)
 
-    def _forget(self, c: _Conn, out: Output) -> None:
-        self._conns.pop(c.conn, None)
-        if c.peer is not None and self._session.get(c.peer) == c.conn:
-            del self._session[c.peer]
-            for t in self.tunnels.values():
-                if t.peer == c.peer:
-                    t.session_down(out.actions.append)
+    def _session_gone(self, peer: str, now: float, out: Output) -> None:
+        sink = self._sink(out, peer, now)
+        for name in self._order.get(peer, ()):
+            t = self.tunnels[name]
+            if t.enabled_at is not None or t.pending is not None:
+                t.session_down(now, sink)
+                self._touch(t, now, out)
+
+    def _key_checks(self, peer: str, c: Conn) -> list[KeyCheck]:
+        """Unacknowledged activations first, then a round-robin over the peer's tunnels."""
+        checks = [self.tunnels[n].key_check(CHECK_ANSWER)
+                  for n in sorted(self._unacked.get(peer, ()))][:KEYCHECK_MAX_ENTRIES]
+        order = self._order.get(peer, [])
+        for _ in range(len(order)):
+            if len(checks) >= KEYCHECK_MAX_ENTRIES:
+                break
+            c.cursor = (c.cursor + 1) % len(order)
+            t = self.tunnels[order[c.cursor]]
+            if t.enabled_at is not None and t.unacked is None:
+                checks.append(t.key_check())
+        return checks
+
+    # -- internals ---------------------------------------------------------------------------
+    def _view(self, peer: str) -> PolicyView | None:
+        conn = self._session.get(peer)
+        c = self._conns.get(conn) if conn is not None else None
+        return c.view if c is not None else None
+
+    def _sink(self, out: Output, peer: str, now: float) -> Sink:
+        return _PeerSink(self, out, peer, now)
+
+    def _touch(self, t: Tunnel, now: float, out: Output) -> None:
+        """After any change to ``t``: its deadline, the peer's exchange slots and its queue."""
+        self._heap.schedule(t, t.wakeup())
+        peer, name = t.peer, t.name
+        running = self._initiating[peer]
+        if t.pending is not None and t.pending.initiator:
+            running.add(name)
+        elif name in running:
+            running.discard(name)
+        if t.unacked is not None:
+            self._unacked[peer].add(name)
+        elif name in self._unacked[peer]:
+            self._unacked[peer].discard(name)
+        queue = self._queue[peer]
+        if t.waiting and name not in queue:
+            queue.append(name)
+        while queue and len(running) < MAX_CONCURRENT_EXCHANGES:
+            nxt = self.tunnels.get(queue.popleft())
+            if nxt is None or not nxt.waiting or nxt.enabled_at is None or nxt.pending:
+                continue
+            nxt.start(now, self._sink(out, nxt.peer, now))
+            self._heap.schedule(nxt, nxt.wakeup())
+            if nxt.pending is not None and nxt.pending.initiator:
+                running.add(nxt.name)
+
+    def _apply_config(self, peers: Mapping[str, PeerConfig], now: float, out: Output) -> None:
+        apply_config(self, peers, now, out)
+
+
+def _validate(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
+    saes = {p.sae_id for p in peers.values()}
+    if len(saes) != len(peers) or sae_id in saes:
+        raise PolicyError("every peer needs its own SAE ID, different from this site's")
+    seen: set[str] = set()
+    for p in peers.values():
+        for pol in p.tunnels:
+            if pol.name in seen:
+                raise PolicyError(f"tunnel name {pol.name!r} is used twice; names must be "
+                                  "unique on a site")
+            seen.add(pol.name)

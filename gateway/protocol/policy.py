@@ -17,22 +17,34 @@ any        ML-KEM-768, X25519                           each QKD path that could
 "any" is best effort: the rekey initiator includes every QKD path whose KMS delivered a key; the
 achieved set travels in the (authenticated) rekey message, is bound into the transcript and is
 reported in InstallKeys. Every other mode is exact: a set that differs by one input is refused,
-there is no fallback. Both ends must configure the same mode, kind and KMS path list per tunnel;
-the lists are exchanged in the signed handshake, so a mismatch (or a man in the middle lowering
-either side) disables the tunnel with an Alarm instead of producing keys.
+there is no fallback. Both ends must configure the same mode, kind and KMS path list per tunnel.
+Each side signs a digest of its whole list in the handshake (:func:`policy_digest`) and sends
+the list itself in records after it (see machine.py / sync.py), so a mismatch (or a man in the
+middle lowering either side) disables the tunnel with an Alarm instead of producing keys.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.protocol.constants import MAX_KMS_PER_TUNNEL, MAX_TUNNELS_PER_PEER
+from gateway.protocol import labels
+from gateway.protocol.constants import MAX_KMS_PER_TUNNEL
 from gateway.protocol.errors import PolicyError, WireError
 from gateway.protocol.wire import Reader, Writer
 
-__all__ = ["Achieved", "Kind", "Mode", "TunnelPolicy", "check_achieved", "reconcile"]
+__all__ = [
+    "Achieved",
+    "Kind",
+    "Mode",
+    "TunnelPolicy",
+    "check_achieved",
+    "mismatch",
+    "policy_digest",
+    "reconcile",
+]
 
 
 class Mode(enum.IntEnum):
@@ -105,22 +117,27 @@ class TunnelPolicy:
             raise WireError(str(exc)) from None
 
 
-def encode_policies(w: Writer, policies: Sequence[TunnelPolicy]) -> None:
-    if len(policies) > MAX_TUNNELS_PER_PEER:
-        raise PolicyError(f"at most {MAX_TUNNELS_PER_PEER} tunnels per peer")
-    w.u8(len(policies))
-    for p in policies:
+def policy_digest(policies: Iterable[TunnelPolicy]) -> bytes:
+    """SHA-384 of one side's whole policy list towards a peer, in name order (the list's
+    canonical form): signed in the handshake, checked against the list received afterwards."""
+    ordered = sorted(policies, key=lambda p: p.name)
+    w = Writer().blob(labels.TRANSCRIPT_POLICIES).u32(len(ordered))
+    for p in ordered:
         p.encode(w)
+    return hashlib.sha384(w.bytes()).digest()
 
 
-def decode_policies(r: Reader) -> tuple[TunnelPolicy, ...]:
-    n = r.u8()
-    if n > MAX_TUNNELS_PER_PEER:
-        raise WireError("too many tunnels")
-    out = tuple(TunnelPolicy.decode(r) for _ in range(n))
-    if len({p.name for p in out}) != len(out):
-        raise WireError("tunnel listed twice")
-    return out
+def mismatch(local: TunnelPolicy, remote: TunnelPolicy | None) -> str | None:
+    """Why ``local`` and the peer's ``remote`` policy of a tunnel differ (None: identical)."""
+    if remote is None:
+        return "peer has no such tunnel"
+    if remote.mode is not local.mode:
+        return f"mode mismatch: local {local.mode.label}, peer {remote.mode.label}"
+    if remote.kind is not local.kind:
+        return f"kind mismatch: local {local.kind.name}, peer {remote.kind.name}"
+    if remote.kms != local.kms:
+        return f"kms paths differ: local {list(local.kms)}, peer {list(remote.kms)}"
+    return None
 
 
 def reconcile(
@@ -131,17 +148,11 @@ def reconcile(
     enabled: list[TunnelPolicy] = []
     refused: list[tuple[str, str]] = []
     for p in local:
-        q = theirs.pop(p.name, None)
-        if q is None:
-            refused.append((p.name, "peer has no such tunnel"))
-        elif q.mode is not p.mode:
-            refused.append((p.name, f"mode mismatch: local {p.mode.label}, peer {q.mode.label}"))
-        elif q.kind is not p.kind:
-            refused.append((p.name, f"kind mismatch: local {p.kind.name}, peer {q.kind.name}"))
-        elif q.kms != p.kms:
-            refused.append((p.name, f"kms paths differ: local {list(p.kms)}, peer {list(q.kms)}"))
-        else:
+        why = mismatch(p, theirs.pop(p.name, None))
+        if why is None:
             enabled.append(p)
+        else:
+            refused.append((p.name, why))
     refused.extend((name, "not configured locally") for name in theirs)
     return enabled, refused
 

@@ -1,4 +1,4 @@
-"""Per-tunnel rekey state machine (runs inside an authenticated control session).
+"""Per-tunnel rekey exchange (runs inside an authenticated control session).
 
 ::
 
@@ -10,32 +10,31 @@
                                    <- RekeyResp(mask, ct, X_r, N_r, SPI_r, MAC_r)
     derive, check MAC_r; InstallKeys ... Installed
     RekeyConfirm(MAC_i) ->; Activate                  check MAC_i; Activate
+                                   <- Keepalive(epoch, key check)   (the acknowledgement)
 
-Either side may abort with RekeyAbort; the exchange's QKD keys are then discarded (they were
-consumed at the KMS and are never offered again) and the initiator retries later with NEW keys.
-Collisions: the side with the lower SAE ID wins; the other drops its own attempt.
+Either side may abort with RekeyAbort. QKD keys the peer may have fetched are then discarded
+(consumed at the KMS); keys it provably never fetched (aborted while gathering, a lost collision,
+refused as STALE_EPOCH or UNKNOWN_TUNNEL) are kept as spares for the next attempt. Only the
+initiator retries. Collisions: the side with the lower SAE ID wins; the other drops its attempt.
+Timers, activation, key checks and retries are in tunnel.py.
 """
 
 from __future__ import annotations
 
 import os
-import random
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from gateway.keymaterial import Secret
 from gateway.protocol import combiner as cb
-from gateway.protocol.constants import MAX_EPOCH_STEP, NONCE_LEN, QKD_KEY_LEN, SPI_MIN, Timers
+from gateway.protocol.constants import NONCE_LEN, QKD_KEY_LEN, SPI_MIN
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import (
-    Action,
-    Activate,
+    ActivateFailed,
     Alarm,
     AllocateSpi,
     Event,
-    Expire,
     FetchQkdKeys,
     Installed,
     InstallFailed,
@@ -51,8 +50,8 @@ from gateway.protocol.events import (
 from gateway.protocol.exchange import (
     Exchange,
     Sink,
-    UsedKeyIds,
     check_init,
+    epoch_bound,
     macs_equal,
     next_epoch,
     offered_mask,
@@ -61,7 +60,7 @@ from gateway.protocol.exchange import (
     transcript,
     tunnel_keys,
 )
-from gateway.protocol.messages import (
+from gateway.protocol.inner import (
     AbortCode,
     InnerMessage,
     RekeyAbort,
@@ -69,86 +68,33 @@ from gateway.protocol.messages import (
     RekeyInit,
     RekeyResp,
 )
-from gateway.protocol.policy import Achieved, Kind, Mode, TunnelPolicy, check_achieved
+from gateway.protocol.policy import Achieved, Kind, Mode, check_achieved
+from gateway.protocol.tunnel import TunnelState
 
 __all__ = ["Tunnel"]
 
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+# A peer's refusal that proves it never fetched our keys: they stay usable.
+_REFUSED_BEFORE_FETCH = (AbortCode.STALE_EPOCH, AbortCode.UNKNOWN_TUNNEL)
 
 
-class Tunnel:
-    """One tunnel towards one peer. ``local_sae``/``peer_sae`` fix roles and tie-breaks."""
-
-    def __init__(self, policy: TunnelPolicy, peer: str, local_sae: str, peer_sae: str,
-                 timers: Timers, rng: random.Random) -> None:
-        self.policy, self.peer = policy, peer
-        self.local_sae, self.peer_sae = local_sae, peer_sae
-        self.preferred = local_sae < peer_sae  # wins collisions, rekeys first
-        self.timers, self._rng = timers, rng
-        self.highest = 0  # highest epoch accepted or completed
-        self.last_attempt = 0
-        self.active_epoch = 0
-        self.active_at: float | None = None
-        self.expired = False
-        self.enabled_at: float | None = None  # None: no session or policy mismatch
-        self.failures = 0
-        self.retry_at: float | None = None
-        self.pending: Exchange | None = None
-        self._retire: list[tuple[float, int]] = []
-        self.completed = 0
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    # -- session lifecycle -------------------------------------------------------------------
-    def session_up(self, now: float) -> None:
-        self.enabled_at, self.pending, self.retry_at, self.failures = now, None, None, 0
-
-    def session_down(self, act: Callable[[Action], None]) -> None:
-        p = self.pending
-        if p is not None and p.keys is not None:
-            act(Retire(self.name, p.epoch))  # an inbound SA of the lost exchange may exist
-        self.enabled_at, self.pending = None, None
-
-    # -- timers ------------------------------------------------------------------------------
-    def due(self) -> float | None:
-        if self.enabled_at is None or self.pending is not None:
-            return None
-        if self.retry_at is not None:
-            return self.retry_at
-        t = self.timers
-        interval = t.rekey_after if self.preferred else t.rekey_after_backup
-        base = self.active_at if self.active_at is not None else self.enabled_at - t.rekey_after
-        return base + interval
-
-    def tick(self, now: float, sink: Sink) -> None:
-        while self._retire and self._retire[0][0] <= now:
-            sink.act(Retire(self.name, self._retire.pop(0)[1]))
-        if (self.active_at is not None and not self.expired
-                and now >= self.active_at + self.timers.reject_after):
-            self.expired = True
-            sink.act(Expire(self.name, self.active_epoch, "no new key within reject_after"))
-            sink.act(Alarm("key_expired", self.peer, self.name,
-                           f"epoch {self.active_epoch} older than {self.timers.reject_after:g} s"))
-        p = self.pending
-        if p is not None and now >= p.started + self.timers.rekey_timeout:
-            self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True)
-        due = self.due()
-        if due is not None and now >= due:
-            self.start(now, sink)
+class Tunnel(TunnelState):
+    """One tunnel towards one peer: the exchange transitions."""
 
     # -- initiator ---------------------------------------------------------------------------
     def start(self, now: float, sink: Sink) -> None:
         epoch = next_epoch(max(self.highest, self.last_attempt), preferred=self.preferred)
-        self.last_attempt = epoch
-        waiting = {f"kms:{k}" for k in self.policy.kms}
-        if self.policy.kind is Kind.ESP:
-            waiting.add("spi")
-        self.pending = Exchange(True, epoch, now, waiting)
+        self.last_attempt, self.waiting = epoch, False
+        p = self.pending = Exchange(True, epoch, now, set())
         for k in self.policy.kms:
-            sink.act(TakeQkdKeys(self.name, epoch, k, self.peer_sae))
+            spare = self.take_spare(k, now)
+            if spare is not None:
+                p.key_ids[k], p.qkd[k], p.since[k] = spare
+            else:
+                p.waiting.add(f"kms:{k}")
+                sink.act(TakeQkdKeys(self.name, epoch, k, self.peer_sae))
         if self.policy.kind is Kind.ESP:
+            p.waiting.add("spi")
             sink.act(AllocateSpi(self.name, epoch))
         self._gathered(now, sink)
 
@@ -158,7 +104,8 @@ class Tunnel:
         if self.policy.mode.uses_mlkem:
             p.kem = mlkem.MLKEM768PrivateKey.generate()
             ek = p.kem.public_key().public_bytes(*_RAW)
-        key_ids = tuple(p.key_ids.get(k, "") for k in self.policy.kms)
+        key_ids = tuple(p.key_ids.get(k, "") if p.qkd.get(k) is not None else ""
+                        for k in self.policy.kms)
         p.init = RekeyInit(self.name, p.epoch, self.policy.mode, key_ids, ek,
                            p.x25519.public_key().public_bytes(*_RAW), os.urandom(NONCE_LEN), p.spi)
         p.stage = "await_resp"
@@ -182,37 +129,45 @@ class Tunnel:
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return
         t = transcript(self.policy, p.init, m, self.local_sae, self.peer_sae)
-        secrets = qkd_secrets(self.policy, p, m.qkd_mask)
-        keys = cb.combine(cb.CombinerSecrets(ss_kem, secrets, ss_x), t)
+        keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p, m.qkd_mask),
+                                             ss_x), t)
         if not macs_equal(cb.confirm_mac(keys.confirm_r, keys.transcript_hash), m.mac):
             sink.act(Alarm("rekey_confirm_failed", self.peer, self.name, "responder MAC wrong"))
             self._abort(sink, AbortCode.BAD_MAC, now, tell_peer=True)
             return
+        for n, kms in enumerate(self.policy.kms):
+            if m.qkd_mask >> n & 1:
+                self.used.add(kms, (p.key_ids[kms],))  # derived from: used
+            elif offered >> n & 1:
+                self._path_dropped(kms, "the peer could not fetch its key", sink)
         p.keys, p.resp, p.stage = keys, m, "installing"
         mine = tunnel_keys(self.policy, t, keys, local_initiator=True, spi_in=p.init.spi,
                            spi_out=m.spi)
         sink.act(InstallKeys(self.name, p.epoch, mine))
 
     # -- responder ---------------------------------------------------------------------------
-    def _on_init(self, m: RekeyInit, now: float, sink: Sink, used: UsedKeyIds) -> None:
+    def _on_init(self, m: RekeyInit, now: float, sink: Sink) -> None:
         p = self.pending
         if p is not None and p.initiator:
             if self.preferred:
                 return  # collision, we win: the peer drops its attempt when it sees ours
-            p = self.pending = None  # collision, we lose: our QKD keys are discarded
-        code, alarm = check_init(self.policy, m, self.highest, self.last_attempt, used,
+            self.salvage(p, now)  # collision, we lose: the winner ignores our RekeyInit
+            if p.keys is not None:
+                sink.act(Retire(self.name, p.epoch))
+            p = self.pending = None
+        in_flight = p.key_ids if p is not None else {}
+        code, alarm = check_init(self.policy, m, self.highest, self.last_attempt, self.used,
                                  enabled=self.enabled_at is not None,
-                                 peer_preferred=not self.preferred)
+                                 peer_preferred=not self.preferred, synced=self.synced,
+                                 in_flight=in_flight)
         if alarm is not None:
             sink.act(Alarm(alarm[0], self.peer, self.name, alarm[1]))
         if code is not None:
             sink.send(RekeyAbort(self.name, m.epoch, code, self.highest))
             return
-        old = self.pending  # a newer request replaces an unfinished one
-        if old is not None and old.keys is not None:
-            sink.act(Retire(self.name, old.epoch))  # its inbound SA may be installed
+        if p is not None and p.keys is not None:
+            sink.act(Retire(self.name, p.epoch))  # a newer request replaces an unfinished one
         self.highest = m.epoch
-        used.add(k for k in m.key_ids if k)
         waiting = {f"kms:{k}" for k, i in zip(self.policy.kms, m.key_ids, strict=True) if i}
         if self.policy.kind is Kind.ESP:
             waiting.add("spi")
@@ -260,31 +215,45 @@ class Tunnel:
             sink.act(Alarm("rekey_confirm_failed", self.peer, self.name, "initiator MAC wrong"))
             self._abort(sink, AbortCode.BAD_MAC, now, tell_peer=True)
             return
-        self._activate(p, now, sink)
+        self._done(p, now, sink)
 
     # -- shared ------------------------------------------------------------------------------
-    def on_message(self, m: InnerMessage, now: float, sink: Sink, used: UsedKeyIds) -> None:
+    def on_message(self, m: InnerMessage, now: float, sink: Sink) -> None:
         if isinstance(m, RekeyInit):
-            self._on_init(m, now, sink, used)
+            self._on_init(m, now, sink)
         elif isinstance(m, RekeyResp):
             self._on_resp(m, now, sink)
         elif isinstance(m, RekeyConfirm):
             self._on_confirm(m, now, sink)
         elif isinstance(m, RekeyAbort):
-            if m.highest_epoch <= max(self.highest, self.last_attempt) + MAX_EPOCH_STEP:
-                self.last_attempt = max(self.last_attempt, m.highest_epoch)
-            p = self.pending
-            if p is not None and p.epoch == m.epoch:
-                self._abort(sink, m.code, now, tell_peer=False)
-            elif m.epoch == self.active_epoch and self.retry_at is None:
-                # The peer gave up on the exchange we completed (our RekeyConfirm came too late):
-                # it never switched to this epoch. Rekey now rather than run on mismatched keys
-                # until the next scheduled rekey.
-                sink.act(Alarm("epoch_not_confirmed", self.peer, self.name,
-                               f"peer aborted epoch {m.epoch} after it was activated here"))
-                self.retry_at = now
+            self._on_abort(m, now, sink)
+
+    def _on_abort(self, m: RekeyAbort, now: float, sink: Sink) -> None:
+        adopted = False
+        if m.highest_epoch <= epoch_bound(self.highest, self.last_attempt, synced=self.synced):
+            adopted = m.highest_epoch > self.last_attempt
+            self.last_attempt = max(self.last_attempt, m.highest_epoch)
+        p = self.pending
+        if p is not None and p.epoch == m.epoch:
+            self._abort(sink, m.code, now, tell_peer=False,
+                        salvage=m.code in _REFUSED_BEFORE_FETCH)
+            if m.code is AbortCode.STALE_EPOCH and adopted and p.initiator:
+                self.failures = max(0, self.failures - 1)
+                self.retry_at = now  # resynchronised: retry at once (with the same keys)
+        elif m.epoch == self.active_epoch and m.epoch:
+            # The peer never switched to the epoch we activated (our RekeyConfirm came too late)
+            # or could not: rekey now rather than run on mismatched keys until the next rekey.
+            name = ("peer_activate_failed" if m.code is AbortCode.ACTIVATE_FAILED
+                    else "epoch_not_confirmed")
+            sink.act(Alarm(name, self.peer, self.name,
+                           f"peer aborted epoch {m.epoch} after it was activated here"))
+            self.unacked = None
+            self._repair(now)
 
     def on_event(self, ev: Event, now: float, sink: Sink) -> None:
+        if isinstance(ev, ActivateFailed):
+            self.on_activate_failed(ev.epoch, ev.reason, now, sink)
+            return
         p = self.pending
         if p is None or ev.epoch != p.epoch:
             return  # result for an abandoned exchange: its keys are simply dropped
@@ -303,6 +272,7 @@ class Tunnel:
                                f"kms {ev.kms}: {ev.reason}"))
                 self._abort(sink, AbortCode.FETCH_FAILED, now, tell_peer=not p.initiator)
                 return
+            self._path_dropped(ev.kms, ev.reason, sink)
             self._gathered(now, sink)
         elif isinstance(ev, SpiAllocated):
             if "spi" in p.waiting and ev.spi >= SPI_MIN and ev.spi < 2**32:
@@ -314,7 +284,7 @@ class Tunnel:
                 assert p.keys is not None
                 sink.send(RekeyConfirm(self.name, p.epoch,
                                        cb.confirm_mac(p.keys.confirm_i, p.keys.transcript_hash)))
-                self._activate(p, now, sink)
+                self._done(p, now, sink)
             else:
                 assert p.resp is not None
                 p.stage = "await_confirm"
@@ -339,6 +309,9 @@ class Tunnel:
         p.waiting.discard(tag)
         p.qkd[ev.kms] = ev.keys[0].key
         p.key_ids[ev.kms] = ev.keys[0].key_id
+        p.since[ev.kms] = now
+        if not p.initiator:
+            self.used.add(ev.kms, (ev.keys[0].key_id,))  # delivered to us: used
         self._gathered(now, sink)
 
     def _gathered(self, now: float, sink: Sink) -> None:
@@ -358,27 +331,16 @@ class Tunnel:
         else:
             self._respond(p, now, sink)
 
-    def _activate(self, p: Exchange, now: float, sink: Sink) -> None:
-        sink.act(Activate(self.name, p.epoch))
-        if self.active_epoch:
-            self._retire.append((now + self.timers.retire_grace, self.active_epoch))
-        self.highest = max(self.highest, p.epoch)
-        self.active_epoch, self.active_at, self.expired = p.epoch, now, False
-        self.pending, self.failures, self.retry_at = None, 0, None
-        self.completed += 1
+    def _done(self, p: Exchange, now: float, sink: Sink) -> None:
+        self._activate(p, now, sink)
+        if self.paths_dropped and p.init is not None and offered_mask(p.init) == (
+                (1 << len(self.policy.kms)) - 1) and (p.resp is None or p.resp.qkd_mask
+                                                      == offered_mask(p.init)):
+            self.paths_dropped = False
+            sink.act(Alarm("qkd_path_dropped", self.peer, self.name,
+                           "every QKD path delivered again", active=False))
 
-    def _abort(self, sink: Sink, code: AbortCode, now: float, *, tell_peer: bool) -> None:
-        p = self.pending
-        if p is None:
-            return
-        if tell_peer and self.enabled_at is not None:
-            sink.send(RekeyAbort(self.name, p.epoch, code, self.highest))
-        if p.keys is not None and p.stage != "gather":
-            sink.act(Retire(self.name, p.epoch))  # an inbound SA may be installed already
-        self.pending = None
-        self.failures += 1
-        t = self.timers
-        backoff = min(t.retry_cap, t.retry_base * 2 ** min(self.failures - 1, 16))
-        backoff *= 1 + self._rng.uniform(-t.retry_jitter, t.retry_jitter)
-        if p.initiator:  # only the side that started it retries: no self-inflicted collisions
-            self.retry_at = now + backoff
+    def _path_dropped(self, kms: str, reason: str, sink: Sink) -> None:
+        self.paths_dropped = True
+        sink.act(Alarm("qkd_path_dropped", self.peer, self.name,
+                       f"kms {kms}: {reason}; this rekey goes on without it (mode any)"))

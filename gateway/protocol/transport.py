@@ -1,49 +1,76 @@
 """Thin asyncio TCP transport around :class:`Node` (the only I/O module of gateway.protocol).
 
-It owns sockets and the clock and nothing else: bytes read go into ``node.receive``, a timer calls
-``node.tick``, and the node's sends are written back; every other action is handed to the daemon
+It owns sockets, the clocks, a worker thread and nothing else: bytes read go into
+``node.receive``, the node's sends are written back, its handshake jobs (signatures, ML-KEM) run
+in a worker thread so the loop keeps serving rekeys, and every other action goes to the daemon
 through ``on_action``, whose results come back through :meth:`Endpoint.handle`.
 
-Resource limits: at most MAX_PENDING_UNAUTHENTICATED connections may be in their handshake at once
-(more are closed on accept, before any byte is read); a connection is cut by the core's handshake
-timeout however slowly it trickles bytes; each read is bounded, and a frame header announcing more
-than MAX_FRAME is refused before its payload is buffered. Outgoing data that a peer does not read
-(write buffer above a limit) closes that connection instead of growing memory.
+Timers: one loop timer armed at ``node.next_deadline()`` and re-armed after every input, so an
+idle endpoint sleeps until its next keepalive or rekey (no polling). Dialers wait on an event
+that the end of their peer's session sets.
+
+Pre-authentication limits (see admission.py): per-source and global caps on unauthenticated
+connections, reserved slots for configured peer addresses, a per-source token bucket on new
+connections, checked on the raw accepted socket: a refused connection is reset before asyncio
+builds anything for it. The core cuts a connection without a Hello after ``hello_timeout`` and
+any handshake after ``handshake_timeout``. A peer that does not read what we write is cut.
+Refusals and closes of never-authenticated connections are summed up in one log line per 10 s
+(a flood must not become a log flood) and are not passed to ``on_action``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import random
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+import socket
+import struct
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import structlog
 
-from gateway.protocol.constants import DEFAULT_PORT, MAX_FRAME, MAX_PENDING_UNAUTHENTICATED
-from gateway.protocol.events import Action, Close, Event, Output, SessionUp
+from gateway.protocol.admission import Admission, source_of
+from gateway.protocol.constants import DEFAULT_PORT, MAX_PENDING_UNAUTHENTICATED
+from gateway.protocol.constants import TransportLimits as _L
+from gateway.protocol.events import Action, Close, Event, Job, Output, SessionUp
 from gateway.protocol.machine import Node
+from gateway.protocol.reconfig import PeerAddress, PeerConfig
 
 __all__ = ["Endpoint", "PeerAddress"]
 
 log = structlog.get_logger("gateway.protocol")
-
-_READ_CHUNK = MAX_FRAME
-_WRITE_LIMIT = 8 * MAX_FRAME
-# Timer resolution: protocol timers are seconds to minutes; 50 ms keeps latency low and CPU idle.
-_TICK = 0.05
-_CONNECT_TIMEOUT = 5.0
-_DIAL_BACKOFF_BASE, _DIAL_BACKOFF_CAP = 0.5, 30.0
+_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset, keeps no state
 
 
-@dataclass(frozen=True, slots=True)
-class PeerAddress:
-    peer: str
-    host: str
-    port: int = DEFAULT_PORT
+class _Link(asyncio.Protocol):
+    """One TCP connection; hands everything to the endpoint."""
+
+    def __init__(self, ep: Endpoint, peer: str | None = None, source: str = "",
+                 reserved: bool = False) -> None:
+        self.ep, self.peer = ep, peer
+        self.conn = 0
+        self.transport: asyncio.Transport | None = None
+        self.source, self.reserved, self.counted = source, reserved, peer is None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.peer is None:
+            self.ep._accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.ep._data(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ep._lost(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class Endpoint:
@@ -52,18 +79,32 @@ class Endpoint:
     ``on_action`` receives every action in order (Close and SessionUp too, for logging). It must
     not block; it performs actions in its own tasks and reports their results with
     :meth:`handle` later (not from inside the callback), e.g. via ``loop.call_soon``.
-    ``max_pending`` bounds connections that have not finished their handshake.
+    ``peers``: the configured peers' addresses (each :meth:`dial` adds its own too); connections
+    from them get reserved pre-authentication slots. ``max_pending`` caps unauthenticated
+    connections from all other sources together.
     """
 
     def __init__(self, node: Node, on_action: Callable[[Action], None], *,
-                 max_pending: int = MAX_PENDING_UNAUTHENTICATED) -> None:
-        self.node, self._on_action, self._max_pending = node, on_action, max_pending
-        self._writers: dict[int, asyncio.StreamWriter] = {}
+                 max_pending: int = MAX_PENDING_UNAUTHENTICATED,
+                 peers: Iterable[PeerAddress] = (), admission: Admission | None = None) -> None:
+        self.node, self._on_action = node, on_action
+        node.offload = True
+        self.admission = admission or Admission(max_pending=max_pending)
+        self._links: dict[int, _Link] = {}
         self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._dialers: dict[str, tuple[PeerAddress, asyncio.Task[None]]] = {}
+        self._addresses: dict[str, PeerAddress] = {a.peer: a for a in peers}
+        self._session_links: dict[int, str] = {}  # conn -> peer, for established sessions
+        self._session_gone: dict[str, asyncio.Event] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, "qkd-handshake")
         self._closing = False
-        self.rejected = 0  # connections refused by the pending limit
+        self._summary: dict[str, int] = {}  # pre-auth refusals and closes since the last log
+        self._summary_at = 0.0
+        self.rejected = 0  # connections refused by admission control
+        self.wakeups = 0  # timer firings (for the idle benchmark)
 
     @property
     def _now(self) -> float:
@@ -71,133 +112,285 @@ class Endpoint:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def listen(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
-        """Start accepting; returns the bound port (pass 0 for an ephemeral one)."""
-        self._server = await asyncio.start_server(self._accepted, host, port)
-        self._spawn(self._ticker(), "protocol-tick")
-        return int(self._server.sockets[0].getsockname()[1])
+        """Start accepting; returns the bound port (pass 0 for an ephemeral one). ``host`` "::"
+        listens on IPv6 and IPv4 where the system allows it."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        family, addr = infos[0][0], infos[0][4]
+        dual = family == socket.AF_INET6 and host in ("::", "") and socket.has_dualstack_ipv6()
+        sock = socket.create_server(addr[:2], family=family, backlog=_L.BACKLOG,
+                                    dualstack_ipv6=dual)
+        sock.setblocking(False)
+        self._listener = sock
+        loop.add_reader(sock.fileno(), self._accept_ready)
+        await self._resolve_peers()
+        self._arm()
+        return int(sock.getsockname()[1])
 
     def dial(self, addr: PeerAddress) -> None:
         """Keep a session to ``addr.peer`` up: (re)connect with capped, jittered backoff."""
         if addr.peer not in self.node.peers:
             raise ValueError(f"cannot dial {addr.peer!r}: not a configured peer "
                              f"(known: {sorted(self.node.peers)})")
-        self._spawn(self._dialer(addr), f"protocol-dial-{addr.peer}")
-        if self._server is None and not any(t.get_name() == "protocol-tick" for t in self._tasks):
-            self._spawn(self._ticker(), "protocol-tick")
+        old = self._dialers.pop(addr.peer, None)
+        if old is not None:
+            old[1].cancel()
+        self._addresses[addr.peer] = addr
+        task = self._spawn(self._dialer(addr), f"protocol-dial-{addr.peer}")
+        self._dialers[addr.peer] = (addr, task)
+        self._spawn(self._resolve_peers(), "protocol-resolve")
+        self._arm()
 
-    async def aclose(self) -> None:
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        for conn in list(self._writers):
-            self._close(conn)
+    def disconnect(self, peer: str) -> int:
+        """Reset every connection with ``peer`` (a forced reconnect: the dialer redials at
+        once). Returns how many were reset."""
+        conn = self.node.session_conn(peer)
+        links = [lk for c, lk in self._links.items() if lk.peer == peer or c == conn]
+        for link in links:
+            if link.transport is not None:
+                link.transport.abort()  # connection_lost tells the core
+        return len(links)
 
     def handle(self, event: Event) -> None:
         """Feed the result of an action back into the core."""
         self._apply(self.node.handle(event, self._now))
 
-    # -- internals ---------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def rekey_now(self, tunnel: str) -> None:
+        """Force a rekey of ``tunnel`` (``qkd-gateway rekey``); ValueError says why not."""
+        self._apply(self.node.rekey_now(tunnel, self._now))
+
+    def reconfigure(self, peers: Mapping[str, PeerConfig],
+                    addresses: Iterable[PeerAddress]) -> None:
+        """Live reload: ``Node.reconfigure`` plus the dialers (removed peers stop, new or moved
+        ones start). Raises PolicyError (nothing changed) for an inconsistent configuration."""
+        self._apply(self.node.reconfigure(peers, self._now))
+        wanted = {a.peer: a for a in addresses}
+        for peer, (addr, task) in list(self._dialers.items()):
+            if wanted.get(peer) != addr:
+                task.cancel()
+                del self._dialers[peer]
+        self._addresses = dict(wanted)
+        for peer, addr in wanted.items():
+            if peer not in self._dialers and peer in self.node.peers:
+                self.dial(addr)
+        self._spawn(self._resolve_peers(), "protocol-resolve")
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for link in list(self._links.values()):
+            if link.transport is not None:
+                link.transport.abort()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- connections -------------------------------------------------------------------------
+    def _accept_ready(self) -> None:
+        """The listening socket is readable: admit or reset each waiting connection."""
+        assert self._listener is not None
+        for _ in range(_L.ACCEPT_BATCH):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again at the next readiness
+                self._note(f"accept failed: {exc.strerror}")
+                return
+            source = source_of(str(addr[0]))
+            verdict = self.admission.admit(source, self._now)
+            if self._closing or not verdict.admitted:
+                self.rejected += 1
+                self._note(verdict.reason or "shutting down")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+                sock.close()  # RST: nothing read, nothing kept
+                continue
+            sock.setblocking(False)
+            link = _Link(self, None, source, verdict.reserved)
+            self._spawn(self._adopt(sock, link), "protocol-accept")
+
+    async def _adopt(self, sock: socket.socket, link: _Link) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: link, sock=sock)
+        except OSError:
+            self._release(link)
+            sock.close()
+
+    def _accepted(self, link: _Link) -> None:
+        link.conn = next(self._ids)
+        self._links[link.conn] = link
+        self._apply(self.node.accept(link.conn, self._now))
+
+    def _note(self, what: str) -> None:
+        """Count a pre-authentication refusal or close; log the sums every 10 s at most."""
+        self._summary[what] = self._summary.get(what, 0) + 1
+        now = self._now
+        if now - self._summary_at >= _L.SUMMARY_INTERVAL:
+            log.warning("unauthenticated_connections_refused_or_closed",
+                        counts=dict(sorted(self._summary.items())))
+            self._summary, self._summary_at = {}, now
+
+    def _data(self, link: _Link, data: bytes) -> None:
+        if link.conn in self._links:
+            self._apply(self.node.receive(link.conn, data, self._now, time.time()))
+
+    def _lost(self, link: _Link) -> None:
+        self._release(link)
+        if self._links.pop(link.conn, None) is not None:
+            self._apply(self.node.connection_lost(link.conn, self._now))
+        self._session_ended(link.conn)
+
+    def _release(self, link: _Link) -> None:
+        if link.counted:
+            link.counted = False
+            self.admission.release(link.source, link.reserved)
+
+    def _close(self, conn: int, *, abort: bool = False) -> None:
+        link = self._links.pop(conn, None)
+        if link is None:
+            return
+        self._release(link)
+        self._session_ended(conn)
+        if link.transport is not None:
+            link.transport.abort() if abort else link.transport.close()
+
+    def _session_ended(self, conn: int) -> None:
+        peer = self._session_links.pop(conn, None)
+        if peer is not None:
+            self._session_gone.setdefault(peer, asyncio.Event()).set()
+
+    # -- the core's output -------------------------------------------------------------------
+    def _apply(self, out: Output) -> None:
+        for s in out.sends:
+            link = self._links.get(s.conn)
+            if link is None or link.transport is None:
+                continue
+            link.transport.write(s.data)
+            session = s.conn in self._session_links
+            if link.transport.get_write_buffer_size() > (
+                    _L.WRITE_LIMIT_SESSION if session else _L.WRITE_LIMIT_PENDING):
+                log.warning("connection_closed", conn=s.conn, reason="peer does not read")
+                self._close(s.conn, abort=True)
+                self._apply(self.node.connection_lost(s.conn, self._now))
+        for job in out.jobs:
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, job.run)
+            fut.add_done_callback(lambda f, j=job: self._job_done(j, f))  # type: ignore[misc]
+        for a in out.actions:
+            if isinstance(a, Close):
+                link = self._links.get(a.conn)
+                if a.conn not in self._session_links and link is not None and link.peer is None:
+                    self._note(a.reason.split(":", 1)[0])  # never authenticated: summed up
+                    self._close(a.conn, abort=True)
+                    continue
+                log.info("connection_closed", conn=a.conn, reason=a.reason)
+                self._close(a.conn)
+            elif isinstance(a, SessionUp):
+                log.info("session_up", peer=a.peer, conn=a.conn, initiator=a.initiator)
+                link = self._links.get(a.conn)
+                if link is not None:
+                    self._release(link)  # authenticated: no longer a pre-auth slot
+                self._session_links[a.conn] = a.peer
+                self._session_gone.setdefault(a.peer, asyncio.Event()).clear()
+            self._on_action(a)
+        self._arm()
+
+    def _job_done(self, job: Job, fut: asyncio.Future[object]) -> None:
+        if fut.cancelled() or self._closing:
+            return
+        exc = fut.exception()
+        if exc is not None:
+            # A bug, not a protocol failure (those come back as results): drop the connection.
+            log.error("handshake_job_failed", conn=job.conn, error=repr(exc))
+            self._close(job.conn, abort=True)
+            self._apply(self.node.connection_lost(job.conn, self._now))
+            return
+        self._apply(self.node.job_done(job, fut.result(), self._now))
+
+    # -- timer -------------------------------------------------------------------------------
+    def _arm(self) -> None:
+        deadline = self.node.next_deadline()
+        if self._closing or deadline is None:
+            return  # (a timer still armed fires once and finds nothing to do)
+        when = deadline + _L.TIMER_SLACK
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return  # an earlier (or the same) firing re-arms after it ticks
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.wakeups += 1
+        try:
+            self._apply(self.node.tick(self._now))
+        except Exception:
+            # A failing action handler must not stop the protocol's timers (timeouts, expiry):
+            # log it and keep going. Exceptions never carry key bytes.
+            log.exception("tick_failed")
+            self._arm()
+
+    # -- dialling ----------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(_TICK)
-            try:
-                self._apply(self.node.tick(self._now))
-            except Exception:
-                # A failing action handler must not stop the protocol's timers (timeouts,
-                # expiry): log it and keep ticking. Exceptions never carry key bytes.
-                log.exception("tick_failed")
-
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._closing or self.node.pending_connections() >= self._max_pending:
-            self.rejected += 1
-            log.warning("connection_refused", remote=_peername(writer),
-                        reason="too many unauthenticated connections")
-            writer.close()
-            return
-        conn = next(self._ids)
-        self._writers[conn] = writer
-        self._apply(self.node.accept(conn, self._now))
-        await self._pump(conn, reader)
+        return task
 
     async def _dialer(self, addr: PeerAddress) -> None:
         failures = 0
+        gone = self._session_gone.setdefault(addr.peer, asyncio.Event())
         while True:
-            if self.node.session_conn(addr.peer) is not None:
-                await asyncio.sleep(_TICK * 4)  # a session exists (perhaps dialled by the peer)
-                continue
+            while self.node.session_conn(addr.peer) is not None:
+                gone.clear()  # a session exists (perhaps dialled by the peer): wait for its end
+                await gone.wait()
+            loop = asyncio.get_running_loop()
+            link = _Link(self, addr.peer)
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(addr.host, addr.port), _CONNECT_TIMEOUT)
+                await asyncio.wait_for(loop.create_connection(
+                    functools.partial(_same, link), addr.host, addr.port), _L.CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 log.info("dial_failed", peer=addr.peer, host=addr.host, port=addr.port,
                          error=type(exc).__name__)
                 failures += 1
             else:
-                conn = next(self._ids)
-                self._writers[conn] = writer
-                self._apply(self.node.connect(conn, addr.peer, self._now))
+                link.conn = next(self._ids)
+                self._links[link.conn] = link
                 started = self._now
-                await self._pump(conn, reader)
+                self._apply(self.node.connect(link.conn, addr.peer, started, time.time()))
+                await asyncio.shield(link.closed)
                 # A connection that outlived its handshake was a working session: redial at
                 # once (re-authentication, peer restart); a quick failure backs off.
                 lived = self._now - started > self.node.timers.handshake_timeout
                 failures = 0 if lived else failures + 1
             if failures:
-                delay = min(_DIAL_BACKOFF_CAP, _DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 10))
+                delay = min(_L.DIAL_BACKOFF_CAP,
+                            _L.DIAL_BACKOFF_BASE * 2 ** min(failures - 1, 10))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
-    async def _pump(self, conn: int, reader: asyncio.StreamReader) -> None:
-        # The read timeout is a backstop; the core's handshake and liveness timers cut earlier.
-        timeout = max(self.node.timers.dead_after, self.node.timers.handshake_timeout) + 1.0
-        try:
-            while conn in self._writers:
-                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
-                if not data:
-                    break
-                self._apply(self.node.receive(conn, data, self._now))
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            if conn in self._writers:
-                self._apply(self.node.connection_lost(conn, self._now))
-                self._close(conn)
-
-    def _apply(self, out: Output) -> None:
-        for s in out.sends:
-            w = self._writers.get(s.conn)
-            if w is None:
+    async def _resolve_peers(self) -> None:
+        """Configured peer hosts -> addresses, for their reserved slots."""
+        loop = asyncio.get_running_loop()
+        found: set[str] = set()
+        for addr in list(self._addresses.values()):
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM),
+                    _L.RESOLVE_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                log.warning("peer_address_unresolved", peer=addr.peer, host=addr.host,
+                            error=type(exc).__name__)
                 continue
-            w.write(s.data)
-            if w.transport.get_write_buffer_size() > _WRITE_LIMIT:
-                log.warning("connection_closed", conn=s.conn, reason="peer does not read")
-                self._apply(self.node.connection_lost(s.conn, self._now))
-                self._close(s.conn)
-        for a in out.actions:
-            if isinstance(a, Close):
-                log.info("connection_closed", conn=a.conn, reason=a.reason)
-                self._close(a.conn)
-            elif isinstance(a, SessionUp):
-                log.info("session_up", peer=a.peer, conn=a.conn, initiator=a.initiator)
-            self._on_action(a)
-
-    def _close(self, conn: int) -> None:
-        w = self._writers.pop(conn, None)
-        if w is not None:
-            w.close()
+            found.update(str(i[4][0]) for i in infos)
+        self.admission.set_peer_sources(found)
 
 
-def _peername(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+def _same(link: _Link) -> _Link:
+    return link

@@ -69,7 +69,8 @@ class FrameSplitter:
             version, ftype, length = _HEADER.unpack_from(self._buf)
             if version != WIRE_VERSION:
                 self._failed = True
-                raise UnsupportedVersion(f"wire version {version}, this gateway speaks 1")
+                raise UnsupportedVersion(
+                    f"wire version {version}, this gateway speaks {WIRE_VERSION}")
             if length > MAX_PAYLOAD:
                 self._failed = True
                 raise FrameTooLarge(f"frame announces {length} bytes, limit is {MAX_PAYLOAD}")

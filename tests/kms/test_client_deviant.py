@@ -286,3 +286,68 @@ async def test_no_key_bytes_in_logs_or_errors(kme: MiniKme, caplog: pytest.LogCa
     for raw in kme.served:
         for form in leak_forms(raw):
             assert form not in blob
+
+
+# -- hardening after the external review (issue 9) ------------------------------------------
+
+async def test_a_timeout_above_five_seconds_is_not_rounded_up_to_a_whole_second(
+        kme: MiniKme) -> None:
+    """aiohttp rounds timeouts above 5 s up to the next whole second of the loop clock; the
+    request is started just after a half second so that rounding would add ~0.95 s."""
+    release = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({})
+    kme.override = stall
+    loop = asyncio.get_running_loop()
+    timeout = 5.5
+    async with client_for(kme.pki, kme.url, retry=FAST, timeout=timeout) as client:
+        while not 0.52 <= loop.time() % 1 < 0.60:
+            await asyncio.sleep(0.005)
+        started = loop.time()
+        with pytest.raises(KmsIndeterminate):
+            await client.get_keys_by_id(SAE_A, [str(uuid.uuid4())])
+        elapsed = loop.time() - started
+        release.set()
+    # (loop.time() + 5.5) lands ~0.05 s past a whole second: rounding up would give ~6.45 s.
+    assert timeout <= elapsed < timeout + 0.4, elapsed
+
+
+async def test_401_keeps_the_kme_message_and_names_both_likely_causes(kme: MiniKme) -> None:
+    kme.override = answer({"message": "Keys do not exist for this SAE"}, status=401)
+    async with client_for(kme.pki, kme.url, sae=SAE_B) as client:
+        with pytest.raises(KmsUnauthorized) as info:
+            await client.get_keys_by_id(SAE_A, [str(uuid.uuid4())])
+    text = str(info.value)
+    assert "Keys do not exist for this SAE" in text
+    assert "certificate" in text and "key IDs are unknown" in text
+    assert info.value.server_message == "Keys do not exist for this SAE"
+    assert info.value.not_found
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (400, "Keys do not exist"),
+    (400, "key_ID 0b3c... does not exist"),
+    (400, "The requested key doesn't exist"),
+    (400, "non-existent key ID"),
+    (400, "No keys found for the given key_IDs"),
+    (400, "Requested key IDs are not available"),
+    (500, "Keys do not exist"),
+])
+async def test_not_found_wordings_of_real_kmes_are_recognised(kme: MiniKme, status: int,
+                                                               message: str) -> None:
+    kme.override = answer({"message": message}, status=status)
+    async with client_for(kme.pki, kme.url, sae=SAE_B) as client:
+        with pytest.raises(KmsBadRequest) as info:
+            await client.get_keys_by_id(SAE_A, [str(uuid.uuid4())])
+    assert info.value.not_found, message
+    assert info.value.server_message == message
+
+
+async def test_an_empty_stock_is_not_taken_for_unknown_keys(kme: MiniKme) -> None:
+    kme.override = answer({"message": "keys not available: stock exhausted"}, status=400)
+    async with client_for(kme.pki, kme.url) as client:
+        with pytest.raises(KmsBadRequest) as info:
+            await client.get_keys(SAE_B, 1, 256)
+    assert not info.value.not_found

@@ -110,7 +110,7 @@ class Site:
         return self.installed[(tunnel, self.active[tunnel])]
 
 
-FAST = Timers(handshake_timeout=2.0, rekey_after=1.0, rekey_after_backup=1.5, reject_after=3.0,
+FAST = Timers(handshake_timeout=2.0, hello_timeout=0.8, rekey_after=1.0, rekey_after_backup=1.5, reject_after=3.0,
               rekey_timeout=1.0, retry_base=0.05, retry_cap=0.2, keepalive_interval=0.5,
               dead_after=2.0, retire_grace=0.5)
 

@@ -56,19 +56,27 @@ def test_known_answer_vectors(vec: dict[str, Any]) -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize("vec", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_vectors_match_an_independent_implementation(vec: dict[str, Any]) -> None:
+    """One HKDF-Extract per input, chained (TLS 1.3 / RFC 9370 style), written out here from
+    docs/protocol.md section 5 without the code under test."""
     inp, outs = vec["inputs"], vec["outputs"]
-    z = bytes.fromhex(inp["mlkem_ss"]) if inp["mlkem_ss"] else labels.ABSENT_MLKEM_SS
+    inputs = [bytes.fromhex(inp["mlkem_ss"]) if inp["mlkem_ss"] else labels.ABSENT_MLKEM_SS]
     for q in inp["qkd"]:
-        z += bytes.fromhex(q["key"]) if q["key"] else labels.ABSENT_QKD_KEY
-    z += bytes.fromhex(inp["x25519_ss"])
-    prk = hmac.new(labels.REKEY_SALT, z, hashlib.sha384).digest()
+        inputs.append(bytes.fromhex(q["key"]) if q["key"] else labels.ABSENT_QKD_KEY)
+    inputs.append(bytes.fromhex(inp["x25519_ss"]))
+    prk = labels.REKEY_SALT
+    for ikm in inputs:  # HKDF-Extract(salt = previous PRK, IKM = the next input)
+        prk = hmac.new(prk, ikm, hashlib.sha384).digest()
     th = hashlib.sha384(bytes.fromhex(vec["transcript"])).digest()
     assert th.hex() == outs["transcript_hash"]
     for name, label, n in (("wg_psk", labels.REKEY_WG_PSK, 32), ("esp_i2r", labels.REKEY_ESP_I2R, 36),
                            ("esp_r2i", labels.REKEY_ESP_R2I, 36),
                            ("confirm_i", labels.REKEY_CONFIRM_I, 48),
-                           ("confirm_r", labels.REKEY_CONFIRM_R, 48)):
+                           ("confirm_r", labels.REKEY_CONFIRM_R, 48),
+                           ("key_check", labels.REKEY_KEY_CHECK, 16)):
         assert _hkdf_expand(prk, label + th, n).hex() == outs[name], name
+    # Not the v1 combiner (one Extract over the concatenation): that gives other keys.
+    flat = hmac.new(labels.REKEY_SALT, b"".join(inputs), hashlib.sha384).digest()
+    assert _hkdf_expand(flat, labels.REKEY_WG_PSK + th, 32).hex() != outs["wg_psk"]
 
 
 # -- properties ------------------------------------------------------------------------------
@@ -91,7 +99,7 @@ def exchanges(draw: st.DrawFn) -> tuple[CombinerSecrets, RekeyTranscript]:
 
 
 def _outputs(k: SessionKeys) -> list[bytes]:
-    return [getattr(k, n).reveal() for n in OUTPUTS]
+    return [getattr(k, n).reveal() for n in OUTPUTS] + [k.key_check]
 
 
 def _bump(b: bytes) -> bytes:
@@ -142,7 +150,7 @@ def test_any_single_change_changes_every_output(ex: tuple[CombinerSecrets, Rekey
     assert len(set(base)) == len(base)
     for what, s2, t2 in _mutations(s, t):
         changed = _outputs(combine(s2, t2))
-        for name, a, b in zip(OUTPUTS, base, changed, strict=True):
+        for name, a, b in zip((*OUTPUTS, "key_check"), base, changed, strict=True):
             assert a != b, f"changing {what} left {name} unchanged"
 
 

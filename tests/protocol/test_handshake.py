@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,9 +52,7 @@ def test_handshake_establishes_and_keys_follow(ids: Ids) -> None:
 def test_forged_responder_signature_is_refused(ids: Ids, field: str) -> None:
     def forge(p: bytes) -> bytes:
         r = HelloReply.decode(p)
-        return HelloReply(r.responder_sae, r.nonce, r.x25519, r.mlkem_ct, r.policies,
-                          *(_flip(getattr(r, f)) if f == field else getattr(r, f)
-                            for f in ("ed_sig", "ml_sig", "mac"))).encode()
+        return dataclasses.replace(r, **{field: _flip(getattr(r, field))}).encode()
 
     a, b = make_pair(POL, ids=ids)
     w = Wire(a, b, tamper=lambda side, d: _rewrite(d, FrameType.HELLO_REPLY, forge)
@@ -101,8 +101,8 @@ def test_unknown_peer_is_cut_off_without_affecting_the_others(ids: Ids) -> None:
     a, b = make_pair(POL, ids=ids)
     w = Wire(a, b)
     w.open()
-    stranger = Hello("sae-x", "sae-b", b"n" * 32, b"\x09" * 32,
-                     ids[0].public().mldsa65[:1184], ()).encode()
+    stranger = Hello("sae-x", "sae-b", 1, b"n" * 32, b"\x09" * 32,
+                     ids[0].public().mldsa65[:1184], 0, bytes(48), b"s" * 64).encode()
     out = b.node.accept(2, 0.1)
     out = b.node.receive(2, encode_frame(FrameType.HELLO, stranger), 0.1)
     assert [type(x).__name__ for x in out.actions] == ["Close"]
@@ -150,24 +150,36 @@ def test_replayed_handshake_cannot_establish_a_session(ids: Ids) -> None:
     hello = next(d for d in seen if d[1] == FrameType.HELLO)
     finish = next(d for d in seen if d[1] == FrameType.FINISH)
     b.node.accept(7, 1.0)
-    b.node.receive(7, hello, 1.0)  # B answers with fresh ephemerals ...
-    out = b.node.receive(7, finish, 1.0)  # ... so the old Finish does not verify
-    assert "bad_signature" in out.actions[0].reason  # type: ignore[union-attr]
+    out = b.node.receive(7, hello, 1.0)  # not newer than the last Hello from A: refused
+    assert "stale_hello" in out.actions[0].reason  # type: ignore[union-attr]
+    assert out.sends == [] and out.jobs == []  # no reply, no signature, no encapsulation
+    b.node.accept(8, 1.0)
+    out = b.node.receive(8, finish, 1.0)  # a Finish without a Hello
+    assert "unexpected_message" in out.actions[0].reason  # type: ignore[union-attr]
     assert b.node.session_conn("a") == 1
 
 
 @pytest.mark.unit
-def test_man_in_the_middle_lowering_a_mode_breaks_the_signature(ids: Ids) -> None:
-    def lower(p: bytes) -> bytes:
-        h = Hello.decode(p)
-        return Hello(h.initiator_sae, h.responder_sae, h.nonce, h.x25519, h.mlkem_ek,
-                     (TunnelPolicy("t1", Mode.ANY, ("kms1",)),)).encode()
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_man_in_the_middle_changing_a_policy_digest_breaks_the_signature(ids: Ids,
+                                                                         side: str) -> None:
+    """The handshake signs each side's policy digest: a middleman who swaps it for the other
+    side's (so that each end believes the lists are equal and uses its own, one with a lower
+    mode) is caught by the signature checks."""
+    lowered = [TunnelPolicy("t1", Mode.ANY, ("kms1",))]
+    from gateway.protocol.policy import policy_digest
 
-    a, b = make_pair(POL, ids=ids, b_policies=[TunnelPolicy("t1", Mode.ANY, ("kms1",))])
-    w = Wire(a, b, tamper=lambda side, d: _rewrite(d, FrameType.HELLO, lower)
-             if side == "a" else d)
+    def swap(p: bytes) -> bytes:
+        m = (Hello if side == "a" else HelloReply).decode(p)
+        other = lowered if side == "a" else POL
+        return dataclasses.replace(m, policy_digest=policy_digest(other)).encode()
+
+    a, b = make_pair(POL, ids=ids, b_policies=lowered)
+    ftype = FrameType.HELLO if side == "a" else FrameType.HELLO_REPLY
+    w = Wire(a, b, tamper=lambda s, d: _rewrite(d, ftype, swap) if s == side else d)
     w.open()
-    assert w.closed and w.closed[0].startswith("a:bad_signature")
+    victim = "b" if side == "a" else "a"
+    assert w.closed and w.closed[0].startswith(f"{victim}:bad_signature")
     assert not any(isinstance(x, InstallKeys) for x in a.actions + b.actions)
 
 

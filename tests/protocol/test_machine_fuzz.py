@@ -26,9 +26,10 @@ from gateway.protocol import (
     SpiAllocated,
     TunnelPolicy,
 )
-from gateway.protocol.messages import (
+from gateway.protocol.inner import (
     AbortCode,
     Keepalive,
+    KeyCheck,
     RekeyAbort,
     RekeyConfirm,
     RekeyInit,
@@ -97,6 +98,9 @@ INNER = st.one_of(
     st.builds(RekeyConfirm, TUN, EPOCH, st.binary(min_size=48, max_size=48)),
     st.builds(RekeyAbort, TUN, EPOCH, st.sampled_from(list(AbortCode)), EPOCH),
     st.just(Keepalive()),
+    st.builds(lambda es: Keepalive(tuple(es)), st.lists(st.builds(
+        KeyCheck, TUN, EPOCH, st.sampled_from([bytes(16), b"c" * 16]), st.integers(0, 3)),
+        max_size=3)),
 )
 EVENTS = st.one_of(
     st.builds(KeysTaken, TUN, EPOCH, st.just("k1"),

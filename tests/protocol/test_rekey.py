@@ -209,15 +209,19 @@ def test_rekey_collision_is_resolved_deterministically(ids: Ids) -> None:
     w.tick(1.0)  # both ticks run before either's RekeyInit is delivered
     # Both really started twice (A with odd epochs, B with even ones); A won both times.
     assert [x.epoch for x in a.actions if isinstance(x, TakeQkdKeys)] == [1, 3]
-    assert [x.epoch for x in b.actions if isinstance(x, TakeQkdKeys)] == [2, 4]
+    # B took a key for its first attempt only: A ignored that RekeyInit (it won the collision)
+    # and never fetched the key, so B's second attempt (epoch 4) reuses it instead of wasting
+    # another one (issue 9 item 8).
+    assert [x.epoch for x in b.actions if isinstance(x, TakeQkdKeys)] == [2]
     assert _activated(a) == _activated(b) == [1, 3]
     assert a.keys("t").wg_psk == b.keys("t").wg_psk
-    # sae-a < sae-b: A wins every collision; the keys B took were discarded, never used.
+    # sae-a < sae-b: A wins every collision; the key B took was never used by anyone.
     used = {i for k in a.installed.values() for i in k.key_ids}
     assert used == {i for k in b.installed.values() for i in k.key_ids}
     b_fetched = {i for x in b.actions if isinstance(x, FetchQkdKeys) for i in x.key_ids}
     assert used == b_fetched
-    assert len(set(a.links["k1"].issued) - used) == 2
+    spare = set(a.links["k1"].issued) - used
+    assert len(spare) == 1 and set(b.node.tunnels["t"].spare_ids()) == spare
     assert not any(x for x in a.actions if isinstance(x, FetchQkdKeys))
 
 

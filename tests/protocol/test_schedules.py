@@ -23,6 +23,7 @@ from tests.protocol.harness import FAST, KeyLink, Site, make_pair
 
 # Equal rekey timers on both ends: collisions are part of every schedule.
 TIMERS = dataclasses.replace(FAST, dead_after=1e9, keepalive_interval=1e9, handshake_timeout=1e9,
+                             hello_timeout=1e9,
                              rekey_after=1.0, rekey_after_backup=1.0, rekey_timeout=3.0)
 POLICIES = [TunnelPolicy("t", Mode.ANY, ("k1", "k2"), Kind.ESP),
             TunnelPolicy("t", Mode.QKD_PQC, ("k1", "k2"), Kind.WIREGUARD)]

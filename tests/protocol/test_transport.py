@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -118,11 +119,11 @@ async def _until(cond: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
-def _nodes(ids: Ids, pols: list[TunnelPolicy]) -> tuple[Node, Node]:
+def _nodes(ids: Ids, pols: list[TunnelPolicy], timers: Timers = TIMERS) -> tuple[Node, Node]:
     a = Node(ids[0], "SAE_A", {"b": PeerConfig("SAE_B", ids[1].public(), tuple(pols))},
-             timers=TIMERS)
+             timers=timers)
     b = Node(ids[1], "SAE_B", {"a": PeerConfig("SAE_A", ids[0].public(), tuple(pols))},
-             timers=TIMERS)
+             timers=timers)
     return a, b
 
 
@@ -180,10 +181,11 @@ async def test_multipath_rekeys_over_tcp_with_etsi014_kmes(ids: Ids, tmp_path: P
     assert any(e["event"] == "session_up" for e in logs)
 
 
-async def _serve_pair(ids: Ids, stack: contextlib.AsyncExitStack, **kw: Any
-                      ) -> tuple[Site, Site, Endpoint, Endpoint, int]:
+async def _serve_pair(ids: Ids, stack: contextlib.AsyncExitStack, timers: Timers = TIMERS,
+                      **kw: Any) -> tuple[Site, Site, Endpoint, Endpoint, int]:
+    """B listens (with ``kw`` for its Endpoint); A is ready to dial it."""
     pols = [TunnelPolicy("t", Mode.QKD_PQC, ("k1",))]
-    node_a, node_b = _nodes(ids, pols)
+    node_a, node_b = _nodes(ids, pols, timers)
     links = {"k1": KeyLink("k1")}
     sa, sb = Site(node_a, links), Site(node_b, links)
     loop = asyncio.get_running_loop()
@@ -230,14 +232,70 @@ async def test_silent_and_trickling_peers_are_cut_by_the_handshake_timeout(ids: 
         assert eb.node.pending_connections() == 0
 
 
-async def test_pending_connection_limit(ids: Ids) -> None:
+async def test_pending_connections_are_limited_per_source(ids: Ids) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        _, _, _, eb, port = await _serve_pair(ids, stack, max_pending=4)
-        conns = [await asyncio.open_connection(LOOP, port) for _ in range(10)]
-        await _until(lambda: eb.rejected == 6, 2.0)
+        _, _, _, eb, port = await _serve_pair(ids, stack)
+        conns = []
+        for _ in range(10):
+            with contextlib.suppress(ConnectionResetError):  # a refusal is a reset
+                conns.append(await asyncio.open_connection(LOOP, port))
+        await _until(lambda: eb.rejected == 6, 2.0)  # MAX_PENDING_PER_SOURCE = 4
         assert eb.node.pending_connections() == 4
-        for _, w in conns:
+        other = await asyncio.open_connection(LOOP, port, local_addr=("127.0.0.2", 0))
+        await asyncio.sleep(0.1)
+        assert eb.node.pending_connections() == 5 and eb.rejected == 6  # another source
+        for _, w in [*conns, other]:
             w.close()
+
+
+async def test_a_flood_from_other_sources_cannot_lock_out_the_pinned_peer(ids: Ids) -> None:
+    """Issue 9 item 1: 32 idle connections used to fill the (global) pending limit and lock the
+    real peer out. Now: per-source caps, a reserved slot for the peer's address, and idle
+    connections are cut at hello_timeout."""
+    patient = dataclasses.replace(TIMERS, hello_timeout=30.0, handshake_timeout=30.0)
+    async with contextlib.AsyncExitStack() as stack:
+        sa, sb, ea, eb, port = await _serve_pair(
+            ids, stack, patient, max_pending=16, peers=[PeerAddress("a", LOOP, 0)])
+        idle = []
+        for i in range(2, 52):  # 50 attacker addresses, 4 connections each: 200 idle connections
+            for _ in range(4):
+                with contextlib.suppress(OSError):
+                    idle.append(await asyncio.open_connection(
+                        LOOP, port, local_addr=(f"127.0.0.{i}", 0)))
+        await _until(lambda: eb.node.pending_connections() == 16, 2.0)  # the global cap is full
+        ea.dial(PeerAddress("b", LOOP, port))  # the real peer, from 127.0.0.1
+        await _until(lambda: eb.node.session_conn("a") is not None, 5.0)
+        assert eb.node.pending_connections() == 16  # the attackers still hold every slot
+        await _until(lambda: sb.active.get("t", 0) >= 3, 5.0)
+        assert sa.keys("t").wg_psk == sb.keys("t").wg_psk
+        for _, w in idle:
+            w.close()
+
+
+async def test_an_idle_endpoint_sleeps_until_its_next_deadline(ids: Ids) -> None:
+    """Issue 12: the transport used to tick every 50 ms and each dialer polled every 200 ms."""
+    slow = Timers(keepalive_interval=5.0, dead_after=20.0, rekey_after=60.0,
+                  rekey_after_backup=65.0, reject_after=90.0)
+    pols = (TunnelPolicy("t", Mode.PQC),)
+    node_a = Node(ids[0], "SAE_A", {"b": PeerConfig("SAE_B", ids[1].public(), pols)}, timers=slow)
+    node_b = Node(ids[1], "SAE_B", {"a": PeerConfig("SAE_A", ids[0].public(), pols)}, timers=slow)
+    sa, sb = Site(node_a, {}), Site(node_b, {})
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        ea = Endpoint(node_a, lambda a: _perform(loop, sa, ea, a))
+        eb = Endpoint(node_b, lambda a: _perform(loop, sb, eb, a))
+        stack.push_async_callback(ea.aclose)
+        stack.push_async_callback(eb.aclose)
+        port = await eb.listen(LOOP, 0)
+        ea.dial(PeerAddress("b", LOOP, port))
+        await _until(lambda: sa.active.get("t") == sb.active.get("t") == 1, 5.0)
+        await asyncio.sleep(0.2)
+        before = ea.wakeups + eb.wakeups
+        await asyncio.sleep(2.0)
+        # Nothing is due for 5 s (the first keepalive): no timer fired. 50 ms ticks gave 80.
+        assert ea.wakeups + eb.wakeups - before == 0
+        deadline = node_a.next_deadline()
+        assert deadline is not None and deadline - loop.time() > 2.0
 
 
 async def test_rotation_continues_while_a_client_sends_garbage(ids: Ids) -> None:
@@ -257,9 +315,15 @@ async def test_rotation_continues_while_a_client_sends_garbage(ids: Ids) -> None
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             for data in attacks:
-                r, w = await asyncio.open_connection(LOOP, port)
                 t0 = time.monotonic()
-                w.write(data)
+                try:
+                    r, w = await asyncio.open_connection(LOOP, port)
+                except ConnectionResetError:  # refused by the source's connection rate limit
+                    closed_after.append(time.monotonic() - t0)
+                    continue
+                t0 = time.monotonic()
+                with contextlib.suppress(ConnectionResetError):
+                    w.write(data)
                 await _cut(r, 2.0)
                 closed_after.append(time.monotonic() - t0)
                 w.close()

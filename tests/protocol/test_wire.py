@@ -12,22 +12,26 @@ from hypothesis import strategies as st
 from gateway.protocol import labels
 from gateway.protocol.constants import MAX_PAYLOAD
 from gateway.protocol.errors import FrameTooLarge, UnsupportedVersion, WireError
-from gateway.protocol.messages import (
+from gateway.protocol.inner import (
     AbortCode,
-    Finish,
-    Hello,
-    HelloReply,
+    Keepalive,
+    KeyCheck,
+    PolicyUpdate,
     RekeyAbort,
     RekeyConfirm,
     RekeyInit,
     decode_inner,
     encode_inner,
+    policy_update_chunks,
 )
-from gateway.protocol.policy import Kind, Mode, TunnelPolicy
+from gateway.protocol.messages import Finish, Hello, HelloReply
+from gateway.protocol.policy import Kind, Mode, TunnelPolicy, policy_digest
 from gateway.protocol.wire import FrameSplitter, Reader, encode_frame
 
-HELLO = Hello("sae-a", "sae-b", b"n" * 32, b"x" * 32, b"e" * 1184, (
-    TunnelPolicy("t1", Mode.QKD_PQC, ("k1", "k2")), TunnelPolicy("t2", Mode.PQC, (), Kind.ESP)))
+POLICIES = (TunnelPolicy("t1", Mode.QKD_PQC, ("k1", "k2")), TunnelPolicy("t2", Mode.PQC, (),
+                                                                          Kind.ESP))
+HELLO = Hello("sae-a", "sae-b", 1_764_000_000_000_000, b"n" * 32, b"x" * 32, b"e" * 1184, 2,
+              policy_digest(POLICIES), b"s" * 64)
 
 
 @pytest.mark.unit
@@ -44,7 +48,7 @@ def test_frames_reassemble_across_arbitrary_splits() -> None:
 def test_oversized_frame_is_refused_from_its_header_alone() -> None:
     s = FrameSplitter()
     with pytest.raises(FrameTooLarge):
-        s.feed(bytes([1, 1]) + (MAX_PAYLOAD + 1).to_bytes(2, "big"))
+        s.feed(bytes([2, 1]) + (MAX_PAYLOAD + 1).to_bytes(2, "big"))
     assert s.buffered == 4  # the payload was never buffered
     with pytest.raises(WireError):
         s.feed(b"more")  # a failed stream stays failed
@@ -52,21 +56,44 @@ def test_oversized_frame_is_refused_from_its_header_alone() -> None:
 
 @pytest.mark.unit
 def test_foreign_version_is_refused() -> None:
-    with pytest.raises(UnsupportedVersion):
-        FrameSplitter().feed(bytes([2, 1, 0, 0]))
+    for version in (1, 3):  # version 1 (the previous wire format) is refused by its header
+        with pytest.raises(UnsupportedVersion, match="speaks 2"):
+            FrameSplitter().feed(bytes([version, 1, 0, 0]))
 
 
 @pytest.mark.unit
 def test_messages_round_trip() -> None:
     assert Hello.decode(HELLO.encode()) == HELLO
-    r = HelloReply("sae-b", b"n" * 32, b"x" * 32, b"c" * 1088, HELLO.policies, b"e" * 64,
-                   b"m" * 3309, b"h" * 48)
+    r = HelloReply("sae-b", b"n" * 32, b"x" * 32, b"c" * 1088, 2, policy_digest(POLICIES),
+                   b"e" * 64, b"m" * 3309, b"h" * 48)
     assert HelloReply.decode(r.encode()) == r
     f = Finish(b"e" * 64, b"m" * 3309, b"h" * 48)
     assert Finish.decode(f.encode()) == f
     for m in (RekeyInit("t1", 5, Mode.QKD, ("id-1", ""), b"", b"x" * 32, b"n" * 32, 300),
-              RekeyConfirm("t1", 5, b"h" * 48), RekeyAbort("t1", 5, AbortCode.STALE_EPOCH, 9)):
+              RekeyConfirm("t1", 5, b"h" * 48), RekeyAbort("t1", 5, AbortCode.STALE_EPOCH, 9),
+              RekeyAbort("t1", 5, AbortCode.ACTIVATE_FAILED, 9), Keepalive(),
+              Keepalive((KeyCheck("t1", 7, b"c" * 16, 1), KeyCheck("t2", 0, bytes(16), 2))),
+              PolicyUpdate(True, 2, policy_digest(POLICIES), POLICIES, ("gone",)),
+              PolicyUpdate(False, 0, b"", (), ("a", "b"))):
         assert decode_inner(encode_inner(m)) == m
+
+
+@pytest.mark.unit
+def test_a_policy_list_of_ten_thousand_tunnels_travels_in_bounded_records() -> None:
+    """Issue 12's scale: the list is out of the handshake, cut into records under MAX_FRAME."""
+    pols = [TunnelPolicy(f"tunnel-{i:05d}", Mode.QKD_PQC, ("kms-a", "kms-b")) for i in range(10_000)]
+    chunks = policy_update_chunks(pols, ["old-1"], len(pols), policy_digest(pols))
+    sizes = [len(encode_inner(c)) for c in chunks]
+    assert max(sizes) + 4 + 8 + 16 <= MAX_PAYLOAD + 4  # header, sequence number, AEAD tag
+    assert [c.final for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    again = [p for c in chunks for p in decode_inner(encode_inner(c)).upserts]  # type: ignore[union-attr]
+    assert again == pols
+    assert policy_digest(reversed(pols)) == policy_digest(pols)  # canonical: name order
+
+
+@pytest.mark.unit
+def test_a_hello_carries_no_policy_list_any_more() -> None:
+    assert len(HELLO.encode()) < 1500  # ek (1184) + fixed fields: independent of tunnel count
 
 
 @pytest.mark.unit
@@ -89,7 +116,7 @@ def test_names_with_control_characters_are_refused() -> None:
 @pytest.mark.unit
 def test_labels_are_all_distinct() -> None:
     values = [v for k, v in vars(labels).items() if k.isupper() and isinstance(v, bytes)]
-    assert len(values) == len(set(values)) > 15
+    assert len(values) == len(set(values)) > 18
 
 
 def _policy(b: bytes) -> object:

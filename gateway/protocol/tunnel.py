@@ -1,0 +1,272 @@
+"""A tunnel's key state outside any one exchange: epochs, activation, expiry, retries, key checks.
+
+The exchange transitions live in rekey.py (class Tunnel builds on this one). Kept here:
+
+* **Activation and its acknowledgement.** The rekey initiator activates when it sends
+  RekeyConfirm; the responder activates on receiving it and answers with a Keepalive carrying
+  the tunnel's new (epoch, key check): the acknowledgement. Until it arrives the initiator's
+  activation is ``unacked``; if the session ends first, the next session settles it at once.
+* **Key checks** (``KeyCheck`` entries in keepalives): each side reports its active epoch and
+  that epoch's public key check. A mismatch outside an exchange in flight means the ends run
+  different keys (a lost confirmation, a failed activation, a restart): ``Alarm key_divergence``
+  and a rekey at once (the preferred side; the other answers with its own entry and stands by).
+* **Failed activations** (``ActivateFailed`` from the daemon): the view reverts to the previous
+  epoch, the peer is told (RekeyAbort ACTIVATE_FAILED) and the tunnel rekeys.
+* **Retries** back off 1 s doubling to 30 s; a session lost while our RekeyInit was out counts as
+  a failure (an on-path attacker resetting TCP after each RekeyInit gains nothing), and the
+  backoff survives the next session. It resets only when a key is activated.
+* **Spare keys**: QKD keys of an attempt the peer provably never fetched are kept for the next.
+"""
+
+from __future__ import annotations
+
+import hmac
+import random
+
+from gateway.keymaterial import Secret
+from gateway.protocol.constants import SPARE_KEY_MAX_AGE, Timers
+from gateway.protocol.events import Activate, Alarm, Expire, Retire
+from gateway.protocol.exchange import Exchange, Sink
+from gateway.protocol.inner import (
+    CHECK_ANSWER,
+    CHECK_LEN,
+    CHECK_UNKNOWN,
+    AbortCode,
+    Keepalive,
+    KeyCheck,
+    RekeyAbort,
+)
+from gateway.protocol.keyids import PeerKeyIds
+from gateway.protocol.policy import TunnelPolicy
+
+__all__ = ["TunnelState"]
+
+_NO_CHECK = bytes(CHECK_LEN)
+
+
+class TunnelState:
+    """One tunnel towards one peer. ``local_sae``/``peer_sae`` fix roles and tie-breaks."""
+
+    def __init__(self, policy: TunnelPolicy, peer: str, local_sae: str, peer_sae: str,
+                 timers: Timers, rng: random.Random, used: PeerKeyIds) -> None:
+        self.policy, self.peer = policy, peer
+        self.local_sae, self.peer_sae = local_sae, peer_sae
+        self.preferred = local_sae < peer_sae  # wins collisions, rekeys first
+        self.timers, self._rng, self.used = timers, rng, used
+        self.highest = 0  # highest epoch accepted or completed
+        self.last_attempt = 0
+        self.synced = False  # an exchange completed in this process: our epochs are current
+        self.active_epoch = 0
+        self.active_at: float | None = None
+        self.active_check: bytes | None = None  # None: no key, or restored without its check
+        self._previous: tuple[int, float | None, bytes | None] = (0, None, None)
+        self.expired = False
+        self.enabled_at: float | None = None  # None: no session or policy mismatch
+        self.failures = 0
+        self.retry_at: float | None = None
+        self.pending: Exchange | None = None
+        self.waiting = False  # due, but the peer's exchange slots are full
+        self.unacked: int | None = None  # epoch we activated as initiator, not yet acknowledged
+        self.unacked_at = 0.0
+        self.unacked_stale = False  # ... and the session it was confirmed in is gone
+        self.diverged = False  # key_divergence raised, cleared by the next activation
+        self.paths_dropped = False  # qkd_path_dropped raised (mode any), cleared when all back
+        self.policy_changed = False  # reconfigured: rekey once both ends hold the new policy
+        self.spare: dict[str, tuple[str, Secret, float]] = {}  # kms -> (key ID, key, taken at)
+        self._retire: list[tuple[float, int]] = []
+        self.completed = 0
+        self.sched: float | None = None  # the node's timer heap entry for this tunnel
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    # -- session lifecycle -------------------------------------------------------------------
+    def session_up(self, now: float) -> None:
+        # failures/retry_at survive: a session lost mid-exchange must not reset the backoff.
+        self.enabled_at, self.pending, self.waiting = now, None, False
+
+    def session_down(self, now: float, sink: Sink) -> None:
+        p = self.pending
+        if p is not None:
+            if p.keys is not None:
+                sink.act(Retire(self.name, p.epoch))  # the lost exchange's inbound SA may exist
+            if p.initiator and p.stage == "gather":
+                self.salvage(p, now)  # the key IDs never left this host
+            elif p.initiator:
+                self._back_off(now)  # our RekeyInit was out: the peer may have fetched the keys
+        if self.unacked is not None:
+            self.unacked_stale = True
+        self.enabled_at, self.pending, self.waiting = None, None, False
+
+    def retire_everything(self, sink: Sink) -> None:
+        """The tunnel is being removed: every epoch it may still have installed goes."""
+        epochs = {e for _, e in self._retire} | {self.active_epoch}
+        if self.pending is not None and self.pending.keys is not None:
+            epochs.add(self.pending.epoch)
+        for e in sorted(epochs - {0}):
+            sink.act(Retire(self.name, e))
+        self._retire.clear()
+        self.pending, self.enabled_at, self.spare = None, None, {}
+
+    # -- timers ------------------------------------------------------------------------------
+    def due(self) -> float | None:
+        """When this side starts its next rekey (None: not now, or it is running)."""
+        if self.enabled_at is None or self.pending is not None or self.waiting:
+            return None
+        if self.retry_at is not None:
+            return self.retry_at
+        t = self.timers
+        interval = t.rekey_after if self.preferred else t.rekey_after_backup
+        base = self.active_at if self.active_at is not None else self.enabled_at - t.rekey_after
+        return base + interval
+
+    def wakeup(self) -> float | None:
+        """The earliest time :meth:`tick` has something to do (called after every change)."""
+        best = self.due()
+        t = self.timers
+        for when in (self.pending.started + t.rekey_timeout if self.pending else None,
+                     self.active_at + t.reject_after
+                     if self.active_at is not None and not self.expired else None,
+                     self._retire[0][0] if self._retire else None):
+            if when is not None and (best is None or when < best):
+                best = when
+        return best
+
+    def tick(self, now: float, sink: Sink) -> None:
+        while self._retire and self._retire[0][0] <= now:
+            sink.act(Retire(self.name, self._retire.pop(0)[1]))
+        if (self.active_at is not None and not self.expired
+                and now >= self.active_at + self.timers.reject_after):
+            self.expired = True
+            sink.act(Expire(self.name, self.active_epoch, "no new key within reject_after"))
+            sink.act(Alarm("key_expired", self.peer, self.name,
+                           f"epoch {self.active_epoch} older than {self.timers.reject_after:g} s"))
+        p = self.pending
+        if p is not None and now >= p.started + self.timers.rekey_timeout:
+            self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True)
+        due = self.due()
+        if due is not None and now >= due:
+            if sink.may_initiate():
+                self.start(now, sink)
+            else:
+                self.waiting = True
+
+    def start(self, now: float, sink: Sink) -> None:  # pragma: no cover - rekey.py
+        raise NotImplementedError
+
+    # -- activation, acknowledgement, key checks ---------------------------------------------
+    def _activate(self, p: Exchange, now: float, sink: Sink) -> None:
+        assert p.keys is not None
+        sink.act(Activate(self.name, p.epoch))
+        if self.active_epoch:
+            self._retire.append((now + self.timers.retire_grace, self.active_epoch))
+        self._previous = (self.active_epoch, self.active_at, self.active_check)
+        self.highest = max(self.highest, p.epoch)
+        self.active_epoch, self.active_at, self.expired = p.epoch, now, False
+        self.active_check = p.keys.key_check
+        self.pending, self.failures, self.retry_at = None, 0, None
+        self.synced, self.diverged, self.completed = True, False, self.completed + 1
+        if p.initiator:
+            self.unacked, self.unacked_at, self.unacked_stale = p.epoch, now, False
+        else:
+            self.unacked = None
+            sink.send(Keepalive((self.key_check(),)))  # the acknowledgement
+
+    def key_check(self, flags: int = 0) -> KeyCheck:
+        if self.active_check is None:
+            return KeyCheck(self.name, self.active_epoch, _NO_CHECK, flags | CHECK_UNKNOWN)
+        return KeyCheck(self.name, self.active_epoch, self.active_check, flags)
+
+    def on_key_check(self, e: KeyCheck, now: float, sink: Sink) -> None:
+        if self.enabled_at is None:
+            return
+        unknown = bool(e.flags & CHECK_UNKNOWN) or self.active_check is None
+        if e.epoch == self.active_epoch and (unknown or hmac.compare_digest(
+                e.check, self.active_check or b"")):
+            if self.unacked == e.epoch:
+                self.unacked = None
+            if e.flags & CHECK_ANSWER:
+                sink.send(Keepalive((self.key_check(),)))
+            return
+        if self.pending is not None or (self.unacked is not None and not self.unacked_stale
+                                        and now < self.unacked_at + self.timers.keepalive_interval):
+            return  # an exchange or its acknowledgement is in flight: not (yet) a divergence
+        if e.flags & CHECK_ANSWER or not self.preferred:
+            sink.send(Keepalive((self.key_check(),)))  # so the peer sees it too
+        self.unacked = None
+        if 0 in (e.epoch, self.active_epoch):
+            # One core knows no key (a restart that did not restore its epoch, or a first
+            # exchange whose confirmation was lost): no alarm, just a rekey soon.
+            self.rekey_soon(now)
+            return
+        if not self.diverged:
+            sink.act(Alarm("key_divergence", self.peer, self.name,
+                           f"peer runs epoch {e.epoch}, this side {self.active_epoch}: "
+                           "rekeying now"))
+        self._repair(now)
+
+    def on_activate_failed(self, epoch: int, reason: str, now: float, sink: Sink) -> None:
+        if epoch != self.active_epoch or epoch == 0:
+            return  # an older epoch: already superseded
+        sink.act(Alarm("activate_failed", self.peer, self.name, f"epoch {epoch}: {reason}"))
+        if self.enabled_at is not None:
+            sink.send(RekeyAbort(self.name, epoch, AbortCode.ACTIVATE_FAILED, self.highest))
+        sink.act(Retire(self.name, epoch))
+        prev_epoch = self._previous[0]
+        self._retire = [(t, e) for t, e in self._retire if e != prev_epoch]
+        self.active_epoch, self.active_at, self.active_check = self._previous
+        self._previous = (0, None, None)
+        self.unacked = None
+        self._repair(now)
+
+    def _repair(self, now: float) -> None:
+        """The ends run different keys: rekey soon."""
+        self.diverged = True
+        self.rekey_soon(now)
+
+    def rekey_soon(self, now: float) -> None:
+        """The preferred side rekeys at once; the other stands by one keepalive interval (it
+        steps in if the preferred side cannot), which avoids a collision wasting keys."""
+        if self.pending is None:
+            at = now if self.preferred else now + self.timers.keepalive_interval
+            self.retry_at = at if self.retry_at is None else min(self.retry_at, at)
+
+    # -- failures and spare keys -------------------------------------------------------------
+    def _abort(self, sink: Sink, code: AbortCode, now: float, *, tell_peer: bool,
+               salvage: bool = False) -> None:
+        p = self.pending
+        if p is None:
+            return
+        if tell_peer and self.enabled_at is not None:
+            sink.send(RekeyAbort(self.name, p.epoch, code, self.highest))
+        if p.keys is not None and p.stage != "gather":
+            sink.act(Retire(self.name, p.epoch))  # an inbound SA may be installed already
+        self.pending = None
+        if p.initiator and (salvage or p.stage == "gather"):
+            self.salvage(p, now)
+        if p.initiator:  # only the side that started it retries: no self-inflicted collisions
+            self._back_off(now)
+
+    def _back_off(self, now: float) -> None:
+        self.failures += 1
+        t = self.timers
+        backoff = min(t.retry_cap, t.retry_base * 2 ** min(self.failures - 1, 16))
+        backoff *= 1 + self._rng.uniform(-t.retry_jitter, t.retry_jitter)
+        self.retry_at = now + backoff
+
+    def salvage(self, p: Exchange, now: float) -> None:
+        """Keep the exchange's QKD keys for the next attempt (the peer never fetched them)."""
+        for kms, key in p.qkd.items():
+            if key is not None and kms in p.key_ids:
+                self.spare[kms] = (p.key_ids[kms], key, p.since.get(kms, now))
+
+    def spare_ids(self) -> list[str]:
+        return [kid for kid, _, _ in self.spare.values()]
+
+    def take_spare(self, kms: str, now: float) -> tuple[str, Secret, float] | None:
+        got = self.spare.pop(kms, None)
+        if got is None or now - got[2] > SPARE_KEY_MAX_AGE:
+            return None
+        return got
+
