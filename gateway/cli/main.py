@@ -15,8 +15,8 @@ from typing import cast
 __all__ = ["build_parser", "main"]
 
 # Order is the order of `qkd-gateway --help`.
-_COMMANDS = ("run", "status", "check_config", "keygen", "failsafe", "kms_sim", "demo",
-             "version")
+_COMMANDS = ("run", "status", "rekey", "check_config", "keygen", "failsafe", "kms_sim",
+             "demo", "version")
 
 
 def build_parser() -> argparse.ArgumentParser:

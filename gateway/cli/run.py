@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "run", help="run the gateway daemon",
         description="Run the gateway: peer sessions, QKD key pools, tunnel rotation. Stops "
-        "cleanly on SIGTERM/SIGINT, leaving tunnels on their current key (on_shutdown: keep).",
+        "cleanly on SIGTERM/SIGINT, leaving tunnels on their current key (on_shutdown: keep); "
+        "SIGHUP re-reads the configuration and applies only what changed.",
     )
     p.add_argument("--config", "-c", type=Path, required=True, metavar="FILE",
                    help="the YAML configuration (validate it first with check-config)")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(cfg.telemetry.log.format, cfg.telemetry.log.level)
     try:
-        return asyncio.run(_main(cfg))
+        return asyncio.run(_main(cfg, args.config))
     except _STARTUP_ERRORS as exc:
         print(f"qkd-gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
@@ -70,13 +71,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-async def _main(cfg: Any) -> int:
+async def _main(cfg: Any, path: Path) -> int:
     from gateway.daemon.app import Daemon  # heavy imports only when really running
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, config_path=path)
+    # systemctl reload: re-read the file, apply the difference (an invalid file changes nothing).
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     await daemon.run(stop)
     return 0

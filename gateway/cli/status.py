@@ -12,7 +12,7 @@ from typing import Any
 from gateway.config import ConfigError, load_config
 from gateway.daemon.control import ControlError, request
 
-__all__ = ["register", "run"]
+__all__ = ["control_socket", "register", "run"]
 
 
 def register(sub: Any) -> None:
@@ -20,21 +20,31 @@ def register(sub: Any) -> None:
         "status", help="show the running daemon's tunnels, key pools and alarms",
         description="Query the daemon over its control socket (from the configuration).",
     )
-    p.add_argument("--config", "-c", type=Path, required=True, metavar="FILE")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", "-c", type=Path, metavar="FILE",
+                       help="the daemon's configuration (names the control socket)")
+    where.add_argument("--socket", type=Path, metavar="PATH",
+                       help="the control socket itself (e.g. while the file has an error)")
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
     p.set_defaults(func=run)
 
 
 def _render(st: dict[str, Any]) -> str:
-    lines = [f"site {st['site']}  version {st['version']}  up {st['uptime_s']:.0f} s"]
+    conf = st.get("config") or {}
+    lines = [f"site {st['site']}  version {st['version']}  up {st['uptime_s']:.0f} s  "
+             f"config generation {conf.get('generation', '?')}"]
     lines.append(f"{'tunnel':<16} {'epoch':>6} {'state':<8} {'key age':>8} {'expires':>8} "
                  f"{'rekeys':>6}  achieved")
     for name, t in sorted(st["tunnels"].items()):
         state = "CLOSED" if t["closed"] else ("up" if t["session_up"] else "no-peer")
         age = "-" if t["key_age_s"] is None else f"{t['key_age_s']:.0f}s"
         exp = "-" if t["expires_in_s"] is None else f"{t['expires_in_s']:.0f}s"
+        wg = t.get("wg") or {}
+        in_use = "" if not wg.get("handshakes") else (
+            f"  in use: epoch {wg['psk_in_use_epoch']}, fresh handshakes "
+            f"{wg['fresh_handshakes']}/{wg['handshakes']}")
         lines.append(f"{name:<16} {t['epoch']:>6} {state:<8} {age:>8} {exp:>8} "
-                     f"{t['rekeys_completed']:>6}  {t['achieved'] or '-'}")
+                     f"{t['rekeys_completed']:>6}  {t['achieved'] or '-'}{in_use}")
     for name, p in sorted(st["pools"].items()):
         stock = p["stored_key_count"]
         lines.append(f"pool {name}: {p['size']}/{p['capacity']} keys, KMS stock "
@@ -43,14 +53,24 @@ def _render(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def control_socket(args: argparse.Namespace) -> Path | None:
+    """``--socket``, or the control socket named by ``--config`` (None: printed why not)."""
+    if args.socket is not None:
+        return Path(args.socket)
     try:
-        cfg = load_config(args.config)
+        return load_config(args.config).control_socket
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print(f"{args.config}: configuration is invalid ({len(exc.problems)} problems; run "
+              "check-config); pass --socket to reach the daemon anyway", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    socket = control_socket(args)
+    if socket is None:
         return 2
     try:
-        answer = asyncio.run(request(cfg.control_socket, {"cmd": "status"}))
+        answer = asyncio.run(request(socket, {"cmd": "status"}))
     except ControlError as exc:
         print(f"qkd-gateway status: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from gateway.kms import KeyPool, KeyPoolError, KeySource, KmsError
 from gateway.protocol import (
     Action,
     Activate,
+    ActivateFailed,
     Alarm,
     AllocateSpi,
     Close,
@@ -74,6 +75,13 @@ class ActionRunner:
         self._tunnel_alarms: dict[str, set[str]] = {}
         self._started: dict[tuple[str, int], float] = {}  # first action of each exchange
         self._tg: asyncio.TaskGroup | None = None
+
+    def set_sources(self, sources: dict[str, KeySource]) -> None:
+        """A reload replaced KMS clients: fetch through the new ones (unchanged ones keep their
+        batcher)."""
+        self._fetchers = {name: self._fetchers[name] if name in self._fetchers and
+                          self._fetchers[name].source is src else FetchBatcher(src)
+                          for name, src in sources.items()}
 
     def submit(self, action: Action) -> None:
         """Called synchronously by the transport for every action the core emits."""
@@ -196,6 +204,8 @@ class ActionRunner:
                            epoch=a.epoch, error=str(exc))
             if self._bus.metrics is not None:
                 self._bus.metrics.rekey(a.tunnel, "failed", duration)
+            # The core reverts to the previous epoch, tells the peer and rekeys.
+            self._feed(ActivateFailed(a.tunnel, a.epoch, str(exc)))
             return
         if self._bus.metrics is not None:
             self._bus.metrics.rekey(a.tunnel, "ok", duration)

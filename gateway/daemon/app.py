@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,20 +25,13 @@ import structlog
 from gateway import __version__
 from gateway.config import GatewayConfig, Tunnel
 from gateway.daemon.actions import ActionRunner
-from gateway.daemon.build import (
-    build_kms,
-    build_peers,
-    build_pools,
-    load_identity,
-    wireguard_plans,
-)
+from gateway.daemon.build import build_kms, build_peers, build_pools, load_identity
 from gateway.daemon.control import ControlServer
-from gateway.daemon.inuse import HandshakeTracker
-from gateway.daemon.keeper import TunnelKeeper
+from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
 from gateway.daemon.state import StateError, StateLock, StateStore
-from gateway.daemon.wg_installer import WgInterface, WireGuardInstaller
-from gateway.dataplane import WireGuardBackend, select_backend
+from gateway.daemon.status import daemon_status
+from gateway.daemon.tunnels import TunnelSet
 from gateway.protocol import Endpoint, Node, Timers
 from gateway.telemetry import (
     GatewayMetrics,
@@ -78,8 +72,10 @@ def timers_for(cfg: GatewayConfig) -> Timers:
 
 
 class Daemon:
-    def __init__(self, cfg: GatewayConfig, *, timers: Timers | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, *, timers: Timers | None = None,
+                 config_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.timers = timers or timers_for(cfg)
         self.started = time.time()
         self.metrics = GatewayMetrics()
@@ -101,33 +97,20 @@ class Daemon:
         self.node = Node(self.identity, cfg.site.sae_id, peers, timers=self.timers)
         self.sources = build_kms(cfg)
         self.pools = build_pools(cfg, self.sources)
-        self.keepers: dict[str, TunnelKeeper] = {}
-        self._tunnels = {t.name: t for t in cfg.tunnels}
-        self._installers: dict[str, WireGuardInstaller] = {}
-        self._backends: dict[str, WireGuardBackend] = {}
-        self._interfaces: dict[str, WgInterface] = {}
-        plans = wireguard_plans(cfg.tunnels)
-        for t in cfg.tunnels:
-            plan = plans[t.name]
-            backend = self._backends.get(plan.backend)
-            if backend is None:
-                backend = self._backends[plan.backend] = select_backend(plan.backend)  # type: ignore[arg-type]
-            iface = self._interfaces.get(plan.spec.name)
-            if iface is None:
-                iface = self._interfaces[plan.spec.name] = WgInterface(backend, plan.spec)
-            inst = WireGuardInstaller(iface, plan.peer_public_key)
-            self._installers[t.name] = inst
-            self.keepers[t.name] = TunnelKeeper(
-                t.name, t.reject_after, inst, self.store, self._keeper_event, self.bus.alarm)
+        self.tunnels = TunnelSet(self.store, self._keeper_event, self.bus.alarm)
+        self.tunnels.build(cfg.tunnels)
+        self.keepers = self.tunnels.keepers
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
                                    bus=self.bus, feed=self._feed, activated=self._activated)
-        self._low_stock: dict[str, bool] = {}
-        self._handshakes = {name: HandshakeTracker() for name in self.keepers}
-        self._rekey_due: dict[str, float] = {}
+        self.low_stock: dict[str, bool] = {}
+        self.rekey_due: dict[str, float] = {}
         self._wall_due: dict[str, float | None] = {}
-        self.endpoint = Endpoint(self.node, self.runner.submit)
+        self._used_generation = -1
+        self.endpoint = Endpoint(self.node, self.runner.submit, peers=self._addresses)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
+        self.reloader = ConfigReloader(self)
+        self._tg: asyncio.TaskGroup | None = None
 
     def _keeper_event(self, event: str, **fields: Any) -> None:
         self.bus.emit(event, **fields)
@@ -139,14 +122,14 @@ class Daemon:
         """The tunnel's retained MQTT status and gauges (published only when it changed)."""
         keeper, t = self.keepers[name], self.node.tunnel_status(name)
         st = keeper.status()
-        stock, _low = self._stock(self._tunnels[name])
+        stock, _low = self._stock(self.tunnels.configs[name])
         self.bus.tunnel_status(name, {
             "state": "failed_closed" if st["closed"] else "up",
             "epoch": st["epoch"], "policy": t.mode, "achieved": st["achieved"],
             "peer": t.peer, "session_up": t.session_up,
             "activated_at": st["activated_at"],
             "next_rekey_at": None if st["closed"] else self._wall_due.get(name),
-            "kms_stock": stock, "low_stock": self._low_stock.get(name, False),
+            "kms_stock": stock, "low_stock": self.low_stock.get(name, False),
             "key_age_s": st["key_age_s"], "keys_installed": st["keys_installed"],
         })
 
@@ -168,27 +151,40 @@ class Daemon:
         """After each activation: note the new PSK for the keys-in-use figures, look at the
         tunnel's last WireGuard handshake (cheap on a small interface; a big hub's is looked at
         by the reconciliation pass instead), and schedule the next rotation."""
-        self._handshakes[name].activated(self.keepers[name].epoch, time.time())
-        if len(self._installers[name].interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
+        self.tunnels.handshakes[name].activated(self.keepers[name].epoch, time.time())
+        if len(self.tunnels.installers[name].interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
             with contextlib.suppress(Exception):
                 await self._observe_handshake(name)
-        self._schedule(name)
+        self.schedule(name)
+        self._save_used_key_ids()
 
-    def _schedule(self, name: str) -> None:
+    def _save_used_key_ids(self) -> None:
+        """The protocol's used-QKD-key-ID memory survives restarts (only when it moved)."""
+        gen = self.node.used_key_ids_generation
+        if gen != self._used_generation:
+            self._used_generation = gen
+            try:
+                self.store.save_used_key_ids(self.node.export_used_key_ids())
+            except OSError as exc:
+                self.bus.emit("state_save_failed", level="error", what="used_key_ids",
+                              error=str(exc))
+
+    def schedule(self, name: str) -> None:
         """The next rotation's interval (jittered; stretched while the KMS runs low on keys,
         see gateway.daemon.schedule; for WireGuard brought forward to just before the next
         natural handshake) goes to the protocol core."""
-        t = self._tunnels[name]
+        t = self.tunnels.configs[name]
         stock, low_water = self._stock(t)
         plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water)
         delay = plan.delay
         if t.kind == "wireguard" and not plan.low_stock:
-            delay = align_to_handshake(delay, self._handshakes[name].last_handshake, time.time())
+            delay = align_to_handshake(delay, self.tunnels.handshakes[name].last_handshake,
+                                       time.time())
         self.node.set_tunnel_timers(name, delay, t.reject_after)
-        self._rekey_due[name] = time.monotonic() + delay
+        self.rekey_due[name] = time.monotonic() + delay
         self._wall_due[name] = time.time() + delay
-        if plan.low_stock != self._low_stock.get(name, False):
-            self._low_stock[name] = plan.low_stock
+        if plan.low_stock != self.low_stock.get(name, False):
+            self.low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
                            low_stock=low_water, next_rekey_s=round(plan.delay, 1))
         self._publish_status(name)
@@ -200,9 +196,11 @@ class Daemon:
         await self._lock()
         self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
                       tunnels=[t.name for t in self.cfg.tunnels],
-                      backends={k: b.kind for k, b in self._backends.items()})
+                      backends={k: b.kind for k, b in self.tunnels.backends.items()})
+        self.node.restore_used_key_ids(self.store.load_used_key_ids())
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 if self.mqtt is not None:
                     tg.create_task(self.mqtt.run(), name="mqtt")
                 if self.cfg.telemetry.metrics is not None:
@@ -211,12 +209,8 @@ class Daemon:
                     tg.create_task(server.run(), name="metrics")
                 for pool in self.pools.values():
                     await pool.start()
-                for name, keeper in self.keepers.items():
-                    await keeper.start()
-                    # Epochs keep rising across restarts; timers are the tunnel's own.
-                    self.node.restore_epoch(name, keeper.epoch)
-                    self._schedule(name)
-                    tg.create_task(keeper.watch(), name=f"keeper:{name}")
+                for name in list(self.keepers):
+                    await self.start_tunnel(name)
                 tg.create_task(self.runner.run(), name="actions")
                 tg.create_task(self._reconcile_loop(), name="reconcile")
                 tg.create_task(self._pool_metrics_loop(), name="telemetry:pools")
@@ -236,6 +230,28 @@ class Daemon:
             pass
         finally:
             await self._shutdown()
+
+    async def start_tunnel(self, name: str) -> None:
+        """Bring one tunnel up: its keeper resumes or starts closed; the protocol core learns
+        its last epoch (and, when resumed, that epoch's age, so the next rekey follows the
+        schedule instead of starting at once)."""
+        assert self._tg is not None
+        keeper = self.keepers[name]
+        await keeper.start()
+        activated = keeper.activated
+        if activated is not None:
+            age = keeper.clock_now() - activated
+            self.node.restore_epoch(name, keeper.epoch, age=age,
+                                    now=asyncio.get_running_loop().time())
+        else:
+            self.node.restore_epoch(name, keeper.epoch)
+        self.schedule(name)
+        self.tunnels.watch(self._tg, name)
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the configuration file and apply the difference."""
+        if self._tg is not None:
+            self._tg.create_task(self.reloader.reload(), name="reload")
 
     async def _lock(self) -> None:
         deadline = time.monotonic() + LOCK_WAIT
@@ -272,7 +288,7 @@ class Daemon:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(RECONCILE_INTERVAL)
-            for iface in self._interfaces.values():
+            for iface in list(self.tunnels.interfaces.values()):
                 try:
                     fixed = await iface.reconcile()
                 except Exception as exc:
@@ -282,7 +298,7 @@ class Daemon:
                 if fixed:
                     self.bus.emit("tunnel_drift_corrected", level="warning",
                                   interface=iface.name, corrections=fixed)
-            for name, keeper in self.keepers.items():
+            for name, keeper in list(self.keepers.items()):
                 try:
                     # A peer re-added above has an empty PSK slot: the keeper puts back the key
                     # it should hold (or fails closed), so a slot never silently reads empty.
@@ -294,7 +310,8 @@ class Daemon:
                     self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
 
     async def _observe_handshake(self, name: str) -> None:
-        self._handshakes[name].observe(await self._installers[name].last_handshake())
+        self.tunnels.handshakes[name].observe(
+            await self.tunnels.installers[name].last_handshake())
 
     async def _pool_metrics_loop(self) -> None:
         while True:
@@ -309,43 +326,28 @@ class Daemon:
 
     # -- control socket -----------------------------------------------------------------------
     async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
-        if req["cmd"] == "status":
-            for name in self.keepers:
+        cmd = req["cmd"]
+        if cmd == "status":
+            for name in list(self.keepers):
                 with contextlib.suppress(Exception):  # status must answer even if a peer is gone
                     await self._observe_handshake(name)
-            return {"ok": True, **self.status()}
-        return {"ok": False, "error": f"unknown command {req['cmd']!r}; try status"}
+            return {"ok": True, **daemon_status(self)}
+        if cmd == "rekey":
+            tunnel = req.get("tunnel")
+            if not isinstance(tunnel, str):
+                return {"ok": False, "error": "rekey needs a tunnel name"}
+            try:
+                self.endpoint.rekey_now(tunnel)
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            self.bus.emit("rekey_requested", tunnel=tunnel, by="control socket")
+            return {"ok": True, "tunnel": tunnel, "epoch": self.keepers[tunnel].epoch}
+        if cmd == "reload":
+            return {"ok": True, **await self.reloader.reload()}
+        return {"ok": False, "error": f"unknown command {cmd!r}; try status, rekey or reload"}
 
     def status(self) -> dict[str, Any]:
-        tunnels = {}
-        now = time.monotonic()
-        for name, keeper in self.keepers.items():
-            t = self.node.tunnel_status(name)
-            cfg = self._tunnels[name]
-            slave = self.cfg.peer(cfg.peer).sae_id
-            due = self._rekey_due.get(name)
-            tunnels[name] = {
-                **keeper.status(),
-                "peer": t.peer,
-                "mode": t.mode,
-                "dataplane": "wireguard" if cfg.kind == "wireguard" else "esp",
-                "kms": list(cfg.kms),
-                "kms_stock": {k: self.pools[(k, slave)].stored_key_count for k in cfg.kms},
-                "rekeys_completed": t.rekeys_completed,
-                "next_rekey_s": None if due is None or keeper.closed else round(due - now, 1),
-                "session_up": t.session_up,
-                "low_stock": self._low_stock.get(name, False),
-                "wg": self._handshakes[name].status(time.time()),
-            }
-        return {
-            "site": self.cfg.site.name,
-            "version": __version__,
-            "uptime_s": round(time.time() - self.started, 1),
-            "tunnels": tunnels,
-            "pools": {f"{k}->{s}": dataclasses.asdict(p.stats())
-                      for (k, s), p in self.pools.items()},
-            "alarms": self.bus.active_alarms,
-        }
+        return daemon_status(self)
 
 
 class _Stopping(Exception):

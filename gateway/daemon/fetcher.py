@@ -40,7 +40,7 @@ class FetchBatcher:
     """Coalesces ``get_keys_by_id`` calls of one KMS client."""
 
     def __init__(self, source: KeySource, max_batch: int = MAX_BATCH) -> None:
-        self._source = source
+        self.source = source
         self._max = max_batch
         self._queues: dict[str, list[_Wanted]] = {}
         self._busy: set[str] = set()
@@ -78,7 +78,7 @@ class FetchBatcher:
         ids = [k for w in batch for k in w.key_ids]
         try:
             self.requests += 1
-            keys = await self._source.get_keys_by_id(master, ids)
+            keys = await self.source.get_keys_by_id(master, ids)
         except KmsBadRequest as exc:
             if exc.not_found and len(batch) > 1:
                 for w in batch:  # find the bad ones; a refused request consumed nothing

@@ -121,6 +121,24 @@ class TunnelKeeper:
         """True while the tunnel is failed closed (a random key is installed) or failing."""
         return self._closed or self._close_pending is not None
 
+    def clock_now(self) -> float:
+        """The keeper's clock (boot clock) now: ages of ``activated`` are measured on it."""
+        return self._clock.now()
+
+    @property
+    def reject_after(self) -> float:
+        return self._reject_after
+
+    @reject_after.setter
+    def reject_after(self, value: float) -> None:
+        """A reload changed the key lifetime: the current key's deadline follows at once."""
+        if value != self._reject_after:
+            self._reject_after = value
+            if self._state is not None and self._state.activated_boot is not None \
+                    and not self._closed:
+                self._deadline = self._state.activated_boot + value
+            self._changed.set()
+
     @property
     def deadline(self) -> float:
         """When the current key expires, on the boot clock."""

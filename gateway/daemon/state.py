@@ -109,10 +109,36 @@ class StateStore:
             ) from None
         return state
 
+    def remove(self, tunnel: str) -> None:
+        """Forget a tunnel that left the configuration (idempotent)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._path(tunnel).unlink()
+
+    def load_used_key_ids(self) -> dict[str, dict[str, list[str]]]:
+        """The protocol's memory of used QKD key IDs ({peer: {kms: [ids]}}), {} if none or
+        unreadable (the KMS refuses a second delivery anyway; this catches a peer re-offering
+        an ID before any KMS call)."""
+        try:
+            raw = json.loads((self.root / "used_key_ids.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {str(peer): {str(k): [str(i) for i in ids if isinstance(i, str)]
+                            for k, ids in kms.items() if isinstance(ids, list)}
+                for peer, kms in raw.items() if isinstance(kms, dict)}
+
+    def save_used_key_ids(self, data: dict[str, dict[str, list[str]]]) -> None:
+        self._write(self.root / "used_key_ids.json", json.dumps(data, sort_keys=True).encode())
+
     def save(self, state: TunnelState) -> None:
         path = self._path(state.tunnel)
-        data = json.dumps({"version": _VERSION, **asdict(state)}, sort_keys=True).encode()
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=".json")
+        self._write(path, json.dumps({"version": _VERSION, **asdict(state)},
+                                     sort_keys=True).encode())
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -123,7 +149,7 @@ class StateStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(self._dir, os.O_RDONLY)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:

@@ -182,9 +182,14 @@ class Lab:
         return out[1]
 
     def psks(self, name: str, ifname: str) -> dict[str, str]:
-        """Every peer's PSK on ``ifname`` of site ``name``: {peer public key: PSK}."""
-        out = wg_show(self.plan.by_name[name].netns, ifname, "preshared-keys")
-        return dict(line.split("\t", 1) for line in out.splitlines() if line.strip())
+        """Every peer's PSK on ``ifname`` of site ``name``: {peer public key: PSK}; {} when the
+        interface does not exist."""
+        done = subprocess.run(["ip", "netns", "exec", self.plan.by_name[name].netns, "wg",
+                               "show", ifname, "preshared-keys"], capture_output=True,
+                              text=True, timeout=10)
+        if done.returncode != 0:
+            return {}  # no such interface (yet, or any more)
+        return dict(line.split("\t", 1) for line in done.stdout.splitlines() if line.strip())
 
     def events(self, name: str, event: str) -> list[dict[str, Any]]:
         lines = self.plan.by_name[name].log_path.read_text(errors="replace").splitlines()
