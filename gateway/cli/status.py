@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, GatewayConfig
+from gateway.config.loader import read_yaml
 from gateway.daemon.control import ControlError, request
 
 __all__ = ["control_socket", "register", "run"]
@@ -54,15 +55,23 @@ def _render(st: dict[str, Any]) -> str:
 
 
 def control_socket(args: argparse.Namespace) -> Path | None:
-    """``--socket``, or the control socket named by ``--config`` (None: printed why not)."""
+    """``--socket``, or the ``control_socket`` the file at ``--config`` names (None: printed
+    why not). Only that one key is read: asking a running daemon needs neither its secrets
+    ($CREDENTIALS_DIRECTORY) nor a file that passes every check (it may have been edited)."""
     if args.socket is not None:
         return Path(args.socket)
+    path = Path(args.config)
     try:
-        return load_config(args.config).control_socket
+        doc = read_yaml(path)
     except ConfigError as exc:
-        print(f"{args.config}: configuration is invalid ({len(exc.problems)} problems; run "
-              "check-config); pass --socket to reach the daemon anyway", file=sys.stderr)
+        print(f"{path}: {exc}", file=sys.stderr)
         return None
+    data = doc.data if isinstance(doc.data, dict) else {}
+    value = data.get("control_socket", str(GatewayConfig.model_fields["control_socket"].default))
+    if not isinstance(value, str) or not value:
+        print(f"{path}: control_socket is not a path; pass --socket", file=sys.stderr)
+        return None
+    return (path.resolve().parent / value) if not Path(value).is_absolute() else Path(value)
 
 
 def run(args: argparse.Namespace) -> int:

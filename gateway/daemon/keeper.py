@@ -104,9 +104,10 @@ class TunnelKeeper:
         self._state: TunnelState | None = None
         self._key: Secret | None = None  # what the data plane should hold right now
         self._deadline = 0.0  # boot clock
-        self._closed = True
+        self._closed = False  # set by start(): resumed, or failed closed
         self._close_pending: str | None = None  # a fail-closed that has not succeeded yet
         self._blocked = False  # the interface was taken down by a fail-closed
+        self._alarmed_close = False  # ALARM_CLOSE_FAILED is raised
         self._failures = 0
         self.keys_installed = 0  # QKD-derived keys installed by this process
         self._changed = asyncio.Event()
@@ -245,8 +246,9 @@ class TunnelKeeper:
         self.keys_installed += 1
         if self._closed or self._close_pending is not None:
             self._alarm(ALARM_EXPIRED, False, tunnel=self.name, epoch=epoch)
-            if self._close_pending is not None:
-                self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
+        if self._alarmed_close:
+            self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
+            self._alarmed_close = False
         self._closed, self._close_pending, self._failures = False, None, 0
         self._changed.set()
         self._emit("tunnel_rekeyed", tunnel=self.name, epoch=epoch, key_ids=list(key_ids),
@@ -315,36 +317,48 @@ class TunnelKeeper:
     async def _fail_closed(self, reason: str) -> None:
         """A random key the peer cannot know, and the running session ended (WireGuard would
         otherwise keep the old session's keys for up to REJECT_AFTER_TIME, 180 s). If that
-        cannot be written, the interface goes down; if that fails too, retry (see watch)."""
+        cannot be written, the interface goes down (traffic stops) and the write is retried
+        (see watch) until the old key is really gone: only then is the state marked closed. If
+        even the interface cannot be taken down, the alarm says so and both are retried."""
         key = Secret.random(self._key_length)
         try:
             await self._installer.install(key, drop_session=True)
-            self._key = key
         except Exception as exc:
             self._emit("tunnel_fail_closed_error", level="error", tunnel=self.name,
                        step="random key", error=str(exc))
+            self._failures += 1
             try:
-                await self._installer.set_blocked(True)
-                self._blocked = True
+                if not self._blocked:
+                    await self._installer.set_blocked(True)
+                    self._blocked = True
             except Exception as exc2:
-                self._failures += 1
-                if self._close_pending is None:
+                if not self._alarmed_close:
                     self._alarm(ALARM_CLOSE_FAILED, True, tunnel=self.name, reason=str(exc2))
-                self._close_pending = reason
+                    self._alarmed_close = True
                 self._emit("tunnel_fail_closed_error", level="error", tunnel=self.name,
                            step="interface down", error=str(exc2), retry=self._failures)
-                return
-            self._key = None  # blocked: the slot holds whatever it held; no traffic passes
-        if self._close_pending is not None:
+            self._close_pending = reason  # retried by watch() until the key is written
+            if self._blocked and not self._closed:
+                self._closed = True  # no traffic passes: closed, but not done
+                self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch,
+                            reason=reason)
+                self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch,
+                           reason=reason, interface_down=True)
+            return
+        self._key = key
+        if self._alarmed_close:
             self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
+            self._alarmed_close = False
+        was_closed = self._closed
         self._closed, self._close_pending, self._failures = True, None, 0
         if self._state is None or not self._state.closed:
             self._state = TunnelState(self.name, 0, self._clock.wall(), closed=True) \
                 if self._state is None else replace(self._state, closed=True)
             with contextlib.suppress(Exception):  # state dir full: the alarm is what matters
                 self._store.save(self._state)
-        self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch, reason=reason)
-        self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch, reason=reason)
+        if not was_closed:
+            self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch, reason=reason)
+            self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch, reason=reason)
 
 
 class FailClosedError(RuntimeError):

@@ -21,6 +21,7 @@ class WgInterface:
         self.backend, self.spec = backend, spec
         self._applied = False
         self._closed = False
+        self.blocked: set[str] = set()  # peers whose tunnel took the interface down (fail closed)
 
     @property
     def name(self) -> str:
@@ -33,7 +34,10 @@ class WgInterface:
             self._applied = True
 
     async def reconcile(self) -> list[str]:
-        """Restore the declared state if someone changed the interface behind our back."""
+        """Restore the declared state if someone changed the interface behind our back; never
+        while a tunnel on it holds it down to fail closed (that would bring it back up)."""
+        if self.blocked:
+            return []
         return await self.backend.apply(self.spec)
 
     async def close(self, teardown: bool) -> None:
@@ -82,7 +86,14 @@ class WireGuardInstaller:
         return next((s.last_handshake for s in statuses if s.public_key == mine), None)
 
     async def set_blocked(self, blocked: bool) -> None:
-        await self.backend.set_blocked(self.ifname, blocked)
+        iface = self.interface
+        if blocked:
+            iface.blocked.add(self.peer_public_key)
+            await self.backend.set_blocked(self.ifname, True)
+        else:
+            iface.blocked.discard(self.peer_public_key)
+            if not iface.blocked:  # a hub stays down while any of its tunnels needs it down
+                await self.backend.set_blocked(self.ifname, False)
 
     async def close(self, teardown: bool) -> None:
         await self.interface.close(teardown)

@@ -134,11 +134,12 @@ class Links:
                         f"{name}: {op} address {text}",
                         ipr.addr(op, index=index, address=str(ip.ip), prefixlen=prefix),
                     )
-            corrections += await self._sync_routes(ipr, spec, index)
+            # Up before routes: the kernel refuses a route via a down link (ENETDOWN).
             (msg,) = await netlink_call(f"get {name}", ipr.link("get", index=index))
             if not msg["flags"] & 1:  # IFF_UP
                 await netlink_call(f"{name}: set up", ipr.link("set", index=index, state="up"))
                 corrections.append(f"{name}: link was down; set up")
+            corrections += await self._sync_routes(ipr, spec, index)
         return [] if created else corrections
 
     async def _sync_routes(self, ipr: Any, spec: WgInterfaceSpec, index: int) -> list[str]:

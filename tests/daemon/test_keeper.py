@@ -277,3 +277,24 @@ async def test_an_unreadable_state_file_never_keeps_a_tunnel_open(tmp_path: Path
     k2, _, events2, *_ = make(tmp_path, clock, reject_after=180, inst=inst)
     await k2.start()
     assert k2.closed and events2[0][0] == "tunnel_state_unreadable"
+
+
+async def test_failsafe_marks_closed_only_once_the_old_key_is_gone(tmp_path: Path) -> None:
+    # Found by the systemd tier: with the PSK write failing, taking the link down used to count
+    # as done, so later ticks skipped the tunnel with the old key still in the slot.
+    clock = FakeClock()
+    keeper, inst, *_ = make(tmp_path, clock, reject_after=60)
+    await keeper.start()
+    old = Secret(b"o" * 32)
+    await keeper.activate(1, old, (), "qkd+pqc", "qkd+pqc")
+    clock.t += 55
+    inst.broken = True
+    fs, *_ = make(tmp_path, clock, reject_after=60, inst=inst)
+    with pytest.raises(FailClosedError):
+        await fs.failsafe(horizon=15)
+    assert inst.blocked and inst.key == old  # traffic stopped, but not done
+    assert not StateStore(tmp_path).load("t1").closed  # type: ignore[union-attr]
+    inst.broken = False  # the next tick writes the key and only then records "closed"
+    fs2, *_ = make(tmp_path, clock, reject_after=60, inst=inst)
+    assert await fs2.failsafe(horizon=15) is not None
+    assert inst.key != old and StateStore(tmp_path).load("t1").closed  # type: ignore[union-attr]
