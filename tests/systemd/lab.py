@@ -159,9 +159,13 @@ def setup_lab(machine: Machine) -> None:
          " && install -m 0644 /etc/qkd-lab/b/*.pub /etc/qkd-gateway/peers/site-b/")
     write(m, A_CONFIG, site_a_config())
     write(m, B_CONFIG, SITE_B_CONFIG)
+    # The wireguard-go drop-ins, exactly as docs/deploy.md section 5 links them.
     m.sh("mkdir -p /etc/systemd/system/qkd-gateway.service.d"
-         " && ln -sf /usr/share/qkd-gateway/systemd/wireguard-go.conf"
-         " /etc/systemd/system/qkd-gateway.service.d/wireguard-go.conf")
+         " && ln -s /usr/share/qkd-gateway/systemd/wireguard-go.conf"
+         " /etc/systemd/system/qkd-gateway.service.d/"
+         " && mkdir -p /etc/systemd/system/qkd-gateway-failsafe.service.d"
+         " && ln -s /usr/share/qkd-gateway/systemd/wireguard-go-failsafe.conf"
+         " /etc/systemd/system/qkd-gateway-failsafe.service.d/wireguard-go.conf")
     write(m, "/etc/systemd/system/qkd-gateway.service.d/zz-test.conf", TEST_DROPIN)
     m.sh("systemctl daemon-reload")
     m.sh(f"CREDENTIALS_DIRECTORY=/etc/qkd-gateway/credentials qkd-gateway check-config {A_CONFIG}")

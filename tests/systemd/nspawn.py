@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["BASE_PACKAGES", "CACHE", "Machine", "base_root_tar"]
@@ -154,8 +155,9 @@ class Machine:
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def wait(self, what: str, predicate: object, timeout: float = 90.0,
-             interval: float = 0.5) -> object:
-        """Poll ``predicate()`` until it returns a true value; fail with ``what`` after timeout."""
+             interval: float = 0.5, describe: Callable[[], object] | None = None) -> object:
+        """Poll ``predicate()`` until it returns a true value; fail with ``what`` (and what
+        ``describe()`` says then) after ``timeout``."""
         assert callable(predicate)
         deadline = time.monotonic() + timeout
         last: object = None
@@ -164,7 +166,9 @@ class Machine:
             if last:
                 return last
             time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+        seen = f"; {describe()!r}" if describe else ""
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what} (last: {last!r}{seen})")
 
     def journal(self, unit: str, since_cursor: str | None = None) -> str:
         cursor = f"--after-cursor='{since_cursor}'" if since_cursor else ""

@@ -21,6 +21,7 @@ UNIT = REPO / "systemd" / "qkd-gateway.service"
 FAILSAFE = REPO / "systemd" / "qkd-gateway-failsafe.service"
 TIMER = REPO / "systemd" / "qkd-gateway-failsafe.timer"
 DROPIN = REPO / "systemd" / "dropins" / "wireguard-go.conf"
+FAILSAFE_DROPIN = REPO / "systemd" / "dropins" / "wireguard-go-failsafe.conf"
 CONFIG = "/etc/qkd-gateway/gateway.yaml"
 # Measured with systemd 252 (Debian 12): `systemd-analyze security --offline=true` -> 1.5 "OK".
 # The remaining exposure is what a VPN daemon needs: host network, CAP_NET_ADMIN, IP sockets.
@@ -124,6 +125,11 @@ def test_the_wireguard_go_dropin_adds_only_the_tun_device_and_its_socket_directo
         ("RuntimeDirectory", "wireguard"), ("RuntimeDirectoryPreserve", "yes"),
         ("KillMode", "process"), ("ExecStopPost", "/bin/rm -f /run/qkd-gateway/control.sock"),
     }
+    # The failsafe must see the same (preserved, hence /run/private-backed) socket directory.
+    failsafe = {(k, v) for s, k, v in _settings(FAILSAFE_DROPIN) if s == "Service"}
+    assert failsafe == {("RuntimeDirectory", "wireguard"), ("RuntimeDirectoryMode", "0750"),
+                        ("RuntimeDirectoryPreserve", "yes")}
+    assert _values("RuntimeDirectoryMode") == ["0750"]
 
 
 def _analyze(*extra: str, unit: Path = UNIT) -> subprocess.CompletedProcess[str]:
