@@ -23,8 +23,10 @@ __all__ = ["events", "exposure", "keys_agree", "read_proc_status", "setup_lab", 
 A_CONFIG = "/etc/qkd-gateway/gateway.yaml"
 B_CONFIG = "/etc/qkd-lab/site-b.yaml"
 REKEY = "5s"
-REJECT_AFTER = "20s"
-REJECT_AFTER_S = 20.0
+# Long enough that the failsafe (which acts 15 s before expiry) cannot act in the instant between
+# a `systemctl stop` and the test reading the kept key; short enough to keep the tier quick.
+REJECT_AFTER = "40s"
+REJECT_AFTER_S = 40.0
 # The test's own drop-in: a watchdog short enough to see it fire, an abort that does not wait
 # the default 20 s for a stopped process to dump core.
 TEST_DROPIN = """[Service]

@@ -230,8 +230,11 @@ def test_stop_with_keep_leaves_the_interface_and_its_psk(running: Machine) -> No
     left = lab.wg_psk(m, "wg-a")
     assert left is not None, "on_shutdown: keep must leave wg-a in place"
     assert m.sh("ip link show wg-a", check=False).returncode == 0
-    # The PSK read just before the stop, or one rotation later (the stop raced a rekey).
-    assert left == psk or left == lab.wg_psk(m, "wg-b")
+    # The PSK read just before the stop, or one rotation later (the stop raced a rekey, whose
+    # other end then shows it too): never a random or empty one.
+    m.wait("wg-a to hold a key both sites agreed on",
+           lambda: left in (psk, lab.wg_psk(m, "wg-b")), timeout=15,
+           describe=lambda: (left, psk, lab.wg_psk(m, "wg-b")))
     assert m.sh("test -e /run/qkd-gateway/control.sock", check=False).returncode != 0
 
 
