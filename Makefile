@@ -53,7 +53,7 @@ example-keys: venv
 demo: setup
 	$(GW) demo $(DEMO_ARGS)
 
-# The README's test command runs everything; each tier stops the run on its first failure.
+# The README's test command runs everything, tier by tier; make stops at the first tier that fails.
 test: test-host test-systemd test-vm
 
 test-host: setup
