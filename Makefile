@@ -1,18 +1,29 @@
 # qkd-gateway developer and operator targets. Every target is idempotent and works on a fresh
 # Debian 12 machine as root.
+#   make test          the whole suite: host tier, then the systemd tier, then the kernel lab
+#   make test-host     pytest -m "not vm and not systemd" (unit, fuzz, mqtt, netns, e2e)
+#   make test-systemd  the .deb installed and run by a real systemd in a booted Debian 12 root
+#   make test-vm       the kernel lab (kernel WireGuard/ESP under QEMU)
+#   make deb           build/deb/qkd-gateway_<version>-1_amd64.deb
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GW := $(VENV)/bin/qkd-gateway
+# Every apt call installs only what is named (--no-install-recommends): wireguard-tools
+# Recommends wireguard-modules, which apt satisfies with a kernel image (and udev, apparmor,
+# initramfs-tools). tests/packaging/test_apt_surprises.py simulates this list and fails on those.
+# mmdebstrap, systemd-container: the systemd tier; python3-venv: the package's venv (make deb).
 DEBS := iproute2 iputils-ping wireguard-go wireguard-tools mosquitto mosquitto-clients \
-        iperf3 tcpdump kmod systemd procps
+        iperf3 tcpdump kmod systemd procps mmdebstrap systemd-container python3-venv
+DEB_DIR := build/deb
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k config"`.
 # The demo runs a minute and reports a verdict; `make demo DEMO_ARGS=` runs until Ctrl-C.
 DEMO_ARGS ?= --duration 60 --rekey-interval 5
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv example-keys demo test test-vm bench lint clean
+.PHONY: setup apt print-debs venv example-keys demo test test-host test-systemd test-vm deb \
+        bench lint clean
 
 setup: apt venv example-keys
 
@@ -21,7 +32,10 @@ apt:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	elif ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+	  apt-get update -qq; \
 	fi
+	@# (the package lists are also what the apt-simulation test reads)
 	@# Debian's mosquitto unit is not wanted: the tests start their own brokers on loopback.
 	@systemctl disable --now mosquitto >/dev/null 2>&1 || true
 
@@ -39,11 +53,25 @@ example-keys: venv
 demo: setup
 	$(GW) demo $(DEMO_ARGS)
 
-test: setup
-	$(PY) -m pytest -m "not vm" $(PYTEST_ARGS)
+# The README's test command runs everything, tier by tier; make stops at the first tier that fails.
+test: test-host test-systemd test-vm
+
+test-host: setup
+	$(PY) -m pytest -m "not vm and not systemd" $(PYTEST_ARGS)
+
+# Builds the .deb first; the tier boots a Debian 12 root (cached in .cache/nspawn/ for the day).
+test-systemd: setup deb
+	QKD_GATEWAY_DEB="$$(ls $(DEB_DIR)/qkd-gateway_*.deb)" $(PY) -m pytest -m systemd \
+	  tests/systemd tests/packaging $(PYTEST_ARGS)
 
 test-vm: venv
 	bash scripts/kernel_lab.sh
+
+deb:
+	bash packaging/build_deb.sh $(DEB_DIR)
+
+print-debs:
+	@echo $(DEBS)
 
 bench: venv
 	$(PY) bench/run_all.py
@@ -53,4 +81,4 @@ lint: venv
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .lab .cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info
