@@ -320,11 +320,15 @@ class Node(SessionLayer):
         elif name in self._unacked[peer]:
             self._unacked[peer].discard(name)
         queue = self._queue[peer]
-        if t.waiting and name not in queue:
+        if t.waiting and not t.queued:
+            t.queued = True
             queue.append(name)
         while queue and len(running) < MAX_CONCURRENT_EXCHANGES:
             nxt = self.tunnels.get(queue.popleft())
-            if nxt is None or not nxt.waiting or nxt.enabled_at is None or nxt.pending:
+            if nxt is None:
+                continue
+            nxt.queued = False
+            if not nxt.waiting or nxt.enabled_at is None or nxt.pending:
                 continue
             nxt.start(now, self._sink(out, nxt.peer, now))
             self._heap.schedule(nxt, nxt.wakeup())

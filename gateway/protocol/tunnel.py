@@ -66,6 +66,7 @@ class TunnelState:
         self.retry_at: float | None = None
         self.pending: Exchange | None = None
         self.waiting = False  # due, but the peer's exchange slots are full
+        self.queued = False  # in the node's queue of waiting tunnels
         self.unacked: int | None = None  # epoch we activated as initiator, not yet acknowledged
         self.unacked_at = 0.0
         self.unacked_stale = False  # ... and the session it was confirmed in is gone
