@@ -13,9 +13,10 @@ GW := $(VENV)/bin/qkd-gateway
 # Every apt call installs only what is named (--no-install-recommends): wireguard-tools
 # Recommends wireguard-modules, which apt satisfies with a kernel image (and udev, apparmor,
 # initramfs-tools). tests/packaging/test_apt_surprises.py simulates this list and fails on those.
-# mmdebstrap, systemd-container: the systemd tier; python3-venv: the package's venv (make deb).
+# mmdebstrap, systemd-container: the systemd tier; python3-venv: the package's venv (make deb);
+# prometheus: the dashboard test evaluates every panel query on a real Prometheus.
 DEBS := iproute2 iputils-ping wireguard-go wireguard-tools mosquitto mosquitto-clients \
-        iperf3 tcpdump kmod systemd procps mmdebstrap systemd-container python3-venv
+        iperf3 tcpdump kmod systemd procps mmdebstrap systemd-container python3-venv prometheus
 DEB_DIR := build/deb
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k config"`.
 # The demo runs a minute and reports a verdict; `make demo DEMO_ARGS=` runs until Ctrl-C.
@@ -36,8 +37,8 @@ apt:
 	  apt-get update -qq; \
 	fi
 	@# (the package lists are also what the apt-simulation test reads)
-	@# Debian's mosquitto unit is not wanted: the tests start their own brokers on loopback.
-	@systemctl disable --now mosquitto >/dev/null 2>&1 || true
+	@# Debian's mosquitto and prometheus units are not wanted: the tests start their own.
+	@systemctl disable --now mosquitto prometheus >/dev/null 2>&1 || true
 
 venv: $(VENV)/.installed
 

@@ -35,7 +35,9 @@ def test_name_version_and_control_fields(deb: Path) -> None:
     assert fields["Package"] == "qkd-gateway" and fields["Architecture"] == "amd64"
     depends = [d.strip() for d in fields["Depends"].split(",")]
     # The venv's compiled wheels are for CPython 3.11: pin the interpreter's minor version.
-    assert depends == ["python3 (>= 3.11)", "python3 (<< 3.12)", "iproute2", "wireguard-tools"]
+    # procps: /bin/kill for ExecReload (systemctl reload).
+    assert depends == ["python3 (>= 3.11)", "python3 (<< 3.12)", "iproute2", "wireguard-tools",
+                       "procps"]
     assert fields["Recommends"] == "wireguard-go"
     assert "--no-install-recommends" in _dpkg("-f", str(deb), "Description")
 
