@@ -24,7 +24,7 @@ MAP_RIGHT = 800  # right of it: the table of links
 MAP_BOTTOM = 560  # below it: legend and the tunnels' figures
 GREEN, AMBER, RED, GREY = "#2e9d4b", "#e0a100", "#d23b2f", "#9a9a9a"
 # The second network's links are drawn dashed, so the two paths of one tunnel are told apart.
-DASH = {0: "", 1: ' stroke-dasharray="9 5"'}
+DASH = {0: "", 1: ' stroke-dasharray="10 7"'}
 
 
 @dataclass(frozen=True)
