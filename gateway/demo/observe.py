@@ -30,6 +30,7 @@ from gateway.demo.rotations import LogEvent, RotationReader
 from gateway.demo.sites import LabPlan, TunnelPlan
 from gateway.demo.statusclient import daemon_status
 from gateway.demo.statusclient import field as status_field
+from gateway.kms.sim.errors import KmeError
 
 __all__ = ["HANDSHAKE_EVERY_S", "KmsLogReader", "LabObserver", "TunnelState"]
 
@@ -124,7 +125,7 @@ class LabObserver:
         try:
             return {net: [k.place for k in self.plan.kms.path(net, t.hub, t.spoke)]
                     for net in t.kms}
-        except Exception:
+        except (KeyError, KmeError):  # a plan whose tunnel names a network it lacks
             return {net: [t.hub, "?", t.spoke] for net in t.kms}
 
     # -- reading -------------------------------------------------------------------------------
@@ -138,8 +139,12 @@ class LabObserver:
         ht, st = hub.times.get(t.name, {}), spoke.times.get(t.name, {})
         return {e: max(ht.get(e, 0.0), st.get(e, 0.0)) for e in common}
 
-    def events(self, limit: int = 6) -> list[LogEvent]:
-        merged = sorted((e for r in self.readers.values() for e in r.events),
+    def events(self, limit: int = 6, since: float = 0.0) -> list[LogEvent]:
+        """The latest notable events of every daemon. Before ``since`` (Unix seconds) only the
+        ``kms_low_stock`` alarms count: start-up's own churn (every tunnel starts closed and
+        clears ``tunnel_key_expired`` with its first key) would hide what matters."""
+        merged = sorted((e for r in self.readers.values() for e in r.events
+                         if e.time >= since or e.fields.get("alarm") == "kms_low_stock"),
                         key=lambda e: e.time)
         return merged[-limit:]
 

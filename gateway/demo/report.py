@@ -81,9 +81,10 @@ class TunnelReport:
         found = []
         gap = self.longest_low_gap_s
         if gap is None or gap <= STRETCH_FACTOR * rekey_interval:
-            shown = "no two rotations" if gap is None else f"at most {gap:.1f} s"
+            shown = ("fewer than two rotations while it was low" if gap is None
+                     else f"at most {gap:.1f} s between rotations")
             found.append(f"{self.name}: rotation did not stretch while the stock was low "
-                         f"({shown} between rotations; configured {rekey_interval:g} s)")
+                         f"({shown}; configured {rekey_interval:g} s)")
         if clear_checked and not self.alarm_cleared:
             found.append(f"{self.name}: kms_low_stock was not cleared: the stock did not "
                          "recover (see kms-sim.log, kms_link_stock)")

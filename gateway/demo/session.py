@@ -13,6 +13,7 @@ import itertools
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,13 +50,15 @@ PROGRESS_EVERY_S = 10.0  # an open-ended run shows it is alive without flooding 
 BACKUP_AFTER_KEYED_S = 5.0
 
 
+@dataclass(frozen=True)
 class SessionSettings:
-    """What the session needs from the options (kept apart from the CLI's dataclass)."""
+    """What the session needs from the demo's options."""
 
-    def __init__(self, duration: float | None, lab_only: bool, mqtt: str | None,
-                 picture: Path | None, live: bool) -> None:
-        self.duration, self.lab_only, self.mqtt = duration, lab_only, mqtt
-        self.picture, self.live = picture, live
+    duration: float | None
+    lab_only: bool
+    mqtt: str | None
+    picture: Path | None
+    live: bool
 
 
 async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
@@ -198,7 +201,7 @@ async def _ping(plan: LabPlan, settings: SessionSettings, procs: ProcessSet,
                 f"{len(plan.kms.kmes)} KMEs ({trusted} trusted nodes), {len(plan.tunnels)} "
                 f"tunnels, rekey every {plan.rekey_interval:g} s")
 
-    view = LiveView(observer, header) if settings.live else None
+    view = LiveView(observer, header, since=time.time()) if settings.live else None
     next_progress = t2 + PROGRESS_EVERY_S
     try:
         with contextlib.ExitStack() as stack:

@@ -79,7 +79,8 @@ def tunnel_fields(t: TunnelState) -> list[tuple[str, str]]:
     installed = t.status("keys_installed")
     if t.plan.dataplane == "wireguard":
         age = None if use.since is None else max(0.0, time.time() - use.since)
-        fields.append(("installed", f"{_num(installed)} PSKs; in use: epoch {_num(use.epoch)}, "
+        psks = "PSK" if installed == 1 else "PSKs"
+        fields.append(("installed", f"{_num(installed)} {psks}; in use: epoch {_num(use.epoch)}, "
                                     f"{_num(age, '{:.0f}')} s old"))
         text = f"{use.handshakes}, {use.fresh} fresh"
         wg = t.status("wg")
@@ -135,16 +136,17 @@ class LiveView:
     """The rich live display; ``with LiveView(...) as view: view.update(...)``."""
 
     def __init__(self, observer: LabObserver, header: Callable[[], str],
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, since: float = 0.0) -> None:
         self.observer = observer
         self.header = header
+        self.since = since  # Unix time the pings started: older events are start-up churn
         self.console = console or Console(stderr=False)
         self._live = Live(console=self.console, auto_refresh=False, transient=False)
 
     def render(self) -> Group:
         panels = Columns([_panel(t) for t in self.observer.tunnels.values()])
         events = Text()
-        for event in self.observer.events():
+        for event in self.observer.events(since=self.since):
             colour = {"alarm_raised": "red", "alarm_cleared": "green"}.get(event.event, "dim")
             events.append(event.text() + "\n", style=colour)
         return Group(Text(self.header(), style="bold"), panels,

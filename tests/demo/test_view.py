@@ -102,3 +102,19 @@ def test_picture_is_svg_with_links_coloured_by_stock(tmp_path: Path) -> None:
     assert sum(1 for line in lines if line.get("stroke") == RED) >= 2  # the link + its edge
     assert sum(1 for line in lines if line.get("stroke") == GREEN) >= len(plan.kms.links) - 1
     assert stock_colour(None, 8, 256) != GREEN and stock_colour(100, 8, 256) == GREEN
+
+
+def test_event_line_skips_start_up_churn_but_keeps_the_stock_alarm(tmp_path: Path) -> None:
+    from gateway.demo.rotations import LogEvent
+
+    obs = _observer(tmp_path, with_status=True)
+    hub = obs.readers["bucharest"]
+    hub.events.extend([
+        LogEvent("bucharest", 10.0, "alarm_raised", {"alarm": "kms_low_stock",
+                                                     "subject": "bucharest--constanta"}),
+        LogEvent("bucharest", 11.0, "alarm_cleared", {"alarm": "tunnel_key_expired"}),
+        LogEvent("bucharest", 30.0, "peer_connection_closed", {"peer": "iasi"}),
+    ])
+    shown = [e.event for e in obs.events(since=20.0)]
+    assert shown == ["alarm_raised", "peer_connection_closed"]
+    assert [e.event for e in obs.events(limit=1)] == ["peer_connection_closed"]
