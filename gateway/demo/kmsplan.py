@@ -44,11 +44,12 @@ class KmePlan:
 
 @dataclass(frozen=True)
 class LinkPlan:
-    """One QKD link between two KMEs, with its modelled length and mean key rate."""
+    """One QKD link between two KMEs, with its modelled length and mean key rate (None: the
+    network's default rate)."""
 
     a: str
     b: str
-    rate_bps: float
+    rate_bps: float | None = None
     length_km: float | None = None
     penalty_db: float = 0.0
     note: str = ""  # why this link is special, for the report ("" for most)
@@ -59,7 +60,8 @@ class LinkPlan:
 
     def argument(self) -> str:
         """The ``--link`` argument of ``qkd-gateway kms-sim``."""
-        return f"{self.a}:{self.b}@{self.rate_bps:.1f}"
+        rate = "" if self.rate_bps is None else f"@{self.rate_bps:.1f}"
+        return f"{self.a}:{self.b}{rate}"
 
 
 @dataclass(frozen=True)

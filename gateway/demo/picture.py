@@ -93,7 +93,8 @@ def write_picture(path: Path, *, title: str, kms: KmsPlan, places: Mapping[str, 
         (x1, y1), (x2, y2) = xy[a.place], xy[b.place]
         keys = stock.get(link.name)
         colour = stock_colour(keys, low_stock, kms.max_key_count)
-        width = 2.0 + 1.5 * math.log10(max(10.0, link.rate_bps) / 10.0)
+        rate = link.rate_bps or kms.default_rate_bps
+        width = 2.0 + 1.5 * math.log10(max(10.0, rate) / 10.0)
         dash = DASH.get(networks.index(a.network), "")
         out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
                    f'stroke="{colour}" stroke-width="{width:.1f}" stroke-linecap="round"{dash}/>')
@@ -107,7 +108,7 @@ def write_picture(path: Path, *, title: str, kms: KmsPlan, places: Mapping[str, 
         badges.append(_badge((x1 + x2) / 2, (y1 + y2) / 2, "?" if keys is None else str(keys),
                              colour))
         rows.append((f"{a.place} - {b.place}", f"{link.length_km or 0:.0f} km",
-                     f"{link.rate_bps / 1000:.1f}", "?" if keys is None else str(keys),
+                     f"{rate / 1000:.1f}", "?" if keys is None else str(keys),
                      "-" if low is None else str(low), colour, a.network))
     drawn: set[str] = set()
     for kme in kms.kmes:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.kms.pool import DEFAULT_STATUS_INTERVAL
+
 __all__ = ["KMS_STATUS_INTERVAL_S", "MIN_ROTATIONS", "STRETCH_FACTOR", "DemoReport",
            "TunnelReport"]
 
@@ -24,8 +26,8 @@ MIN_ROTATIONS = 3  # the issue's bar: the first key and two rotations after it p
 # Jitter only ever shortens an interval (gateway.daemon.schedule), so a gap 20 % longer than the
 # configured interval is a stretch, not noise.
 STRETCH_FACTOR = 1.2
-# gateway.kms.pool.DEFAULT_STATUS_INTERVAL: how often a gateway re-reads stored_key_count.
-KMS_STATUS_INTERVAL_S = 30.0
+# How often a gateway re-reads stored_key_count (its key pools' status polls).
+KMS_STATUS_INTERVAL_S = DEFAULT_STATUS_INTERVAL
 # Slack for one rekey exchange and the daemons' logging after the stretched interval ends.
 _CLEAR_SLACK_S = 5.0
 

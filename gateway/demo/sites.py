@@ -12,6 +12,7 @@ share a QKD link. Tunnel ``p`` (1-based) uses 10.77.p.0/30: .1 on the hub, .2 on
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,10 @@ class LabPlan:
     starved: tuple[str, str] | None = None
     starved_tunnel: str | None = None
     mqtt: str | None = None  # mqtt://host:port as the sites reach it, or None
+    # Overrides of the KME network's default link rate (bits/s) and store size (keys); None:
+    # the KmsPlan's. (Tests of the gateway set them on a built plan.)
+    key_rate: float | None = None
+    max_key_count: int | None = None
     by_name: dict[str, SitePlan] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -203,7 +208,12 @@ class LabPlan:
 
     def kms_sim_args(self) -> list[str]:
         """Arguments of ``qkd-gateway kms-sim`` for this lab (after the subcommand)."""
-        return self.kms.kms_sim_args(str(self.pki_dir))
+        kms = self.kms
+        if self.key_rate is not None:
+            kms = dataclasses.replace(kms, default_rate_bps=self.key_rate)
+        if self.max_key_count is not None:
+            kms = dataclasses.replace(kms, max_key_count=self.max_key_count)
+        return kms.kms_sim_args(str(self.pki_dir))
 
 
 def dataplane_of(dataplane: str, pair: int) -> str:
@@ -243,8 +253,9 @@ def plan_lab(
     names = site_names(count)
     kmes = [KmePlan(f"kme-{n}", KME_BASE_PORT + i, KMS_PATH_NAME, n, n)
             for i, n in enumerate(names)]
-    # Links never refill (rate 0) but hold 10,000 keys: hours of rotation at the default rate.
-    links = [LinkPlan(kmes[0].kme_id, k.kme_id, 0.0) for k in kmes[1:]]
+    # Links never refill (the network's default rate, 0) but hold 10,000 keys: hours of
+    # rotation at the default rate.
+    links = [LinkPlan(kmes[0].kme_id, k.kme_id) for k in kmes[1:]]
     kms = KmsPlan(kmes, links)
     sites = make_sites(prefix, root, names, kms, netns)
     tunnels = [TunnelPlan(p, names[0], spoke, prefix, dataplane=dataplane_of(dataplane, p))

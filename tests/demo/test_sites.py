@@ -45,10 +45,16 @@ def test_star_plan_fits_kernel_names_and_addresses(tmp_path: Path) -> None:
         "10.77.1.1/30", "10.77.1.2/30")
     assert all(s.wan.ip in ipaddress.ip_network("198.18.0.0/15") for s in plan.sites)
     args = plan.kms_sim_args()
-    assert "kme-bucharest=198.18.0.2:8400" in args and "kme-bucharest:kme-iasi@0.0" in args
+    assert "kme-bucharest=198.18.0.2:8400" in args and "kme-bucharest:kme-iasi" in args
     assert "sae-iasi@kme-iasi" in args
     with pytest.raises(ValueError):
         t.side("iasi")
+    # A built plan's store size and default rate can be overridden (the e2e tests do).
+    object.__setattr__(plan, "max_key_count", 7)
+    object.__setattr__(plan, "key_rate", 256.0)
+    args = plan.kms_sim_args()
+    assert args[args.index("--max-key-count") + 1] == "7"
+    assert args[args.index("--key-rate") + 1] == "256"
 
 
 @pytest.mark.unit
@@ -106,9 +112,10 @@ def test_ronaqci_plan_two_disjoint_paths_and_a_starved_span(tmp_path: Path) -> N
     # Every span within the ~150 km reach of a QKD link; rates from the length model.
     for link in plan.kms.links:
         assert link.length_km is not None and 45 <= link.length_km <= 150
-        assert 0.4e3 <= link.rate_bps <= 120e3
+        assert link.rate_bps is not None and 0.4e3 <= link.rate_bps <= 120e3
     starved = plan.kms.link(f"kme-{STARVED[0]}", f"kme-{STARVED[1]}")
-    assert starved.penalty_db == 5.0 and 400 <= starved.rate_bps <= 600
+    assert starved.penalty_db == 5.0 and starved.rate_bps is not None
+    assert 400 <= starved.rate_bps <= 600
     assert plan.starved == ("kme-slobozia", "kme-constanta")
     assert plan.starved_tunnel == "bucharest--constanta"
     assert [k.place for k in plan.kms.path(BACKBONE, "bucharest", "constanta")] == [
