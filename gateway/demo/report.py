@@ -70,7 +70,11 @@ class TunnelReport:
         if self.rotations < MIN_ROTATIONS:
             found.append(f"{self.name}: {self.rotations} rotation(s) seen by both ends; "
                          f"need {MIN_ROTATIONS} (run longer than three --rekey-interval)")
-        if not self.psk_match:
+        if self.dataplane != "wireguard":
+            # ESP keys would be compared with `ip xfrm state` at both ends: not built yet (the
+            # XFRM data plane runs only in the kernel lab), and the report says so.
+            pass
+        elif not self.psk_match:
             found.append(f"{self.name}: the two ends do not hold the same preshared key")
         if self.starved:
             found += self._starved_problems(rekey_interval, clear_checked)
@@ -142,12 +146,16 @@ class DemoReport:
                 f"{'rtt ms':>7} {'rotations':>9}  keys   {'handshakes':>10}")
         lines = [head, "-" * len(head)]
         for t in self.tunnels:
-            keys = "-" if t.psk_match is None else ("match" if t.psk_match else "DIFFER")
+            keys = ("n/a" if t.dataplane != "wireguard" else "-" if t.psk_match is None
+                    else "match" if t.psk_match else "DIFFER")
             rot = "-" if self.lab_only else str(t.rotations)
             hs = "-" if t.handshakes is None else f"{t.fresh_handshakes}/{t.handshakes} fresh"
             lines.append(f"{t.name:<{width}}  {t.target:<15} {t.sent:>7} {t.lost:>6} "
                          f"{t.late:>5} {t.rtt_avg_ms:>7.2f} {rot:>9}  {keys:<6} {hs:>10}")
         lines += self._paths() + self._starved()
+        if any(t.dataplane != "wireguard" for t in self.tunnels) and not self.lab_only:
+            lines.append("  ESP tunnels: keys not compared at both ends (ip xfrm state): not "
+                         "implemented yet; rotations and pings are checked")
         mode = "lab only (no daemons)" if self.lab_only else "daemons"
         lines.append(f"lab {self.prefix}, {mode}: pinged for {self.duration_s:.1f} s; KMS ready "
                      f"after {self.kms_ready_s:.2f} s")
