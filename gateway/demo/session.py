@@ -166,10 +166,14 @@ async def run_session(plan: LabPlan, settings: SessionSettings, procs: ProcessSe
     finally:
         if backup is not None and backup_task is not None:
             backup.stop()
-            stats = await backup_task
-            report.backup_keys = stats.keys_taken
-            report.notes.append(f"backup application: took {stats.keys_taken} keys from the "
-                                f"starved span in {stats.requests} looks")
+            try:
+                stats = await backup_task
+            except Exception as exc:  # must not hide what ended the session
+                report.errors.append(f"backup application failed: {exc}")
+            else:
+                report.backup_keys = stats.keys_taken
+                report.notes.append(f"backup application: took {stats.keys_taken} keys from "
+                                    f"the starved span in {stats.requests} looks")
 
 
 async def _ping(plan: LabPlan, settings: SessionSettings, procs: ProcessSet,
