@@ -1,13 +1,16 @@
 """`qkd-gateway demo`: sites in network namespaces, a WAN, the KME network, daemons, pings.
 
-Builds N sites (default 2) joined by a bridged WAN, writes each site's keys and configuration
-into a private temporary directory, starts the KME network and one ``qkd-gateway run`` per site
-inside its namespace, pings across every tunnel at 20/s and prints a report. Exit codes:
-0 every check passed; 1 a check failed (a ping lost, a tunnel rotated fewer than twice, keys
-differ); 2 the lab could not be built (the message says why and what to install); 130/143
-interrupted by SIGINT/SIGTERM before the pings started. Everything the demo created
-(namespaces, processes, sockets, the temporary directory) is removed on every exit path;
-``--cleanup`` removes what a crashed run left behind. See docs/demo.md.
+Builds the RoNaQCI network by default (six cities, trusted nodes on the long spans, two KME
+networks, one span short of key; ``--topology pair`` or ``star`` for the small labs), writes each
+site's keys and configuration into a private temporary directory, starts the KME network and one
+``qkd-gateway run`` per site inside its namespace, pings across every tunnel at 20/s with a live
+view (plain lines when stdout is not a terminal) and prints a report. Exit codes: 0 every check
+passed; 1 a check failed (a ping lost, a tunnel rotated fewer than three times, keys differ, the
+starved span's rotation did not stretch or its alarm did not clear); 2 the lab could not be built
+(the message says why and what to install); 130/143 interrupted by SIGINT/SIGTERM before the
+pings started. Everything the demo created (namespaces, processes, sockets, the temporary
+directory) is removed on every exit path; ``--cleanup`` removes what a crashed run left behind.
+See docs/demo.md.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.demo import (
+    DATAPLANES,
     MAX_SITES,
+    TOPOLOGIES,
     DemoError,
     DemoOptions,
     Interrupted,
@@ -30,6 +36,7 @@ from gateway.demo import (
     run_demo,
     stale_prefixes,
 )
+from gateway.demo.mqttrelay import parse_host_port
 
 __all__ = ["register", "run"]
 
@@ -50,6 +57,14 @@ def _sites(text: str) -> int:
     return int(text)
 
 
+def _host_port(text: str) -> str:
+    try:
+        parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="run the lab demo: sites in network namespaces, KMS, tunnels, pings",
@@ -57,11 +72,15 @@ def register(sub: Any) -> None:
                     "KME network and a gateway per site, ping across every tunnel at 20/s and "
                     "report. Needs root. Removes everything it created on exit.",
     )
-    p.add_argument("--sites", type=_sites, default=2, metavar="N",
-                   help=f"number of sites, 2-{MAX_SITES}; more than 2 form a star from the "
-                        "first (default 2)")
-    p.add_argument("--dataplane", choices=("wireguard",), default="wireguard",
-                   help="tunnel type: kernel WireGuard if the kernel has it, else wireguard-go")
+    p.add_argument("--topology", choices=TOPOLOGIES, default="ronaqci",
+                   help="ronaqci: six cities, trusted nodes, two-path keys, a starved span "
+                        "(default); pair: two sites; star: --sites sites around the first")
+    p.add_argument("--sites", type=_sites, default=None, metavar="N",
+                   help=f"number of sites of the star topology, 2-{MAX_SITES} (default 6)")
+    p.add_argument("--dataplane", choices=DATAPLANES, default="wireguard",
+                   help="tunnel type: wireguard (kernel WireGuard if the kernel has it, else "
+                        "wireguard-go); xfrm (ESP) and mixed need ESP in the kernel and the "
+                        "daemon's XFRM support: the kernel lab, not this host")
     p.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
                    help="how long to ping (default: until Ctrl-C)")
     p.add_argument("--rekey-interval", type=_seconds, default=10.0, metavar="SECONDS",
@@ -69,6 +88,16 @@ def register(sub: Any) -> None:
     p.add_argument("--lab-only", action="store_true",
                    help="no daemons: check the lab itself (namespaces, KMS over mutual TLS, "
                         "pings between WAN addresses)")
+    p.add_argument("--mqtt", type=_host_port, default=None, metavar="HOST:PORT",
+                   help="every site publishes its telemetry to this MQTT broker (reached "
+                        "through a relay in the lab, so 127.0.0.1 works)")
+    p.add_argument("--picture", type=Path, default=None, metavar="FILE",
+                   help="where to write the ronaqci SVG picture "
+                        "(default /tmp/qkd-demo-<lab>.svg)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the key rates' fluctuation (same seed, same rates)")
+    p.add_argument("--plain", action="store_true",
+                   help="plain progress lines even on a terminal (no live table)")
     p.add_argument("--keep", action="store_true",
                    help="keep the run directory (configs, keys, logs) and print its path")
     p.add_argument("--cleanup", action="store_true",
@@ -127,9 +156,14 @@ def run(args: argparse.Namespace) -> int:
                     print(f"removed {item}")
             print(f"demo: {len(prefixes)} crashed run(s) cleaned up")
             return 0
-        options = DemoOptions(sites=args.sites, duration=args.duration,
+        if args.sites is not None and args.topology != "star":
+            print("demo: error: --sites N goes with --topology star", file=sys.stderr)
+            return 2
+        options = DemoOptions(sites=args.sites or 6, duration=args.duration,
                               rekey_interval=args.rekey_interval, dataplane=args.dataplane,
-                              lab_only=args.lab_only, keep=args.keep)
+                              lab_only=args.lab_only, keep=args.keep, topology=args.topology,
+                              mqtt=args.mqtt, picture=args.picture, seed=args.seed,
+                              live=sys.stdout.isatty() and not args.plain)
         return asyncio.run(_main(options))
     except DemoError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)

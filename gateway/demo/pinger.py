@@ -10,6 +10,12 @@ When the pinger stops it sends nothing more and waits out the requests in flight
 The raw ICMP socket is created inside the site's namespace (see
 :func:`gateway.demo.netns.socket_in_netns`) and connected to the target, so the kernel delivers
 only that target's ICMP; the echo identifier separates two pingers to the same target.
+
+Times are the kernel's: each reply carries its arrival time (``SO_TIMESTAMPNS``), and before a
+request is declared lost every reply already queued on the socket is read. So a busy machine
+that runs this process late (a loaded 2-core CI runner, the demo's own view) does not turn
+answered pings into losses: a ping is lost only if its reply really arrived more than
+``timeout`` after the request left, or never.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -32,6 +39,9 @@ DEFAULT_TIMEOUT_S = 1.0  # like `ping -W 1`; a tunnel hiccup longer than this is
 _PAYLOAD = bytes(range(56))  # ping(8)'s default payload size
 _ECHO_REQUEST, _ECHO_REPLY = 8, 0
 _LATE_MEMORY = 4096  # expired sequence numbers remembered to recognise late replies
+# Linux asm-generic/socket.h: SO_TIMESTAMPNS (= SCM_TIMESTAMPNS), a struct timespec per packet.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@ll")
 
 
 def _checksum(data: bytes) -> int:
@@ -124,19 +134,19 @@ class Pinger:
                                socket.IPPROTO_ICMP)
         loop = asyncio.get_running_loop()
         try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             # Connecting a raw socket makes the kernel filter replies by source address.
             sock.connect((self.stats.target, 0))
-            receiver = asyncio.create_task(self._receive(sock), name=f"ping-rx-{self.stats.target}")
+            loop.add_reader(sock.fileno(), self._read_all, sock)
             try:
                 await self._send_loop(sock, loop, count)
                 if self._pending:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._drained.wait(), self.timeout)
+                self._read_all(sock)
                 self._expire(float("inf"))
             finally:
-                receiver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receiver
+                loop.remove_reader(sock.fileno())
         finally:
             sock.close()
         return self.stats
@@ -153,7 +163,9 @@ class Pinger:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 if self._stop.is_set():
                     break
-            now = loop.time()
+            # Replies already queued count before anything is declared lost.
+            self._read_all(sock)
+            now = time.time()
             self._expire(now - self.timeout)
             seq = n & 0xFFFF
             self._pending[seq] = now
@@ -172,34 +184,50 @@ class Pinger:
             seq, sent_at = next(iter(self._pending.items()))
             if sent_at > sent_before:
                 break
-            del self._pending[seq]
-            self.stats.lost += 1
-            self._expired[seq] = None
-            if len(self._expired) > _LATE_MEMORY:
-                self._expired.popitem(last=False)
+            self._lose(seq)
 
-    async def _receive(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+    def _lose(self, seq: int) -> None:
+        del self._pending[seq]
+        self.stats.lost += 1
+        self._expired[seq] = None
+        if len(self._expired) > _LATE_MEMORY:
+            self._expired.popitem(last=False)
+
+    def _read_all(self, sock: socket.socket) -> None:
+        """Read every reply queued on the socket, each with the kernel's arrival time."""
         while True:
             try:
-                packet = await loop.sock_recv(sock, 2048)
+                packet, ancillary, _flags, _addr = sock.recvmsg(2048, 64)
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
                 continue  # an ICMP error queued on the socket; the request expires on its own
+            arrived = time.time()
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and \
+                        len(data) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack(data[:_TIMESPEC.size])
+                    arrived = sec + nsec / 1e9
             seq = _parse_reply(packet, self._ident)
-            if seq is None:
-                continue
-            now = loop.time()
-            sent_at = self._pending.get(seq)
-            if sent_at is not None and now - sent_at <= self.timeout:
-                del self._pending[seq]
-                rtt = (now - sent_at) * 1000.0
-                st = self.stats
-                st.received += 1
-                st.rtt_sum_ms += rtt
-                st.rtt_min_ms = min(st.rtt_min_ms, rtt)
-                st.rtt_max_ms = max(st.rtt_max_ms, rtt)
-                if not self._pending and self._stop.is_set():
-                    self._drained.set()
-            elif seq in self._expired:
-                del self._expired[seq]
-                self.stats.late += 1
+            if seq is not None:
+                self._settle(seq, arrived)
+
+    def _settle(self, seq: int, arrived: float) -> None:
+        sent_at = self._pending.get(seq)
+        if sent_at is not None and arrived - sent_at <= self.timeout:
+            del self._pending[seq]
+            rtt = max(0.0, arrived - sent_at) * 1000.0
+            st = self.stats
+            st.received += 1
+            st.rtt_sum_ms += rtt
+            st.rtt_min_ms = min(st.rtt_min_ms, rtt)
+            st.rtt_max_ms = max(st.rtt_max_ms, rtt)
+        elif sent_at is not None:
+            self._lose(seq)  # answered, but after the timeout: lost, and late
+            del self._expired[seq]
+            self.stats.late += 1
+        elif seq in self._expired:
+            del self._expired[seq]
+            self.stats.late += 1
+        if not self._pending and self._stop.is_set():
+            self._drained.set()

@@ -13,18 +13,25 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from gateway.demo.errors import LabProcessError
 
-__all__ = ["LabProcess", "ProcessSet", "start_in_netns"]
+__all__ = ["LabProcess", "ProcessSet", "gateway_argv", "start_in_netns"]
 
 # A daemon shutting down cleanly (tunnels torn down, state flushed) needs about a second; after
 # this long it is hung, and SIGKILL is the only way to keep the teardown promise.
 STOP_GRACE_S = 5.0
 _KILL_WAIT_S = 2.0
+
+
+def gateway_argv(subcommand: str, *args: str) -> list[str]:
+    """``python -m gateway SUBCOMMAND ARGS`` with this interpreter (the venv's): the lab runs
+    the very code it was started from, whatever is on PATH."""
+    return [sys.executable, "-m", "gateway", subcommand, *args]
 
 
 class LabProcess:

@@ -4,12 +4,13 @@ keys WireGuard actually holds.
 Rotation count. Each daemon logs JSON lines (``telemetry.log.format: json``); one event per
 installed key::
 
-    {"event": "tunnel_rekeyed", "tunnel": "<tunnel name>", "epoch": <int>, ...}
+    {"timestamp": "...Z", "event": "tunnel_rekeyed", "tunnel": "<tunnel name>", "epoch": <int>}
 
 :class:`RotationReader` follows a daemon's log file incrementally (the demo can run for hours)
-and collects the distinct epochs per tunnel. A tunnel's rotation count in the report is the
-number of epochs *both* ends logged: a key one side installed and the other never did is not
-a rotation, it is an outage.
+and collects the distinct epochs per tunnel with the time each was logged, and the events an
+operator watches (alarms raised and cleared, tunnels failing closed, sessions). A tunnel's
+rotation count in the report is the number of epochs *both* ends logged: a key one side installed
+and the other never did is not a rotation, it is an outage.
 
 Matching keys. :func:`psk_matches` reads the preshared key of each end with
 ``wg show IF preshared-keys`` (kernel or wireguard-go alike) and compares SHA-256 digests in
@@ -22,20 +23,62 @@ import asyncio
 import hashlib
 import hmac
 import json
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-__all__ = ["REKEY_EVENT", "RotationReader", "psk_matches", "read_psk_digest"]
+__all__ = ["NOTABLE_EVENTS", "REKEY_EVENT", "LogEvent", "RotationReader", "psk_matches",
+           "read_psk_digest"]
 
 REKEY_EVENT = "tunnel_rekeyed"
+# Events shown on the live view's event line and kept for the report.
+NOTABLE_EVENTS = frozenset({
+    "alarm_raised", "alarm_cleared", "tunnel_failed_closed", "tunnel_resumed",
+    "peer_session_up", "peer_connection_closed", "daemon_ready", "tunnel_install_failed",
+    "tunnel_activate_failed", "action_failed", "protocol_alarm",
+})
+# Fields of a notable event worth showing (never key material: the daemon logs none).
+_SHOWN = ("alarm", "subject", "tunnel", "peer", "stored_key_count", "low_stock", "next_rekey_s",
+          "reason", "error")
 _WG_TIMEOUT_S = 5.0
+_EVENT_MEMORY = 200
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """A notable event of one site's daemon."""
+
+    site: str
+    time: float  # Unix seconds, from the event's timestamp
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        shown = " ".join(f"{k}={self.fields[k]}" for k in _SHOWN if k in self.fields)
+        return f"{self.site}: {self.event} {shown}".rstrip()
+
+
+def _time(record: dict[str, Any]) -> float | None:
+    stamp = record.get("timestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class RotationReader:
     """Follow one daemon's JSON log file; ``poll()`` reads what was appended since last time."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, site: str = "") -> None:
+        self.path, self.site = path, site
         self.epochs: dict[str, set[int]] = {}
+        self.times: dict[str, dict[int, float]] = {}  # tunnel -> epoch -> when it was logged
+        self.events: deque[LogEvent] = deque(maxlen=_EVENT_MEMORY)
+        self.alarms: list[LogEvent] = []  # every alarm_raised / alarm_cleared, in order
         self._offset = 0
         self._partial = b""
 
@@ -60,11 +103,22 @@ class RotationReader:
             record = json.loads(line)
         except ValueError:
             return
-        if not isinstance(record, dict) or record.get("event") != REKEY_EVENT:
+        if not isinstance(record, dict):
             return
-        tunnel, epoch = record.get("tunnel"), record.get("epoch")
-        if isinstance(tunnel, str) and isinstance(epoch, int) and not isinstance(epoch, bool):
-            self.epochs.setdefault(tunnel, set()).add(epoch)
+        name = record.get("event")
+        if name == REKEY_EVENT:
+            tunnel, epoch = record.get("tunnel"), record.get("epoch")
+            if isinstance(tunnel, str) and isinstance(epoch, int) and not isinstance(epoch, bool):
+                self.epochs.setdefault(tunnel, set()).add(epoch)
+                when = _time(record)
+                if when is not None:
+                    self.times.setdefault(tunnel, {}).setdefault(epoch, when)
+        elif isinstance(name, str) and name in NOTABLE_EVENTS:
+            shown = {k: record[k] for k in _SHOWN if k in record}
+            event = LogEvent(self.site, _time(record) or 0.0, name, shown)
+            self.events.append(event)
+            if name in ("alarm_raised", "alarm_cleared"):
+                self.alarms.append(event)
 
     def rotations(self, tunnel: str) -> set[int]:
         return self.epochs.get(tunnel, set())

@@ -1,38 +1,50 @@
 """The demo's plan: which sites, their IDs, addresses, tunnels and the KME network's shape.
 
 Everything here is pure (no I/O): :func:`plan_lab` turns a site count and a directory into
-names and numbers; :mod:`gateway.demo.siteconfig` writes keys and configuration from the plan.
+names and numbers (the ``pair`` and ``star`` topologies; ``ronaqci`` is planned by
+:mod:`gateway.demo.ronaqci`); :mod:`gateway.demo.siteconfig` writes keys and configuration from
+the plan.
 
-Shape: the first site is the hub (Bucharest); with two sites it is a pair, with more a star from
-the hub, like the RoNaQCI backbone. Each site has its own KME; the KMEs of the hub and of every
-spoke share a QKD link. Tunnel ``p`` (1-based) uses 10.77.p.0/30: .1 on the hub, .2 on the spoke.
+Shape of ``pair``/``star``: the first site is the hub (Bucharest); with two sites it is a pair,
+with more a star from the hub. Each site has its own KME; the KMEs of the hub and of every spoke
+share a QKD link. Tunnel ``p`` (1-based) uses 10.77.p.0/30: .1 on the hub, .2 on the spoke.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.demo.topology import KMS_ADDRESS, MAX_SITES, site_wan_address
+from gateway.demo.kmsplan import KME_BASE_PORT, KmePlan, KmsPlan, LinkPlan
+from gateway.demo.topology import MAX_SITES, site_wan_address
 
 __all__ = [
     "CITY_NAMES",
-    "KME_BASE_PORT",
+    "DATAPLANES",
+    "KMS_PATH_NAME",
     "PEER_PORT",
     "WG_BASE_PORT",
+    "KmsSettings",
     "LabPlan",
     "SitePlan",
     "TunnelPlan",
+    "dataplane_of",
+    "make_sites",
     "plan_lab",
     "site_names",
 ]
 
 CITY_NAMES = ("bucharest", "cluj-napoca", "iasi", "timisoara", "craiova", "constanta")
-KME_BASE_PORT = 8400  # site i's KME: https://198.18.0.2:(8400+i) in the kms namespace
 PEER_PORT = 7447  # the peer control protocol's default port (gateway.config)
 WG_BASE_PORT = 51820  # tunnel p listens on 51820+p on both ends (the hub holds several)
 TUNNEL_NET = ipaddress.IPv4Network("10.77.0.0/16")
+# A tunnel's `kms` list names KMS *paths*, and the peer protocol disables a tunnel whose two ends
+# list different names (policy_mismatch). In pair/star every site reaches the one QKD backbone
+# through its own KME, so each site's single KMS entry carries this same name.
+KMS_PATH_NAME = "qkd-backbone"
+DATAPLANES = ("wireguard", "xfrm", "mixed")
 
 
 def site_names(count: int) -> list[str]:
@@ -44,29 +56,37 @@ def site_names(count: int) -> list[str]:
 
 @dataclass(frozen=True)
 class SitePlan:
-    """One site: its namespace, WAN address, IDs and files."""
+    """One site: its namespace, WAN address, IDs, files and the KMEs it uses (one per network)."""
 
     index: int
     name: str
     netns: str
     wan: ipaddress.IPv4Interface
     directory: Path
+    kmes: tuple[KmePlan, ...] = ()
 
     @property
     def sae_id(self) -> str:
         return f"sae-{self.name}"
 
     @property
+    def kme(self) -> KmePlan:
+        """The site's KME in its first network (pair/star: its only one)."""
+        if not self.kmes:
+            raise ValueError(f"site {self.name!r} has no KME in the plan")
+        return self.kmes[0]
+
+    @property
     def kme_id(self) -> str:
-        return f"kme-{self.name}"
+        return self.kme.kme_id
 
     @property
     def kme_port(self) -> int:
-        return KME_BASE_PORT + self.index
+        return self.kme.port
 
     @property
     def kme_url(self) -> str:
-        return f"https://{KMS_ADDRESS.ip}:{self.kme_port}"
+        return self.kme.url
 
     @property
     def config_path(self) -> Path:
@@ -80,12 +100,16 @@ class SitePlan:
 
 @dataclass(frozen=True)
 class TunnelPlan:
-    """One WireGuard tunnel between the hub and a spoke; both ends use the same name."""
+    """One tunnel between a hub and a spoke; both ends use the same name. ``kms``: the KME
+    networks its key comes from (several: one QKD key from each, combined); ``dataplane``:
+    ``wireguard`` or ``esp`` (an XFRM tunnel)."""
 
     pair: int
     hub: str
     spoke: str
     prefix: str
+    kms: tuple[str, ...] = (KMS_PATH_NAME,)
+    dataplane: str = "wireguard"
 
     @property
     def name(self) -> str:
@@ -101,7 +125,8 @@ class TunnelPlan:
 
     def interface(self, site: str) -> str:
         # Unique across namespaces: wireguard-go's UAPI sockets share /var/run/wireguard.
-        return f"{self.prefix}w{self.pair}{self.side(site)}"
+        kind = "w" if self.dataplane == "wireguard" else "x"
+        return f"{self.prefix}{kind}{self.pair}{self.side(site)}"
 
     def address(self, site: str) -> ipaddress.IPv4Interface:
         host = 1 if self.side(site) == "h" else 2
@@ -117,17 +142,42 @@ class TunnelPlan:
 
 
 @dataclass(frozen=True)
+class KmsSettings:
+    """What every site's KMS entries say beyond the URL: the gateway's key pool and the stock
+    below which rotation stretches (docs/config.md, ``kms[].pool``, ``kms[].low_stock``).
+    None: the gateway's defaults."""
+
+    target: int | None = None
+    batch: int | None = None
+    low_water: int | None = None
+    low_stock: int | None = None
+
+
+@dataclass(frozen=True)
 class LabPlan:
-    """The whole demo: sites, tunnels, timers and where files go (``root``)."""
+    """The whole demo: sites, tunnels, the KME network, timers and where files go (``root``).
+
+    ``starved``: the QKD link deliberately short of key (KME IDs) and ``starved_tunnel`` the
+    tunnel whose key crosses it, when the topology has one.
+    """
 
     prefix: str
     root: Path
     sites: list[SitePlan]
     tunnels: list[TunnelPlan]
     rekey_interval: float
+    kms: KmsPlan
     backend: str = "auto"
-    key_rate: float = 0.0
-    max_key_count: int = 10_000
+    topology: str = "star"
+    reject_factor: float = 1.5
+    kms_settings: KmsSettings = field(default_factory=KmsSettings)
+    starved: tuple[str, str] | None = None
+    starved_tunnel: str | None = None
+    mqtt: str | None = None  # mqtt://host:port as the sites reach it, or None
+    # Overrides of the KME network's default link rate (bits/s) and store size (keys); None:
+    # the KmsPlan's. (Tests of the gateway set them on a built plan.)
+    key_rate: float | None = None
+    max_key_count: int | None = None
     by_name: dict[str, SitePlan] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -143,23 +193,47 @@ class LabPlan:
 
     @property
     def reject_after(self) -> float:
-        # Half a rekey interval of slack before a tunnel fails closed, as WireGuard's 120/180 s.
-        return self.rekey_interval * 1.5
+        # pair/star: half a rekey interval of slack before a tunnel fails closed, as WireGuard's
+        # 120/180 s; ronaqci gives stretched rotation room (see gateway.demo.ronaqci).
+        return self.rekey_interval * self.reject_factor
 
     def tunnels_of(self, site: str) -> list[TunnelPlan]:
         return [t for t in self.tunnels if site in (t.hub, t.spoke)]
 
+    def tunnel(self, name: str) -> TunnelPlan:
+        for t in self.tunnels:
+            if t.name == name:
+                return t
+        raise KeyError(f"no tunnel {name!r} in the plan")
+
     def kms_sim_args(self) -> list[str]:
         """Arguments of ``qkd-gateway kms-sim`` for this lab (after the subcommand)."""
-        args = ["--pki-dir", str(self.pki_dir)]
-        for s in self.sites:
-            args += ["--kme", f"{s.kme_id}={KMS_ADDRESS.ip}:{s.kme_port}"]
-        for t in self.tunnels:
-            args += ["--link", f"{self.by_name[t.hub].kme_id}:{self.by_name[t.spoke].kme_id}"]
-        for s in self.sites:
-            args += ["--sae", f"{s.sae_id}@{s.kme_id}"]
-        args += ["--key-rate", f"{self.key_rate:g}", "--max-key-count", str(self.max_key_count)]
-        return args
+        kms = self.kms
+        if self.key_rate is not None:
+            kms = dataclasses.replace(kms, default_rate_bps=self.key_rate)
+        if self.max_key_count is not None:
+            kms = dataclasses.replace(kms, max_key_count=self.max_key_count)
+        return kms.kms_sim_args(str(self.pki_dir))
+
+
+def dataplane_of(dataplane: str, pair: int) -> str:
+    """The data plane of tunnel ``pair`` under the ``--dataplane`` choice: ``mixed`` alternates
+    ESP (odd pairs) and WireGuard (even pairs)."""
+    if dataplane not in DATAPLANES:
+        raise ValueError(f"--dataplane {dataplane!r}: choose one of {', '.join(DATAPLANES)}")
+    if dataplane == "mixed":
+        return "esp" if pair % 2 else "wireguard"
+    return "esp" if dataplane == "xfrm" else "wireguard"
+
+
+def make_sites(prefix: str, root: Path, names: list[str], kms: KmsPlan,
+               netns: dict[str, str] | None = None) -> list[SitePlan]:
+    """Site ``i`` of ``names`` gets WAN address 198.18.0.(10+i) and its KMEs from ``kms``."""
+    return [
+        SitePlan(i, name, (netns or {}).get(name, f"{prefix}-{name}"), site_wan_address(i),
+                 root / "sites" / name, tuple(kms.of_site(name)))
+        for i, name in enumerate(names)
+    ]
 
 
 def plan_lab(
@@ -169,16 +243,22 @@ def plan_lab(
     rekey_interval: float,
     backend: str = "auto",
     netns: dict[str, str] | None = None,
+    dataplane: str = "wireguard",
 ) -> LabPlan:
-    """Plan ``count`` sites under ``root``. ``netns`` maps site name -> namespace (default
-    ``<prefix>-<name>``, the names :class:`~gateway.demo.topology.Topology` uses)."""
+    """Plan ``count`` sites under ``root`` (``pair``/``star``). ``netns`` maps site name ->
+    namespace (default ``<prefix>-<name>``, the names :class:`~gateway.demo.topology.Topology`
+    uses)."""
     if rekey_interval < 1:
         raise ValueError("the rekey interval must be at least 1 s")
     names = site_names(count)
-    sites = [
-        SitePlan(i, name, (netns or {}).get(name, f"{prefix}-{name}"), site_wan_address(i),
-                 root / "sites" / name)
-        for i, name in enumerate(names)
-    ]
-    tunnels = [TunnelPlan(p, names[0], spoke, prefix) for p, spoke in enumerate(names[1:], 1)]
-    return LabPlan(prefix, root, sites, tunnels, float(rekey_interval), backend)
+    kmes = [KmePlan(f"kme-{n}", KME_BASE_PORT + i, KMS_PATH_NAME, n, n)
+            for i, n in enumerate(names)]
+    # Links never refill (the network's default rate, 0) but hold 10,000 keys: hours of
+    # rotation at the default rate.
+    links = [LinkPlan(kmes[0].kme_id, k.kme_id) for k in kmes[1:]]
+    kms = KmsPlan(kmes, links)
+    sites = make_sites(prefix, root, names, kms, netns)
+    tunnels = [TunnelPlan(p, names[0], spoke, prefix, dataplane=dataplane_of(dataplane, p))
+               for p, spoke in enumerate(names[1:], 1)]
+    return LabPlan(prefix, root, sites, tunnels, float(rekey_interval), kms, backend,
+                   topology="pair" if count == 2 else "star")

@@ -43,7 +43,8 @@ def _prefix(lines: list[str]) -> str:
 
 @pytest.mark.netns
 def test_lab_only_run_reports_and_exits_zero() -> None:
-    done = subprocess.run([*DEMO, "--lab-only", "--duration", "1.5", "--keep"],
+    done = subprocess.run([*DEMO, "--topology", "pair", "--lab-only", "--duration", "1.5",
+                           "--keep"],
                           capture_output=True, text=True, timeout=60)
     match = re.search(r"files in (\S+)", done.stderr)
     assert match, done.stderr
@@ -72,8 +73,8 @@ def test_lab_only_run_reports_and_exits_zero() -> None:
                                             (signal.SIGINT, "pinging"),
                                             (signal.SIGTERM, "lab qgd")])
 def test_signal_tears_everything_down(sig: signal.Signals, phase: str) -> None:
-    proc = subprocess.Popen([*DEMO, "--lab-only"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*DEMO, "--topology", "pair", "--lab-only"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     lines = _wait_for_line(proc.stderr, phase)
     prefix = _prefix(lines)
@@ -94,8 +95,8 @@ def test_signal_tears_everything_down(sig: signal.Signals, phase: str) -> None:
 
 @pytest.mark.netns
 def test_cleanup_option_removes_a_killed_run() -> None:
-    proc = subprocess.Popen([*DEMO, "--lab-only"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*DEMO, "--topology", "pair", "--lab-only"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     prefix = _prefix(_wait_for_line(proc.stderr, "pinging"))
     os.kill(proc.pid, signal.SIGKILL)  # no teardown at all
@@ -114,14 +115,23 @@ def test_options_and_requirements(monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     demo_cli.register(parser.add_subparsers())
-    args = parser.parse_args(["demo", "--sites", "6", "--duration", "30",
-                              "--rekey-interval", "5"])
-    assert (args.sites, args.duration, args.rekey_interval) == (6, 30.0, 5.0)
-    assert args.dataplane == "wireguard" and not args.lab_only
+    args = parser.parse_args(["demo", "--duration", "60", "--rekey-interval", "5"])
+    assert (args.topology, args.sites, args.duration, args.rekey_interval) == (
+        "ronaqci", None, 60.0, 5.0)
+    assert args.dataplane == "wireguard" and not args.lab_only and args.mqtt is None
+    args = parser.parse_args(["demo", "--topology", "star", "--sites", "4", "--dataplane",
+                              "mixed", "--mqtt", "127.0.0.1:1883", "--seed", "3"])
+    assert (args.topology, args.sites, args.dataplane, args.mqtt, args.seed) == (
+        "star", 4, "mixed", "127.0.0.1:1883", 3)
     for bad in (["--sites", "1"], ["--sites", "x"], ["--duration", "0"],
-                ["--rekey-interval", "-3"], ["--dataplane", "xfrm"]):
+                ["--rekey-interval", "-3"], ["--dataplane", "esp"], ["--topology", "mesh"],
+                ["--mqtt", "localhost"], ["--mqtt", "127.0.0.1:0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["demo", *bad])
+    assert "expected HOST:PORT, e.g. 127.0.0.1:1883" in capsys.readouterr().err
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert demo_cli.run(parser.parse_args(["demo", "--lab-only"])) == 2
     assert "needs root: run it with sudo" in capsys.readouterr().err
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert demo_cli.run(parser.parse_args(["demo", "--sites", "4"])) == 2
+    assert "--sites N goes with --topology star" in capsys.readouterr().err

@@ -39,7 +39,7 @@ async def test_site_reads_kme_status_over_mutual_tls(topo: Topology, tmp_path: P
         assert status["target_KME_ID"] == "kme-bucharest"
         assert status["master_SAE_ID"] == "sae-cluj-napoca"
         assert status["slave_SAE_ID"] == "sae-bucharest"
-        assert status["stored_key_count"] == plan.max_key_count
+        assert status["stored_key_count"] == plan.kms.max_key_count
         # The KME ID is confirmed from the certificate: the wrong expectation is refused.
         with pytest.raises(KmsUnreachable, match="kme-bucharest"):
             await kme_status(hub.netns, host, spoke.kme_port, kme_id="kme-bucharest",

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.demo import MAX_SITES, materialize, plan_lab, site_names
+from gateway.demo import (
+    MAX_SITES,
+    DemoOptions,
+    materialize,
+    plan_for,
+    plan_lab,
+    plan_ronaqci,
+    site_names,
+)
+from gateway.demo.ronaqci import BACKBONE, SECOND, STARVED
 
 
 @pytest.mark.unit
@@ -40,6 +49,12 @@ def test_star_plan_fits_kernel_names_and_addresses(tmp_path: Path) -> None:
     assert "sae-iasi@kme-iasi" in args
     with pytest.raises(ValueError):
         t.side("iasi")
+    # A built plan's store size and default rate can be overridden (the e2e tests do).
+    object.__setattr__(plan, "max_key_count", 7)
+    object.__setattr__(plan, "key_rate", 256.0)
+    args = plan.kms_sim_args()
+    assert args[args.index("--max-key-count") + 1] == "7"
+    assert args[args.index("--key-rate") + 1] == "256"
 
 
 @pytest.mark.unit
@@ -73,3 +88,87 @@ def test_written_configs_load_and_hold_no_secret(tmp_path: Path) -> None:
             secret_lines = [ln for ln in body if ln and not ln.startswith("-----")]
             assert not any(ln in text for ln in secret_lines)
         assert "PRIVATE KEY" not in text
+
+
+@pytest.mark.unit
+def test_ronaqci_plan_two_disjoint_paths_and_a_starved_span(tmp_path: Path) -> None:
+    plan = plan_ronaqci("qgd1a", tmp_path, 5)
+    assert [s.name for s in plan.sites] == ["bucharest", "cluj-napoca", "iasi", "timisoara",
+                                            "craiova", "constanta"]
+    assert [t.name for t in plan.tunnels] == [
+        "bucharest--cluj-napoca", "bucharest--iasi", "bucharest--timisoara",
+        "bucharest--craiova", "bucharest--constanta"]
+    cluj = plan.tunnel("bucharest--cluj-napoca")
+    assert cluj.kms == (BACKBONE, SECOND)
+    west = [k.place for k in plan.kms.path(BACKBONE, "bucharest", "cluj-napoca")]
+    east = [k.place for k in plan.kms.path(SECOND, "bucharest", "cluj-napoca")]
+    assert west == ["bucharest", "pitesti", "sibiu", "alba-iulia", "cluj-napoca"]
+    assert east == ["bucharest", "ploiesti", "brasov", "sighisoara", "targu-mures",
+                    "cluj-napoca"]
+    # Node-disjoint: no KME of one path is in the other (the end KMEs are distinct too).
+    ids = [{k.kme_id for k in plan.kms.path(n, "bucharest", "cluj-napoca")}
+           for n in (BACKBONE, SECOND)]
+    assert not ids[0] & ids[1]
+    # Every span within the ~150 km reach of a QKD link; rates from the length model.
+    for link in plan.kms.links:
+        assert link.length_km is not None and 45 <= link.length_km <= 150
+        assert link.rate_bps is not None and 0.4e3 <= link.rate_bps <= 120e3
+    starved = plan.kms.link(f"kme-{STARVED[0]}", f"kme-{STARVED[1]}")
+    assert starved.penalty_db == 5.0 and starved.rate_bps is not None
+    assert 400 <= starved.rate_bps <= 600
+    assert plan.starved == ("kme-slobozia", "kme-constanta")
+    assert plan.starved_tunnel == "bucharest--constanta"
+    assert [k.place for k in plan.kms.path(BACKBONE, "bucharest", "constanta")] == [
+        "bucharest", "slobozia", "constanta"]
+    assert 1500 <= sum(link.length_km or 0 for link in plan.kms.links) <= 2500
+    assert plan.reject_after == 15.0
+    args = plan.kms_sim_args()
+    assert args.count("--kme") == len(plan.kms.kmes) == 21
+    assert "sae-bucharest@kme-bucharest" in args and "sae-bucharest@kme-bucharest-2" in args
+    assert "sae-constanta-backup@kme-constanta" in args
+    assert args[args.index("--fluctuation") + 1] == "walk:0.3:1"
+
+
+@pytest.mark.unit
+def test_ronaqci_configs_list_both_networks_and_load(tmp_path: Path) -> None:
+    plan = plan_for(DemoOptions(topology="ronaqci", rekey_interval=5, mqtt="127.0.0.1:1883"),
+                    "qgd1a", tmp_path / "run", "userspace")
+    materialize(plan)
+    hub = load_config(plan.sites[0].config_path)
+    assert [k.name for k in hub.kms] == [BACKBONE, SECOND]
+    assert [k.kme_id for k in hub.kms] == ["kme-bucharest", "kme-bucharest-2"]
+    assert all(k.low_stock == 8 and k.pool.target == 4 and k.pool.batch == 2 for k in hub.kms)
+    tunnels = {t.name: t for t in hub.tunnels}
+    assert tunnels["bucharest--cluj-napoca"].kms == [BACKBONE, SECOND]
+    assert tunnels["bucharest--iasi"].kms == [BACKBONE]
+    assert all(t.reject_after == 15.0 and t.rekey_interval == 5.0 for t in hub.tunnels)
+    cluj = load_config(plan.by_name["cluj-napoca"].config_path)
+    assert [k.name for k in cluj.kms] == [BACKBONE, SECOND]
+    iasi = load_config(plan.by_name["iasi"].config_path)
+    assert [k.name for k in iasi.kms] == [BACKBONE] and iasi.kms[0].kme_id == "kme-iasi"
+    for cfg in (hub, cluj, iasi):
+        assert cfg.telemetry.mqtt is not None
+        assert cfg.telemetry.mqtt.url == "mqtt://198.18.0.2:1883"
+        assert cfg.telemetry.mqtt.topic_prefix == "qkd-demo/ronaqci"
+    # The backup application's certificates exist (it is a client of the Constanta KME).
+    assert (plan.pki_dir / "sae-constanta-backup.crt").exists()
+
+
+@pytest.mark.unit
+def test_xfrm_and_mixed_data_planes_write_valid_esp_tunnels(tmp_path: Path) -> None:
+    plan = plan_for(DemoOptions(topology="ronaqci", rekey_interval=5, dataplane="mixed"),
+                    "qgd1a", tmp_path / "run", "userspace")
+    assert [t.dataplane for t in plan.tunnels] == ["esp", "wireguard", "esp", "wireguard",
+                                                   "esp"]
+    materialize(plan)
+    hub = load_config(plan.sites[0].config_path)
+    esp = [t for t in hub.tunnels if t.kind == "xfrm"]
+    assert [t.name for t in esp] == ["bucharest--cluj-napoca", "bucharest--timisoara",
+                                     "bucharest--constanta"]
+    x = esp[0].xfrm
+    assert x is not None and str(x.local_address) == "198.18.0.10"
+    assert str(x.remote_address) == "198.18.0.11"
+    assert [str(n) for n in x.local_subnets] == ["10.77.1.1/32"]
+    assert esp[0].interface == "qgd1ax1h"
+    with pytest.raises(ValueError, match="choose one of wireguard, xfrm, mixed"):
+        plan_for(DemoOptions(topology="pair", dataplane="ipsec"), "qgd1a", tmp_path, "auto")

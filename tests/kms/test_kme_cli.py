@@ -131,3 +131,52 @@ async def test_cli_port_in_use_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "kms-sim: error: cannot listen:" in errout.decode()
     assert "pick another --kme port" in errout.decode()
+
+
+async def test_cli_per_link_rates_start_stock_and_stock_reports(tmp_path: Path) -> None:
+    proc = await _spawn(
+        "--pki-dir", str(tmp_path / "pki"), "--kme", "KME_A=127.0.0.1:0",
+        "--kme", "KME_R=127.0.0.1:0", "--kme", "KME_B=127.0.0.1:0",
+        "--link", "KME_A:KME_R@25600", "--link", "KME_R:KME_B@512,start=1",
+        "--sae", "SAE_A@KME_A", "--sae", "SAE_B@KME_B", "--max-key-count", "10",
+        "--fluctuation", "walk:0.2", "--seed", "3", "--report-interval", "0.2",
+        "--log-format", "json")
+    assert proc.stdout is not None
+    reports: list[dict[str, Any]] = []
+    try:
+        await _ready(proc)
+        while len(reports) < 3:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=START_TIMEOUT_S)
+            event = json.loads(line)
+            if event["event"] == "kms_link_stock":
+                reports.append({tuple(r["link"]): r for r in event["links"]})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), timeout=START_TIMEOUT_S)
+    assert proc.returncode == 0
+    fast, slow = reports[-1][("KME_A", "KME_R")], reports[-1][("KME_B", "KME_R")]
+    assert fast["mean_rate_bps"] == 25600.0 and slow["mean_rate_bps"] == 512.0
+    assert 0.8 * 512 <= slow["rate_bps"] <= 1.2 * 512
+    assert fast["keys"] == 10  # started full, capped at capacity
+    # Started with 1 key and makes 2 a second: it grows, but the capacity is not reached yet.
+    assert 1 <= reports[0][("KME_B", "KME_R")]["keys"] <= slow["keys"] < 10
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--link", "KME_A:KME_B@fast"], "the rate after @ must be a number of bits/s >= 0"),
+    (["--link", "KME_A:KME_B@-5"], "the rate after @ must be a number of bits/s >= 0"),
+    (["--link", "KME_A:KME_B@"], "expected KME_ID1:KME_ID2[@BITS_PER_S][,start=KEYS]"),
+    (["--link", "KME_A:KME_B,start=x"], "start= takes a whole number of keys"),
+    (["--link", "KME_A:KME_B,stop=1"], "start= takes a whole number of keys"),
+    (["--link", "KME_A:KME_B,start=2000"], "link KME_A:KME_B: initial_keys must lie in [0, max_key_count 1000]"),
+    (["--fluctuation", "walk:2"], "random-walk spread must lie in [0, 1)"),
+    (["--fluctuation", "brown"], "use none, walk:SPREAD[:STEP_S]"),
+    (["--report-interval", "-1"], "--report-interval must be >= 0 seconds"),
+])
+async def test_cli_rejects_bad_link_and_rate_arguments(tmp_path: Path, args: list[str],
+                                                       message: str) -> None:
+    proc = await _spawn("--pki-dir", str(tmp_path / "pki"), "--kme", "KME_A=127.0.0.1:0",
+                        "--kme", "KME_B=127.0.0.1:0", *args)
+    _, errout = await asyncio.wait_for(proc.communicate(), timeout=START_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert message in errout.decode()

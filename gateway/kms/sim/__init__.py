@@ -11,9 +11,17 @@ from gateway.kms.sim.errors import (
     MSG_SIZE_MULTIPLE_OF_8,
 )
 from gateway.kms.sim.faults import MSG_INJECTED_503, Faults
-from gateway.kms.sim.model import PATH_EXTENSION, KmeLimits
+from gateway.kms.sim.model import PATH_EXTENSION, KmeLimits, LinkSpec
 from gateway.kms.sim.network import KmeNetwork, server_tls_context
 from gateway.kms.sim.pki import Pki, ensure_pki
+from gateway.kms.sim.rates import (
+    ConstantRate,
+    Fluctuation,
+    PeriodicRate,
+    RandomWalkRate,
+    RateProfile,
+    parse_fluctuation,
+)
 
 __all__ = [
     "MSG_EXT_MANDATORY",
@@ -21,10 +29,17 @@ __all__ = [
     "MSG_KEYS_NOT_FOUND",
     "MSG_SIZE_MULTIPLE_OF_8",
     "PATH_EXTENSION",
+    "ConstantRate",
     "Faults",
+    "Fluctuation",
     "KmeLimits",
     "KmeNetwork",
+    "LinkSpec",
+    "PeriodicRate",
     "Pki",
+    "RandomWalkRate",
+    "RateProfile",
     "ensure_pki",
+    "parse_fluctuation",
     "server_tls_context",
 ]

@@ -9,6 +9,12 @@ key; every further hop transports it one-time-pad encrypted under a fresh key of
 so a key of ``size`` bits consumes ``size`` bits of every link on the path, as in a real
 trusted-node network. A KME that is stopped cannot relay, so outages reroute or fail with 503.
 
+Attachments. An SAE is normally attached to one KME. It may be attached to several, one in each
+of several KME networks that share no link (two operators, or two virtual networks of one): a
+key for it is then delivered at its KME in the caller's network. That is how a gateway gets two
+node-disjoint QKD paths: a KMS routes inside its own network and ETSI GS QKD 014 gives the SAE
+no say over the route, so disjoint paths come from disjoint networks.
+
 Custody. A key issued to the master SAE is delivered on the spot (so it is gone from the
 master-side view) and parked at the slave's KME under its key_ID until the slave SAE named in
 the request fetches it once.
@@ -17,9 +23,10 @@ the request fetches it once.
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +40,9 @@ from gateway.kms.sim.errors import (
     Unavailable,
 )
 from gateway.kms.sim.pool import LinkPool, link_name
+from gateway.kms.sim.rates import Fluctuation
 
-__all__ = ["PATH_EXTENSION", "IssuedKey", "KeyNetwork", "KmeLimits"]
+__all__ = ["PATH_EXTENSION", "IssuedKey", "KeyNetwork", "KmeLimits", "LinkSpec"]
 
 # Vendor extension naming the KME path of a key (ETSI 014: vendor names end their prefix in "_").
 PATH_EXTENSION = "qkdgw_path"
@@ -67,6 +75,17 @@ class KmeLimits:
 
 
 @dataclass(frozen=True)
+class LinkSpec:
+    """One QKD link. ``key_rate``: its mean rate in bits/s (None: the network's ``key_rate``);
+    ``initial_keys``: keys of the default size in its pool at start (None: full)."""
+
+    a: str
+    b: str
+    key_rate: float | None = None
+    initial_keys: int | None = None
+
+
+@dataclass(frozen=True)
 class IssuedKey:
     key_id: str
     key: Secret
@@ -91,46 +110,77 @@ class KeyNetwork:
     def __init__(
         self,
         kmes: Iterable[str],
-        links: Iterable[tuple[str, str]],
-        saes: dict[str, str],
+        links: Iterable[tuple[str, str] | LinkSpec],
+        saes: Mapping[str, str | Sequence[str]],
         limits: KmeLimits,
         key_rate: float = 0.0,
         clock: Callable[[], float] | None = None,
+        fluctuation: Fluctuation | None = None,
     ) -> None:
         self.limits = limits
         self.kmes = list(dict.fromkeys(kmes))
-        self.saes = dict(saes)
+        # SAE -> the KMEs it is attached to (one per KME network it uses).
+        self.saes: dict[str, tuple[str, ...]] = {
+            sae: (kme,) if isinstance(kme, str) else tuple(dict.fromkeys(kme))
+            for sae, kme in saes.items()
+        }
         self._state = {k: _KmeState() for k in self.kmes}
         self._adj: dict[str, set[str]] = {k: set() for k in self.kmes}
         self.pools: dict[tuple[str, str], LinkPool] = {}
-        for a, b in links:
+        fluctuation = fluctuation or Fluctuation()
+        for link in links:
+            spec = link if isinstance(link, LinkSpec) else LinkSpec(*link)
+            a, b = spec.a, spec.b
             for end in (a, b):
                 if end not in self._adj:
                     raise ValueError(f"link {a}:{b} names unknown KME {end!r}; declare it first")
             if a == b:
                 raise ValueError(f"link {a}:{b} joins a KME to itself")
+            if link_name(a, b) in self.pools:
+                raise ValueError(f"link {a}:{b} is given twice")
             extra: dict[str, Any] = {"clock": clock} if clock else {}
+            rate = key_rate if spec.key_rate is None else spec.key_rate
+            if not math.isfinite(rate) or rate < 0:
+                raise ValueError(f"link {a}:{b}: key_rate must be a finite number >= 0 bits/s, "
+                                 f"got {rate}")
+            if spec.initial_keys is not None and not 0 <= spec.initial_keys <= \
+                    limits.max_key_count:
+                raise ValueError(f"link {a}:{b}: initial_keys must lie in [0, max_key_count "
+                                 f"{limits.max_key_count}], got {spec.initial_keys}")
             self.pools[link_name(a, b)] = LinkPool(
                 a, b, max_key_count=limits.max_key_count, key_size=limits.key_size,
-                key_rate=key_rate, **extra,
+                key_rate=fluctuation.profile(rate, link_name(a, b)),
+                initial_keys=spec.initial_keys, **extra,
             )
             self._adj[a].add(b)
             self._adj[b].add(a)
-        for sae, kme in self.saes.items():
-            if kme not in self._adj:
-                raise ValueError(f"SAE {sae!r} is attached to unknown KME {kme!r}")
+        for sae, attached in self.saes.items():
+            if not attached:
+                raise ValueError(f"SAE {sae!r} is attached to no KME")
+            for kme in attached:
+                if kme not in self._adj:
+                    raise ValueError(f"SAE {sae!r} is attached to unknown KME {kme!r}")
         self.up: set[str] = set(self.kmes)  # KMEs able to answer and relay
         self.relayed_bits = 0  # bits sent one-time-pad encrypted over trusted-node hops
 
     # -- topology -------------------------------------------------------------------------------
+    def _hops_from(self, kme: str) -> dict[str, int]:
+        """Hop count from ``kme`` to every KME of its network (links only, running or not)."""
+        hops, todo = {kme: 0}, deque([kme])
+        while todo:
+            node = todo.popleft()
+            for nxt in sorted(self._adj[node] - hops.keys()):
+                hops[nxt] = hops[node] + 1
+                todo.append(nxt)
+        return hops
+
     def neighbours(self, kme: str) -> list[str]:
         """KMEs with a direct link to ``kme`` plus those reachable over trusted nodes."""
-        seen, todo = {kme}, deque([kme])
-        while todo:
-            for nxt in sorted(self._adj[todo.popleft()] - seen):
-                seen.add(nxt)
-                todo.append(nxt)
-        return sorted(seen - {kme})
+        return sorted(self._hops_from(kme).keys() - {kme})
+
+    def attached(self, sae: str, kme: str) -> bool:
+        """Whether ``sae`` is an SAE of ``kme`` (may call it)."""
+        return kme in self.saes.get(sae, ())
 
     def route(self, src: str, dst: str) -> list[str]:
         """Shortest path of running KMEs from ``src`` to ``dst`` (breadth first, by ID)."""
@@ -160,17 +210,29 @@ class KeyNetwork:
             raise KeyError(f"no QKD link between {a!r} and {b!r}")
         return pool.stock_keys
 
+    def link_report(self) -> list[dict[str, Any]]:
+        """Every link's stock (keys of the default size) and key rate now: the view a KMS
+        operator's management interface gives. Counts and rates only, never key material."""
+        return [{"link": list(name), "keys": pool.stock_keys,
+                 "rate_bps": round(pool.rate_now, 1), "mean_rate_bps": round(pool.key_rate, 1)}
+                for name, pool in sorted(self.pools.items())]
+
     # -- ETSI GS QKD 014 ------------------------------------------------------------------------
     def _peer_kme(self, kme: str, sae: str, role: str) -> str:
-        peer = self.saes.get(sae)
-        if peer is None:
+        """The KME of ``sae`` that ``kme`` delivers to: the nearest one in ``kme``'s network
+        (an SAE attached to several networks has one KME in each)."""
+        attached = self.saes.get(sae)
+        if attached is None:
             raise BadRequest(f"unknown {role} {sae[:128]!r}: no SAE of that ID is registered")
-        if peer == kme:
+        if kme in attached:
             raise BadRequest(
                 f"{role} {sae!r} is attached to this KME ({kme}); keys are only issued "
                 "between SAEs of different KMEs"
             )
-        return peer
+        hops = self._hops_from(kme)
+        reachable = sorted((hops[k], k) for k in attached if k in hops)
+        # None reachable: route() reports the missing path (503), as for any broken network.
+        return reachable[0][1] if reachable else attached[0]
 
     def status(self, kme: str, master: str, slave: str) -> dict[str, Any]:
         target = self._peer_kme(kme, slave, "slave_SAE_ID")

@@ -9,7 +9,7 @@ store; while it is down it can neither answer nor relay.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -18,8 +18,9 @@ from aiohttp import web
 
 from gateway.kms.sim import skip
 from gateway.kms.sim.faults import Faults
-from gateway.kms.sim.model import KeyNetwork, KmeLimits
+from gateway.kms.sim.model import KeyNetwork, KmeLimits, LinkSpec
 from gateway.kms.sim.pki import Pki, ensure_pki
+from gateway.kms.sim.rates import Fluctuation
 from gateway.kms.sim.server import KmeContext, build_app
 
 __all__ = ["KmeNetwork", "server_tls_context"]
@@ -75,22 +76,27 @@ class KmeNetwork:
     Args:
         pki_dir: PKI directory, created by :func:`ensure_pki` if anything is missing.
         kmes: KME ID -> (host, port); port 0 picks a free port, kept across restarts.
-        links: QKD links (undirected pairs of KME IDs).
-        saes: SAE ID -> the KME ID it is attached to (its client certificate's CN is the SAE ID).
-        key_rate: refill rate of every link pool in bits/s; 0 = never refills.
+        links: QKD links: undirected pairs of KME IDs, or :class:`LinkSpec` with the link's own
+            mean key rate and starting stock.
+        saes: SAE ID -> the KME ID it is attached to (its client certificate's CN is the SAE ID),
+            or a list of KME IDs, one in each KME network the SAE uses (networks that share no
+            link: this is how one SAE gets node-disjoint paths).
+        key_rate: mean refill rate in bits/s of every link that does not set its own; 0 = never
+            refills.
         max_key_count: link pool capacity in keys of ``key_size`` bits (pools start full).
         key_size: default key size in bits.
         max_key_per_request: largest ``number`` one enc_keys call may ask for.
         min_key_size, max_key_size: accepted key sizes in bits.
         clock: monotonic clock for the pools (tests pass a fake one).
+        fluctuation: how every link's rate moves around its mean (default: constant).
     """
 
     def __init__(
         self,
         pki_dir: Path | str,
         kmes: dict[str, tuple[str, int]],
-        links: list[tuple[str, str]],
-        saes: dict[str, str],
+        links: Sequence[tuple[str, str] | LinkSpec],
+        saes: Mapping[str, str | Sequence[str]],
         key_rate: float = 0.0,
         max_key_count: int = 1000,
         key_size: int = 256,
@@ -99,6 +105,7 @@ class KmeNetwork:
         min_key_size: int = 64,
         max_key_size: int = 8192,
         clock: Callable[[], float] | None = None,
+        fluctuation: Fluctuation | None = None,
     ) -> None:
         if not kmes:
             raise ValueError("a KME network needs at least one KME")
@@ -107,7 +114,7 @@ class KmeNetwork:
             max_key_per_request=max_key_per_request, min_key_size=min_key_size,
             max_key_size=max_key_size,
         )
-        self.model = KeyNetwork(kmes, links, saes, limits, key_rate, clock)
+        self.model = KeyNetwork(kmes, links, saes, limits, key_rate, clock, fluctuation)
         self._pki = ensure_pki(pki_dir, kmes={k: [h] for k, (h, _) in kmes.items()},
                                saes=list(saes))
         self._log = structlog.get_logger("gateway.kms.sim")
@@ -182,6 +189,10 @@ class KmeNetwork:
     def link_stock(self, kme_a: str, kme_b: str) -> int:
         """Keys of the default size now in the pool of the link ``kme_a``-``kme_b``."""
         return self.model.link_stock(kme_a, kme_b)
+
+    def link_report(self) -> list[dict[str, object]]:
+        """Every link's stock in keys and its key rate now (see ``KeyNetwork.link_report``)."""
+        return self.model.link_report()
 
     def running(self, kme_id: str) -> bool:
         return self._get(kme_id).runner is not None

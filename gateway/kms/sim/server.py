@@ -105,7 +105,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     sae = caller_sae(request)
     if sae is None:
         raise Unauthorized("client certificate has no common name")
-    if ctx.network.saes.get(sae) != ctx.kme_id:
+    if not ctx.network.attached(sae, ctx.kme_id):
         request[CALLER] = sae
         raise Unauthorized(f"certificate CN {sae[:128]!r} is not an SAE attached to this KME")
     request[CALLER] = sae
