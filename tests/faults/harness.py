@@ -4,7 +4,7 @@
 
 * a KME network process that takes orders (tests/faults/kmsctl.py): latency, 503s, drops, a
   pause, a KME stopped/started, a new key store, forgotten key IDs, reissued certificates;
-* network faults between the site namespaces (nftables drops, tc netem loss, a veth down);
+* network faults between the site namespaces (nftables drops, random loss, a link down);
 * daemons started with extra environment (libfaketime for wall-clock jumps);
 * the checks every scenario ends with (:meth:`FaultLab.check_keys`, :meth:`FaultLab.converge`):
   no epoch or QKD key ID ever used twice, both ends on equal PSKs as `wg show` reports them, and
@@ -122,30 +122,26 @@ class FaultLab(Lab):
             raise AssertionError(f"{' '.join(argv)} in {name}: {done.stderr.strip()}")
         return done.stdout
 
-    def partition(self, name: str, on: bool, *, direction: str = "both") -> None:
-        """Drop every packet between site ``name`` and the other site (the KMS stays reachable).
+    def partition(self, name: str, on: bool, *, direction: str = "both",
+                  loss_percent: int = 100) -> None:
+        """Drop packets between site ``name`` and the other site (the KMS stays reachable):
+        all of them, or a random ``loss_percent`` (nftables numgen; this kernel has no netem).
         ``direction``: "in", "out" or "both" (as seen from ``name``)."""
         peer = str(self.other(self.plan.by_name[name]).wan.ip)
+        self.sh(name, "nft", "delete", "table", "inet", "qkdfault", check=False)
         if not on:
-            self.sh(name, "nft", "delete", "table", "inet", "qkdfault", check=False)
             return
+        verdict = "drop" if loss_percent >= 100 else f"numgen random mod 100 < {loss_percent} drop"
         rules = ["table inet qkdfault {",
                  " chain in { type filter hook input priority 0; policy accept; }",
                  " chain out { type filter hook output priority 0; policy accept; }", "}"]
         if direction in ("in", "both"):
-            rules.append(f"add rule inet qkdfault in ip saddr {peer} drop")
+            rules.append(f"add rule inet qkdfault in ip saddr {peer} {verdict}")
         if direction in ("out", "both"):
-            rules.append(f"add rule inet qkdfault out ip daddr {peer} drop")
+            rules.append(f"add rule inet qkdfault out ip daddr {peer} {verdict}")
         script = self.root / f"nft-{name}.nft"
         script.write_text("\n".join(rules) + "\n")
         self.sh(name, "nft", "-f", str(script))
-
-    def netem(self, name: str, spec: str | None) -> None:
-        """tc netem on the site's WAN egress (e.g. "loss 30%"); None removes it."""
-        if spec is None:
-            self.sh(name, "tc", "qdisc", "del", "dev", WAN_IF, "root", check=False)
-        else:
-            self.sh(name, "tc", "qdisc", "replace", "dev", WAN_IF, "root", "netem", *spec.split())
 
     def wan_link(self, name: str, up: bool) -> None:
         self.topo.set_wan_link(name, up)
