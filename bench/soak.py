@@ -44,6 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.faults.harness import FaultLab
 
 SAMPLE_S = 5.0
+# Events that explain a key drawn from the KME but never activated (an aborted exchange, a
+# failed action, a dropped session); counted per daemon in the result.
+UNUSUAL = ("action_failed", "protocol_alarm", "tunnel_activate_failed", "tunnel_install_failed",
+           "peer_connection_closed", "activate_without_keys", "kms_request_failed")
 
 
 def tunnels_config(cfg: dict[str, Any], n: int, interval: float, reject_after: float,
@@ -197,6 +201,7 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                 per_tunnel_epochs[nm].setdefault(e["tunnel"], {})[e["epoch"]] = \
                     tuple(e["key_ids"])
             stopped = lab.events(nm, "daemon_stopped")
+            unusual = {ev: len(lab.events(nm, ev)) for ev in UNUSUAL}
             rss2, rss4 = quarter_means(samples[nm], 1)
             fd2, fd4 = quarter_means(samples[nm], 2)
             result["sites"][nm] = {
@@ -209,6 +214,7 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                 "fds_q2": round(fd2, 1), "fds_q4": round(fd4, 1),
                 "rss_mib_max": max(s[1] for s in samples[nm]),
                 "fds_max": max(s[2] for s in samples[nm]),
+                "unusual_events": {k: v for k, v in unusual.items() if v},
             }
         a, b = (per_tunnel_epochs[nm] for nm in names)
         mismatched = sum(1 for t in a for ep in set(a[t]) & set(b.get(t, {}))
