@@ -100,25 +100,22 @@ async def test_wireguard_go_killed_peer_and_interface_deleted_by_hand() -> None:
         async with ping_window(lab) as stats:
             await flowing(lab, stats)
 
-            # wireguard-go SIGKILLed at one site.
+            # At once (one reconcile pass repairs both): wireguard-go SIGKILLed at one site, the
+            # peer removed by hand at the other.
             pids = wireguard_go_pids(lab, NAMES[0])
             assert pids, "no wireguard-go in the site namespace (kernel WireGuard?)"
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            assert await blocked(stats), "traffic flows without wireguard-go"
-            await lab.converge(2, bound, "wireguard-go killed")
-            await flowing(lab, stats, 20, bound)
-
-            # The peer removed by hand at the other site.
             site = lab.plan.by_name[NAMES[1]]
             ifname = lab.tunnel.interface(NAMES[1])
             peer_pub = (lab.other(site).directory / "wireguard.pub").read_text().strip()
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
             lab.sh(NAMES[1], "wg", "set", ifname, "peer", peer_pub, "remove")
+            assert await blocked(stats), "traffic flows without wireguard-go and the peer"
             await lab.wait_for(lambda: lab.sh(NAMES[1], "wg", "show", ifname, "endpoints",
                                               check=False).strip() != "" and lab.psks_equal(),
                                bound, "the peer re-added with its endpoint and key")
+            await lab.converge(2, bound, "wireguard-go killed and the peer removed by hand")
             await flowing(lab, stats, 20, bound)
-            await lab.converge(2, 40, "the peer removed by hand")
 
             # The interface deleted by hand.
             subprocess.run(["ip", "-n", lab.netns(NAMES[1]), "link", "del", ifname], check=True)

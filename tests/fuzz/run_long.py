@@ -1,4 +1,4 @@
-"""`make fuzz`: the fuzz tier with the long hypothesis profile.
+"""`make fuzz`: the fuzz tier with the long hypothesis profile (tests/fuzz/profiles.py).
 
     .venv/bin/python tests/fuzz/run_long.py [EXAMPLES] [pytest args...]
 

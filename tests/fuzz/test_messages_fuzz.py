@@ -33,6 +33,7 @@ from gateway.protocol.messages import (
     encode_inner,
 )
 from gateway.protocol.policy import Kind, Mode, TunnelPolicy
+from tests.fuzz.profiles import FUZZ
 
 pytestmark = pytest.mark.fuzz
 
@@ -111,6 +112,7 @@ def check(decode: object, data: bytes) -> None:
     assert msg.encode() == data
 
 
+@FUZZ
 @given(st.data(), st.sampled_from(["hello", "reply", "finish"]))
 def test_mutated_handshake_messages(data: st.DataObject, which: str) -> None:
     cls, strategy = {"hello": (Hello, hello), "reply": (HelloReply, hello_reply),
@@ -121,6 +123,7 @@ def test_mutated_handshake_messages(data: st.DataObject, which: str) -> None:
     check(cls.decode, data.draw(mutated(raw)))
 
 
+@FUZZ
 @given(st.data())
 def test_mutated_inner_messages(data: st.DataObject) -> None:
     msg = data.draw(inner)

@@ -13,6 +13,7 @@ from gateway.protocol.constants import HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, WIRE_
 from gateway.protocol.errors import WireError
 from gateway.protocol.messages import Finish, Hello, HelloReply, decode_inner, encode_inner
 from gateway.protocol.wire import FrameSplitter, encode_frame
+from tests.fuzz.profiles import FUZZ
 
 pytestmark = pytest.mark.fuzz
 
@@ -28,6 +29,7 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return out
 
 
+@FUZZ
 @given(frames, st.lists(st.integers(0, 10_000), max_size=8), st.binary(max_size=64))
 def test_splitter_reassembles_any_cut_and_rejects_junk_cleanly(
         sent: list[tuple[int, bytes]], cuts: list[int], junk: bytes) -> None:
@@ -48,6 +50,7 @@ def test_splitter_reassembles_any_cut_and_rejects_junk_cleanly(
     assert splitter.buffered <= MAX_FRAME
 
 
+@FUZZ
 @given(st.binary(max_size=2048))
 def test_splitter_on_arbitrary_bytes(data: bytes) -> None:
     splitter = FrameSplitter()
@@ -58,6 +61,7 @@ def test_splitter_on_arbitrary_bytes(data: bytes) -> None:
     assert splitter.buffered <= max(HEADER_LEN + MAX_PAYLOAD, len(data))
 
 
+@FUZZ
 @given(st.integers(MAX_PAYLOAD + 1, 0xFFFF), st.integers(0, 255))
 def test_oversized_header_refused_before_payload(length: int, ftype: int) -> None:
     splitter = FrameSplitter()
@@ -65,6 +69,7 @@ def test_oversized_header_refused_before_payload(length: int, ftype: int) -> Non
         splitter.feed(bytes([WIRE_VERSION, ftype]) + length.to_bytes(2, "big"))
 
 
+@FUZZ
 @given(st.binary(max_size=1500))
 def test_inner_messages_decode_or_wire_error(data: bytes) -> None:
     try:
@@ -74,6 +79,7 @@ def test_inner_messages_decode_or_wire_error(data: bytes) -> None:
     assert encode_inner(msg) == data  # canonical: one encoding per message
 
 
+@FUZZ
 @given(st.binary(max_size=1500))
 def test_inner_messages_after_a_valid_type_byte(body: bytes) -> None:
     for t in range(0, 8):
@@ -84,6 +90,7 @@ def test_inner_messages_after_a_valid_type_byte(body: bytes) -> None:
         assert encode_inner(msg) == bytes([t]) + body
 
 
+@FUZZ
 @given(st.binary(max_size=3000))
 def test_outer_handshake_messages_decode_or_wire_error(data: bytes) -> None:
     for cls in (Hello, HelloReply, Finish):
