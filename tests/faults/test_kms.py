@@ -20,13 +20,18 @@ FAST_KMS = {"timeouts": {"connect": "1s", "request": "1s"},
             "pool": {"target": 4, "batch": 2, "low_water": 1}}
 
 
-async def fail_closed_then_recover(lab: FaultLab, what: str, fault: dict[str, object]) -> None:
-    """Apply ``fault`` to both KMEs: both ends fail closed (traffic stops); clear it: traffic and
-    rotations resume on equal keys."""
+async def fail_closed_then_recover(lab: FaultLab, what: str, fault: dict[str, object],
+                                   other: dict[str, object] | None = None) -> None:
+    """Apply ``fault`` to both KMEs (or ``fault`` to site 0's, ``other`` to site 1's): both ends
+    fail closed (traffic stops); clear it: traffic and rotations resume on equal keys."""
     async with ping_window(lab) as stats:
         await flowing(lab, stats)
         closed = {n: lab.closed_count(n) for n in NAMES}
-        await lab.kms_faults(**fault)
+        if other is None:
+            await lab.kms_faults(**fault)
+        else:
+            await lab.kms_faults(NAMES[0], **fault)
+            await lab.kms_faults(NAMES[1], **other)
         for n in NAMES:
             await lab.wait_closed(n, closed[n], 40, f"{n} to fail closed ({what})")
         assert await blocked(stats), f"traffic still flows after failing closed ({what})"
@@ -52,8 +57,9 @@ async def test_kms_slow_failing_and_down() -> None:
         await lab.kms_clear()
 
         await fail_closed_then_recover(lab, "KMS latency 3 s > 1 s timeout", {"latency": 3.0})
-        await fail_closed_then_recover(lab, "KMS answering 503", {"error_503_rate": 1.0})
-        await fail_closed_then_recover(lab, "KMS dropping connections", {"drop_rate": 1.0})
+        # Site 0's KME answers 503 to everything while site 1's drops every connection.
+        await fail_closed_then_recover(lab, "KMS answering 503 / dropping connections",
+                                       {"error_503_rate": 1.0}, {"drop_rate": 1.0})
 
         # A KME process gone (port closed, connections refused) at one site only.
         async with ping_window(lab) as stats:
