@@ -7,8 +7,8 @@
 * network faults between the site namespaces (nftables drops, random loss, a link down);
 * daemons started with extra environment (libfaketime for wall-clock jumps);
 * the checks every scenario ends with (:meth:`FaultLab.check_keys`, :meth:`FaultLab.converge`):
-  no epoch or QKD key ID ever used twice, both ends on equal PSKs as `wg show` reports them, and
-  rotations resumed.
+  no epoch or QKD key ID ever used twice, both ends on equal PSKs as `wg show` reports them,
+  rotations resumed, and no PSK that `wg show` ever reported found in any process's log.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class FaultLab(Lab):
         super().__init__(*args, **kwargs)
         self.control = self.root / "kmsctl.sock"
         self.daemon_env: dict[str, dict[str, str]] = {}
+        self.seen_psks: set[str] = set()  # every PSK `wg show` reported (base64)
 
     # -- the KME network -------------------------------------------------------------------------
     async def start_kms(self) -> None:
@@ -163,12 +164,24 @@ class FaultLab(Lab):
         a, b = per[NAMES[0]], per[NAMES[1]]
         for epoch in set(a) & set(b):
             assert a[epoch] == b[epoch], f"epoch {epoch}: the two ends used different key IDs"
+        self.check_no_key_in_logs()
+
+    def check_no_key_in_logs(self) -> None:
+        """No PSK seen in `wg show` appears in any daemon's or the KMS's output (base64 or
+        hex)."""
+        import base64
+        texts = [s.log_path.read_text(errors="replace") for s in self.plan.sites]
+        texts.append(self.plan.kms_log_path.read_text(errors="replace"))
+        for psk in self.seen_psks:
+            forms = (psk, base64.b64decode(psk).hex())
+            assert not any(f in t for f in forms for t in texts), "a PSK reached a log"
 
     def psks_equal(self) -> bool:
         try:
             a, b = self.psk(NAMES[0]), self.psk(NAMES[1])
         except (subprocess.CalledProcessError, AssertionError):
             return False
+        self.seen_psks.update(p for p in (a, b) if p != "(none)")
         return a == b != "(none)"
 
     def common_epochs(self) -> set[int]:
@@ -216,14 +229,6 @@ async def blocked(stats: Any, seconds: float = 2.0) -> bool:
     base = stats.received
     await asyncio.sleep(seconds)
     return stats.received == base
-
-
-def scan_logs_for(lab: Lab, needles: Callable[[], list[str]]) -> None:
-    """No key material in any daemon log."""
-    for site in lab.plan.sites:
-        text = site.log_path.read_text(errors="replace")
-        for needle in needles():
-            assert needle not in text, f"key material in {site.name}'s log"
 
 
 def edit_config(lab: Lab, name: str, change: Callable[[dict[str, Any]], None]) -> None:
