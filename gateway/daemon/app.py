@@ -118,15 +118,37 @@ class Daemon:
             inst = WireGuardInstaller(iface, plan.peer_public_key)
             self._installers[t.name] = inst
             self.keepers[t.name] = TunnelKeeper(
-                t.name, t.reject_after, inst, self.store, self.bus.emit, self.bus.alarm)
+                t.name, t.reject_after, inst, self.store, self._keeper_event, self.bus.alarm)
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
                                    bus=self.bus, feed=self._feed, activated=self._activated)
         self._low_stock: dict[str, bool] = {}
         self._handshakes = {name: HandshakeTracker() for name in self.keepers}
         self._rekey_due: dict[str, float] = {}
+        self._wall_due: dict[str, float | None] = {}
         self.endpoint = Endpoint(self.node, self.runner.submit)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
+
+    def _keeper_event(self, event: str, **fields: Any) -> None:
+        self.bus.emit(event, **fields)
+        if event in ("tunnel_failed_closed", "tunnel_resumed") and fields.get("tunnel") in \
+                self._wall_due:
+            self._publish_status(fields["tunnel"])
+
+    def _publish_status(self, name: str) -> None:
+        """The tunnel's retained MQTT status and gauges (published only when it changed)."""
+        keeper, t = self.keepers[name], self.node.tunnel_status(name)
+        st = keeper.status()
+        stock, _low = self._stock(self._tunnels[name])
+        self.bus.tunnel_status(name, {
+            "state": "failed_closed" if st["closed"] else "up",
+            "epoch": st["epoch"], "policy": t.mode, "achieved": st["achieved"],
+            "peer": t.peer, "session_up": t.session_up,
+            "activated_at": st["activated_at"],
+            "next_rekey_at": None if st["closed"] else self._wall_due.get(name),
+            "kms_stock": stock, "low_stock": self._low_stock.get(name, False),
+            "key_age_s": st["key_age_s"], "keys_installed": st["keys_installed"],
+        })
 
     def _feed(self, event: Any) -> None:
         self.endpoint.handle(event)
@@ -164,10 +186,12 @@ class Daemon:
             delay = align_to_handshake(delay, self._handshakes[name].last_handshake, time.time())
         self.node.set_tunnel_timers(name, delay, t.reject_after)
         self._rekey_due[name] = time.monotonic() + delay
+        self._wall_due[name] = time.time() + delay
         if plan.low_stock != self._low_stock.get(name, False):
             self._low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
                            low_stock=low_water, next_rekey_s=round(plan.delay, 1))
+        self._publish_status(name)
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -265,6 +289,7 @@ class Daemon:
                     if await keeper.verify():
                         self.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
                     await self._observe_handshake(name)
+                    self._publish_status(name)  # a slow sweep: published only if it changed
                 except Exception as exc:
                     self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
 

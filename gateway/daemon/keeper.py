@@ -144,6 +144,7 @@ class TunnelKeeper:
             "expires_in_s": round(self._deadline - now, 1) if open_ else None,
             "key_ids": list(st.key_ids) if st else [],
             "achieved": st.achieved if st else "",
+            "activated_at": st.activated_at if st and open_ else None,
             "keys_installed": self.keys_installed,
         }
 

@@ -1,5 +1,9 @@
 """One call, three sinks: :meth:`TelemetryBus.emit` logs an event, counts it and publishes it.
 
+:meth:`TelemetryBus.tunnel_status` does the same for per-tunnel state: gauges for the numbers and
+a retained MQTT message for a dashboard that starts late, published only when something other
+than an age counter changed, so calling it for 10,000 tunnels every few seconds stays cheap.
+
 The daemon holds one bus and never talks to structlog, MQTT and the metrics registry
 separately for events, so the three views of "what happened" cannot drift apart. Each sink is
 optional (MQTT is off unless configured); every call is synchronous and non-blocking.
@@ -7,14 +11,25 @@ optional (MQTT is off unless configured); every call is synchronous and non-bloc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
 
 from gateway.telemetry.catalog import GatewayMetrics
-from gateway.telemetry.mqtt import MqttPublisher, check_name
+from gateway.telemetry.mqtt import MqttPublisher
+from gateway.telemetry.mqtt_settings import check_name, check_subject
+from gateway.telemetry.redact import Redaction, to_safe
 
-__all__ = ["Level", "TelemetryBus"]
+__all__ = ["VOLATILE_STATUS_KEYS", "Level", "TelemetryBus"]
+
+# Status fields that change by themselves as time passes: they are published with the status but
+# never cause a publish (a countdown would make every status "changed" every second).
+VOLATILE_STATUS_KEYS = frozenset(
+    {"key_age_s", "expires_in_s", "next_rekey_in_s", "next_rekey_s", "uptime_s", "ts"}
+)
+
+_PLAIN = (str, int, float, bool)
 
 Level = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -38,6 +53,7 @@ class TelemetryBus:
         self.mqtt = mqtt
         self._log = structlog.get_logger("gateway.events") if logger is None else logger
         self._alarms: dict[tuple[str, str | None], bool] = {}
+        self._tunnel_seen: dict[str, Any] = {}
 
     def emit(self, event: str, level: Level = "info", **fields: Any) -> None:
         """Log ``event`` at ``level`` with ``fields``, count it, publish it to MQTT.
@@ -83,6 +99,50 @@ class TelemetryBus:
         if self.mqtt is not None and changed:
             self.mqtt.set_alarm(name, active, subject, **fields)
         return changed
+
+    def tunnel_status(self, tunnel: str, status: Mapping[str, Any]) -> bool:
+        """Report one tunnel's status; returns whether it was published (it changed).
+
+        ``status`` is whatever the daemon knows; these keys are also mirrored as gauges
+        (:meth:`GatewayMetrics.tunnel_status`): ``state`` (``"up"``, ``"failed_closed"``,
+        ``"starting"``...), ``epoch``, ``activated_at`` and ``next_rekey_at`` (Unix times),
+        ``kms_stock``. The retained JSON on ``<prefix>/<site>/tunnel/<tunnel>/status`` carries
+        every key, after the same redaction as events (a Secret or raw bytes never leave), and
+        is published only when a key outside :data:`VOLATILE_STATUS_KEYS` changed.
+
+        Raises:
+            TelemetryNameError: ``tunnel`` cannot be a topic level (a bug, caught in tests).
+        """
+        check_subject("tunnel", tunnel)
+        if self.metrics is not None:
+            self.metrics.tunnel_status(tunnel, status)
+        # A snapshot: plain values as they are, containers as JSON-safe copies (a list the
+        # caller mutates later must still compare as changed).
+        stable = {
+            k: v if v is None or type(v) in _PLAIN else to_safe(v, Redaction())
+            for k, v in status.items()
+            if k not in VOLATILE_STATUS_KEYS
+        }
+        if self._tunnel_seen.get(tunnel) == stable:
+            return False
+        self._tunnel_seen[tunnel] = stable
+        if self.mqtt is not None:
+            self.mqtt.set_tunnel_status(tunnel, status)
+        return True
+
+    def tunnel_removed(self, tunnel: str) -> None:
+        """A tunnel left the configuration: drop its series, delete its retained status and
+        clear the alarms raised for it (a tunnel that no longer exists has no alarm)."""
+        check_subject("tunnel", tunnel)
+        self._tunnel_seen.pop(tunnel, None)
+        for name, subject in [k for k, on in self._alarms.items() if on and k[1] == tunnel]:
+            self.alarm(name, False, subject=subject, reason="tunnel_removed")
+        for key in [k for k in self._alarms if k[1] == tunnel]:
+            del self._alarms[key]
+        if self.metrics is not None:
+            self.metrics.tunnel_removed(tunnel)
+        if self.mqtt is not None:
+            self.mqtt.clear_tunnel_status(tunnel)
 
     @property
     def active_alarms(self) -> list[str]:

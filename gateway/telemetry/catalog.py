@@ -1,13 +1,18 @@
 """The gateway's metric families: every name, label and help text in one place.
 
 Operators build dashboards and alerts on these names; renaming one is a breaking change, so
-they are defined here once and documented in docs/operations.md ("Metrics").
+they are defined here once and documented in docs/operations.md ("Metrics"); the Grafana
+dashboard in docs/grafana/ uses them (tests/telemetry/test_dashboard.py keeps both in step).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.telemetry.metrics import Registry
@@ -15,20 +20,43 @@ from gateway.telemetry.metrics import Registry
 __all__ = ["PREFIX", "GatewayMetrics"]
 
 PREFIX = "qkd_gateway"
+_KEY_AGE = f"{PREFIX}_tunnel_key_age_seconds"
+# The per-tunnel status keys mirrored as gauges (see GatewayMetrics.tunnel_status).
+STATE_UP = "up"
+STATE_FAILED_CLOSED = "failed_closed"
+
+
+class _KeyAges(Collector):
+    """``qkd_gateway_tunnel_key_age_seconds`` computed at scrape time from install times."""
+
+    def __init__(self, installed_at: Mapping[str, float], clock: Callable[[], float]) -> None:
+        self._installed_at = installed_at
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            _KEY_AGE, "Seconds since the tunnel's current key was installed.", labels=["tunnel"]
+        )
+        now = self._clock()
+        # A copy: scrapes render in a worker thread while the event loop updates the dict.
+        for tunnel, at in list(self._installed_at.items()):
+            family.add_metric([tunnel], max(0.0, now - at))
+        yield family
 
 
 class GatewayMetrics:
     """Typed update methods over a :class:`Registry`; the daemon calls these, never raw names.
 
     Args:
-        registry: where the families are registered (a new one when ``None``).
-        clock: monotonic seconds; key ages are computed from it at scrape time.
+        registry: where the families are registered; a new private one (with the ``process_*``
+            and ``python_*`` metrics of this process) when ``None``.
+        clock: wall-clock seconds (Unix time); key ages are computed from it at scrape time.
     """
 
     def __init__(
-        self, registry: Registry | None = None, clock: Callable[[], float] = time.monotonic
+        self, registry: Registry | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.registry = Registry() if registry is None else registry
+        self.registry = Registry(process=True) if registry is None else registry
         self._clock = clock
         self._installed_at: dict[str, float] = {}
         r = self.registry
@@ -51,13 +79,39 @@ class GatewayMetrics:
             "QKD keys fetched from a KMS but never used (expired, rejected by the peer).",
             ["kms"],
         )
-        self.key_age = r.gauge(
-            f"{PREFIX}_tunnel_key_age_seconds",
-            "Seconds since the tunnel's current key was installed.",
+        r.register(_KeyAges(self._installed_at, clock), [_KEY_AGE])
+        self.key_installed_at = r.gauge(
+            f"{PREFIX}_tunnel_key_installed_timestamp_seconds",
+            "Unix time the tunnel's current key was installed (age = time() - this).",
+            ["tunnel"],
+        )
+        self.tunnel_up = r.gauge(
+            f"{PREFIX}_tunnel_up",
+            "1 while the tunnel carries traffic under a valid key, else 0.",
+            ["tunnel"],
+        )
+        self.tunnel_failed_closed = r.gauge(
+            f"{PREFIX}_tunnel_failed_closed",
+            "1 while the tunnel is failed closed (random key installed, traffic stopped).",
+            ["tunnel"],
+        )
+        self.tunnel_epoch = r.gauge(
+            f"{PREFIX}_tunnel_epoch", "Key epoch of the tunnel (one more per rekey).", ["tunnel"]
+        )
+        self.tunnel_next_rekey = r.gauge(
+            f"{PREFIX}_tunnel_next_rekey_timestamp_seconds",
+            "Unix time of the tunnel's next scheduled rekey.",
+            ["tunnel"],
+        )
+        self.tunnel_kms_stock = r.gauge(
+            f"{PREFIX}_tunnel_kms_stock_keys",
+            "Keys the KMS reports in stock (stored_key_count) for the tunnel's QKD link.",
             ["tunnel"],
         )
         self.alarms = r.gauge(
-            f"{PREFIX}_alarms_active", "1 while the named alarm is raised, else 0.", ["alarm"]
+            f"{PREFIX}_alarms_active",
+            "How many subjects (tunnels, peers) have the named alarm raised; 0 when clear.",
+            ["alarm"],
         )
         self.events = r.counter(
             f"{PREFIX}_events_total", "Telemetry events emitted, by event name.", ["event"]
@@ -69,7 +123,15 @@ class GatewayMetrics:
         self.mqtt_connected = r.gauge(
             f"{PREFIX}_mqtt_connected", "1 while connected to the MQTT broker."
         )
-        r.on_collect(self._update_ages)
+        self._per_tunnel = (
+            self.rekeys,
+            self.key_installed_at,
+            self.tunnel_up,
+            self.tunnel_failed_closed,
+            self.tunnel_epoch,
+            self.tunnel_next_rekey,
+            self.tunnel_kms_stock,
+        )
 
     def rekey(self, tunnel: str, result: str, duration_s: float | None = None) -> None:
         """Count a rekey attempt; a successful one also resets the tunnel's key age."""
@@ -80,11 +142,42 @@ class GatewayMetrics:
             self.key_installed(tunnel)
 
     def key_installed(self, tunnel: str, at: float | None = None) -> None:
-        self._installed_at[tunnel] = self._clock() if at is None else at
+        """The tunnel's key was installed at Unix time ``at`` (now when ``None``)."""
+        when = self._clock() if at is None else float(at)
+        self.key_installed_at.set(when, tunnel=tunnel)  # checks the label value first
+        self._installed_at[tunnel] = when
+
+    def tunnel_status(self, tunnel: str, status: Mapping[str, Any]) -> None:
+        """Mirror the numbers of a per-tunnel status (see TelemetryBus.tunnel_status) as gauges.
+
+        Understood keys, each optional: ``state`` (``"up"``, ``"failed_closed"``, or another
+        word such as ``"starting"``), ``epoch``, ``activated_at`` and ``next_rekey_at`` (Unix
+        times), ``kms_stock`` (an int, or None when unknown). Other keys are ignored here.
+        """
+        state = status.get("state")
+        if isinstance(state, str):
+            self.tunnel_up.set(1 if state == STATE_UP else 0, tunnel=tunnel)
+            self.tunnel_failed_closed.set(1 if state == STATE_FAILED_CLOSED else 0, tunnel=tunnel)
+        for key, gauge in (("epoch", self.tunnel_epoch), ("next_rekey_at", self.tunnel_next_rekey),
+                           ("kms_stock", self.tunnel_kms_stock)):  # fmt: skip
+            value = status.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                gauge.set(value, tunnel=tunnel)
+            elif key in status:  # present but None: unknown now, so no stale number
+                gauge.remove(tunnel=tunnel)
+        at = status.get("activated_at")
+        if (
+            isinstance(at, int | float)
+            and not isinstance(at, bool)
+            and (self._installed_at.get(tunnel) != at)
+        ):
+            self.key_installed(tunnel, at)
 
     def tunnel_removed(self, tunnel: str) -> None:
+        """Forget every series of a tunnel that is no longer configured."""
         self._installed_at.pop(tunnel, None)
-        self.key_age.remove(tunnel=tunnel)
+        for family in self._per_tunnel:
+            family.remove_where("tunnel", tunnel)
 
     def set_key_pool(self, kms: str, keys: int) -> None:
         self.key_pool.set(keys, kms=kms)
@@ -97,8 +190,3 @@ class GatewayMetrics:
 
     def count_event(self, event: str) -> None:
         self.events.inc(event=event)
-
-    def _update_ages(self) -> None:
-        now = self._clock()
-        for tunnel, at in self._installed_at.items():
-            self.key_age.set(max(0.0, now - at), tunnel=tunnel)

@@ -3,9 +3,11 @@
 ::
 
     TelemetryError                       base class: catch this to catch everything below
-     ├── TelemetryNameError (ValueError) an event or alarm name that is not snake_case
-     ├── MetricsError (ValueError)       a metric/label name, label set or value that the
-     │                                   Prometheus text format forbids (e.g. bytes as a label)
+     ├── TelemetryNameError (ValueError) an event or alarm name that is not snake_case, or a
+     │                                   tunnel/alarm subject that cannot be a topic level
+     ├── MetricsError (ValueError)       a metric/label name, label set or value that must not
+     │                                   become a series (bytes, a Secret, non-ASCII, or text
+     │                                   that looks like key material)
      ├── TelemetrySettingsError          MQTT / metrics settings unusable at start-up: a topic
      │   (ValueError)                    with wildcards, an unreadable TLS file, a bad port
      └── MetricsServerError (OSError)    the /metrics listener could not bind its address

@@ -1,27 +1,37 @@
-"""A tiny metrics registry rendered in the Prometheus text exposition format 0.0.4.
+"""Metric families on ``prometheus_client``, with the gateway's label checks in front of it.
 
-Why not ``prometheus_client``: the gateway needs a handful of counters, gauges and one histogram,
-all updated from a single asyncio thread; forty lines of exposition code are easier to audit on
-a security appliance than another dependency. The format rules followed here:
+``prometheus_client`` owns storage and the exposition formats (Prometheus text 0.0.4 and
+OpenMetrics, negotiated per scrape); it is maintained upstream and brings the ``process_*``
+metrics operators expect (RSS, open fds, CPU seconds, start time). What this module adds:
 
-* ``# HELP`` text escapes ``\\`` and newline; label values escape ``\\``, ``"`` and newline;
-* metric names match ``[a-zA-Z_:][a-zA-Z0-9_:]*``, label names ``[a-zA-Z_][a-zA-Z0-9_]*`` and
-  must not start with ``__`` (reserved by Prometheus);
-* histograms expose cumulative ``_bucket{le="..."}`` series ending in ``+Inf``, then ``_sum`` and
-  ``_count``; values are Go-style floats (``+Inf``, ``-Inf``, ``NaN``).
+* one private :class:`prometheus_client.CollectorRegistry` per :class:`Registry` (never the
+  library's global one), so tests and embedded uses can create as many as they like;
+* metric and label names checked against the classic Prometheus rules
+  (``[a-zA-Z_:][a-zA-Z0-9_:]*``, label names not starting with ``__``) whatever the library
+  version would accept;
+* label values checked before they become a series: they must be text (``str`` or ``int``,
+  never bytes or a Secret), printable, and must not look like key material
+  (:func:`~gateway.telemetry.redact.looks_like_key_material`). A refused value raises
+  :class:`~gateway.telemetry.errors.MetricsError` instead of becoming a series name that every
+  scraper would then store for months.
 
-Label values must be text: a Secret or raw bytes as a label value is refused (fail closed) instead
-of being turned into a series name that every scraper would then store.
+Each distinct label set is checked once and its child kept, so an update of a known series costs
+a dict lookup (cheap with 10,000 tunnels).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import prometheus_client as prom
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from gateway.telemetry.errors import MetricsError
+from gateway.telemetry.redact import looks_like_key_material, scrub_text
 
 __all__ = [
     "CONTENT_TYPE",
@@ -30,6 +40,7 @@ __all__ = [
     "Gauge",
     "Histogram",
     "Registry",
+    "check_label_value",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,33 +50,36 @@ DEFAULT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# A label value is a name (tunnel, KMS, alarm, result); longer than this is a bug or an attack.
+_MAX_LABEL_VALUE = 128
+# Bytes or characters written as escapes (Python repr "\xa0", JSON "\u00a0"): names have none.
+_ESCAPED_BYTES = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
 
 LabelKey = tuple[str, ...]
 
 
-def format_value(value: float) -> str:
-    """A sample value as Prometheus writes it: integers without ``.0``, Go spellings of inf/nan."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
+def check_label_value(metric: str, label: str, value: object) -> str:
+    """``value`` as label text, or :class:`MetricsError` if it must not become a series."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise MetricsError(f"label {label} of {metric} must be text, got {type(value).__name__}")
+    text = str(value)
+    if len(text) > _MAX_LABEL_VALUE or not (text.isascii() and text.isprintable()):
+        raise MetricsError(
+            f"label {label} of {metric} must be printable ASCII of at most {_MAX_LABEL_VALUE} "
+            "characters (a name); raw bytes decoded to text are refused"
+        )
+    if looks_like_key_material(text) or _ESCAPED_BYTES.search(text) or scrub_text(text)[1]:
+        raise MetricsError(
+            f"label {label} of {metric}: value refused, it looks like key material "
+            "(long hex or base64); label values must be names"
+        )
+    return text
 
 
-def escape_label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Family:
+    """Common part of the three kinds: name checks and the cache of checked label sets."""
 
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-class _Metric:
-    kind: ClassVar[str]
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, labelnames: Sequence[str]) -> None:
         if not _METRIC_NAME.match(name):
             raise MetricsError(f"metric name {name!r} must match [a-zA-Z_:][a-zA-Z0-9_:]*")
         for label in labelnames:
@@ -77,161 +91,159 @@ class _Metric:
         if len(set(labelnames)) != len(labelnames):
             raise MetricsError(f"metric {name} repeats a label name: {list(labelnames)}")
         self.name = name
-        self.help = help
         self.labelnames = tuple(labelnames)
+        self._metric: Any = None
+        self._children: dict[LabelKey, Any] = {}
 
     def _key(self, labels: dict[str, object]) -> LabelKey:
-        if set(labels) != set(self.labelnames):
+        if len(labels) != len(self.labelnames) or set(labels) != set(self.labelnames):
             raise MetricsError(
                 f"metric {self.name} takes labels {list(self.labelnames)}, got {sorted(labels)}"
             )
-        values = []
-        for label in self.labelnames:
-            value = labels[label]
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise MetricsError(
-                    f"label {label} of {self.name} must be text, got {type(value).__name__}"
-                )
-            values.append(str(value))
-        return tuple(values)
+        return tuple(check_label_value(self.name, n, labels[n]) for n in self.labelnames)
 
-    def _series(self, key: LabelKey, extra: Iterable[tuple[str, str]] = ()) -> str:
-        pairs = [*zip(self.labelnames, key, strict=True), *extra]
-        if not pairs:
-            return ""
-        inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
-        return "{" + inner + "}"
+    def _child(self, labels: dict[str, object]) -> Any:
+        if not self.labelnames:
+            if labels:
+                self._key(labels)  # raises: names the expected labels
+            return self._metric
+        raw = tuple(labels.get(n) for n in self.labelnames)
+        try:
+            child = self._children.get(raw)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable value: _key refuses it below
+            child = None
+        if child is None or len(labels) != len(self.labelnames):
+            key = self._key(labels)
+            child = self._metric.labels(*key)
+            self._children[key] = child
+        return child
 
-    def samples(self) -> list[str]:
-        raise NotImplementedError
+    def remove(self, **labels: object) -> None:
+        """Forget one label set (a removed tunnel); absent sets are ignored."""
+        key = self._key(labels)
+        if self._children.pop(key, None) is not None:
+            self._metric.remove(*key)
 
-    def render(self) -> str:
-        head = f"# HELP {self.name} {_escape_help(self.help)}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(line + "\n" for line in self.samples())
+    def remove_where(self, label: str, value: str) -> None:
+        """Forget every label set whose ``label`` is ``value`` (all series of a removed tunnel)."""
+        index = self.labelnames.index(label)
+        for key in [k for k in self._children if k[index] == value]:
+            del self._children[key]
+            self._metric.remove(*key)
+
+    def _sample(self, sample_name: str, labels: dict[str, object]) -> float | None:
+        wanted = dict(zip(self.labelnames, self._key(labels), strict=True))
+        for family in self._metric.collect():
+            for s in family.samples:
+                if s.name == sample_name and s.labels == wanted:
+                    return float(s.value)
+        return None
 
 
-class Counter(_Metric):
-    """A monotonically increasing count; the name should end in ``_total``."""
+class Counter(_Family):
+    """A monotonically increasing count; the name must end in ``_total``."""
 
-    kind = "counter"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[LabelKey, float] = {}
+    def __init__(
+        self, name: str, help: str, labelnames: Sequence[str], registry: prom.CollectorRegistry
+    ) -> None:
+        super().__init__(name, labelnames)
+        if not name.endswith("_total"):
+            raise MetricsError(f"counter name {name!r} must end in _total")
+        self._metric = prom.Counter(name, help, self.labelnames, registry=registry)
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         if amount < 0:
             raise MetricsError(f"counter {self.name} cannot decrease (inc by {amount})")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+        self._child(labels).inc(amount)
 
     def value(self, **labels: object) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        return [
-            f"{self.name}{self._series(key)} {format_value(v)}"
-            for key, v in sorted(self._values.items())
-        ]
+        """The current count (reads the exposition; for tests and status, not hot paths)."""
+        return self._sample(self.name, labels) or 0.0
 
 
-class Gauge(_Metric):
+class Gauge(_Family):
     """A value that goes up and down; label sets can be removed when their object goes away."""
 
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[LabelKey, float] = {}
+    def __init__(
+        self, name: str, help: str, labelnames: Sequence[str], registry: prom.CollectorRegistry
+    ) -> None:
+        super().__init__(name, labelnames)
+        self._metric = prom.Gauge(name, help, self.labelnames, registry=registry)
 
     def set(self, value: float, **labels: object) -> None:
-        self._values[self._key(labels)] = float(value)
+        self._child(labels).set(float(value))
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def remove(self, **labels: object) -> None:
-        self._values.pop(self._key(labels), None)
+        self._child(labels).inc(amount)
 
     def value(self, **labels: object) -> float | None:
-        return self._values.get(self._key(labels))
-
-    def samples(self) -> list[str]:
-        return [
-            f"{self.name}{self._series(key)} {format_value(v)}"
-            for key, v in sorted(self._values.items())
-        ]
+        if self.labelnames and self._key(labels) not in self._children:
+            return None
+        return self._sample(self.name, labels)
 
 
-class Histogram(_Metric):
+class Histogram(_Family):
     """Observations counted into cumulative buckets, with their sum and count."""
-
-    kind = "histogram"
 
     def __init__(
         self,
         name: str,
         help: str,
-        labelnames: Sequence[str] = (),
+        labelnames: Sequence[str],
+        registry: prom.CollectorRegistry,
         buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
     ) -> None:
         if "le" in labelnames:
             raise MetricsError(f"histogram {name} cannot use 'le' as a label: it is reserved")
-        super().__init__(name, help, labelnames)
+        super().__init__(name, labelnames)
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         if not bounds or len(set(bounds)) != len(bounds):
             raise MetricsError(f"histogram {name} needs distinct finite bucket bounds")
         self.buckets = (*bounds, math.inf)
-        self._counts: dict[LabelKey, list[int]] = {}
-        self._sums: dict[LabelKey, float] = {}
+        self._metric = prom.Histogram(
+            name, help, self.labelnames, registry=registry, buckets=self.buckets
+        )
 
     def observe(self, value: float, **labels: object) -> None:
-        key = self._key(labels)
-        counts = self._counts.setdefault(key, [0] * len(self.buckets))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1
-                break
-        self._sums[key] = self._sums.get(key, 0.0) + value
+        self._child(labels).observe(value)
 
     def count(self, **labels: object) -> int:
-        return sum(self._counts.get(self._key(labels), []))
-
-    def samples(self) -> list[str]:
-        lines = []
-        for key, counts in sorted(self._counts.items()):
-            cumulative = 0
-            for bound, n in zip(self.buckets, counts, strict=True):
-                cumulative += n
-                series = self._series(key, [("le", format_value(bound))])
-                lines.append(f"{self.name}_bucket{series} {cumulative}")
-            lines.append(f"{self.name}_sum{self._series(key)} {format_value(self._sums[key])}")
-            lines.append(f"{self.name}_count{self._series(key)} {cumulative}")
-        return lines
+        return int(self._sample(f"{self.name}_count", labels) or 0)
 
 
 class Registry:
-    """The set of metric families one ``/metrics`` endpoint exposes."""
+    """The metric families one ``/metrics`` endpoint exposes, in a private CollectorRegistry.
 
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._collect_hooks: list[Callable[[], None]] = []
+    Args:
+        process: also export the ``process_*`` (RSS, CPU seconds, open fds, start time...) and
+            ``python_*`` (interpreter version, garbage collector) metrics of this process.
+    """
 
-    def _add(self, metric: _Metric) -> None:
-        if metric.name in self._metrics:
-            raise MetricsError(f"metric {metric.name} is already registered")
-        self._metrics[metric.name] = metric
+    def __init__(self, process: bool = False) -> None:
+        # ``<name>_created`` series (a counter's creation time) would double the series count
+        # of every labelled counter for no dashboard's use. The switch is process-wide in
+        # prometheus_client; the gateway is its only user in the process.
+        prom.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.collectors = prom.CollectorRegistry(auto_describe=True)
+        self._names: set[str] = set()
+        if process:
+            prom.ProcessCollector(registry=self.collectors)
+            prom.PlatformCollector(registry=self.collectors)
+            prom.GCCollector(registry=self.collectors)
+
+    def _claim(self, name: str) -> None:
+        base = name.removesuffix("_total")
+        if name in self._names or base in self._names:
+            raise MetricsError(f"metric {name} is already registered")
+        self._names.update({name, base})
 
     def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, help, labelnames)
-        self._add(metric)
-        return metric
+        self._claim(name)
+        return Counter(name, help, labelnames, self.collectors)
 
     def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
-        metric = Gauge(name, help, labelnames)
-        self._add(metric)
-        return metric
+        self._claim(name)
+        return Gauge(name, help, labelnames, self.collectors)
 
     def histogram(
         self,
@@ -240,15 +252,15 @@ class Registry:
         labelnames: Sequence[str] = (),
         buckets: Sequence[float] = DEFAULT_LATENCY_BUCKETS,
     ) -> Histogram:
-        metric = Histogram(name, help, labelnames, buckets)
-        self._add(metric)
-        return metric
+        self._claim(name)
+        return Histogram(name, help, labelnames, self.collectors, buckets)
 
-    def on_collect(self, hook: Callable[[], None]) -> None:
-        """Run ``hook`` before every render, for values computed at scrape time (ages)."""
-        self._collect_hooks.append(hook)
+    def register(self, collector: Collector, names: Iterable[str]) -> None:
+        """Add a custom collector (values computed at scrape time) exposing ``names``."""
+        for name in names:
+            self._claim(name)
+        self.collectors.register(collector)
 
     def render(self) -> str:
-        for hook in self._collect_hooks:
-            hook()
-        return "".join(metric.render() for _, metric in sorted(self._metrics.items()))
+        """The Prometheus text format 0.0.4, as ``prometheus_client`` writes it."""
+        return generate_latest(self.collectors).decode()

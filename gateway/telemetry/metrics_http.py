@@ -1,5 +1,12 @@
 """Serve a :class:`~gateway.telemetry.metrics.Registry` at ``http://<listen>/metrics``.
 
+The exposition is written by ``prometheus_client`` (:func:`prometheus_client.exposition.
+choose_encoder` picks the Prometheus text format 0.0.4, or OpenMetrics when the scraper's
+``Accept`` header asks for it); the server is the daemon's own aiohttp one on its event loop.
+Rendering is the one part done off the loop, in the default executor and one scrape at a time:
+with 10,000 tunnels it takes about half a second, during which rekeys and watchdog pings must
+not wait.
+
 Bound to loopback by default: the exposition reveals tunnel names and KMS state, so exposing it
 beyond the host is a deliberate choice (``listen`` in the configuration), not an accident.
 """
@@ -9,9 +16,10 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from prometheus_client.exposition import choose_encoder
 
 from gateway.telemetry.errors import MetricsServerError, TelemetrySettingsError
-from gateway.telemetry.metrics import CONTENT_TYPE, Registry
+from gateway.telemetry.metrics import Registry
 
 __all__ = ["DEFAULT_METRICS_PORT", "MetricsServer"]
 
@@ -40,6 +48,7 @@ class MetricsServer:
         self._port = port
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
+        self._render_lock = asyncio.Lock()
 
     @property
     def port(self) -> int:
@@ -48,9 +57,11 @@ class MetricsServer:
             raise RuntimeError("MetricsServer.port is known only after start()")
         return self._bound_port
 
-    async def _handle(self, _: web.Request) -> web.Response:
-        body = self._registry.render().encode()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    async def _handle(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        async with self._render_lock:  # concurrent scrapes queue here, not in threads
+            body = await asyncio.to_thread(encoder, self._registry.collectors)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def start(self) -> None:
         app = web.Application()

@@ -15,6 +15,7 @@ Two layers, because a single check is one bug away from a leak:
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "BYTES_MARKER",
     "VIOLATION_KEY",
     "Redaction",
+    "looks_like_key_material",
     "redact_secrets",
     "scrub_text",
     "to_safe",
@@ -38,6 +40,15 @@ VIOLATION_KEY = "log_redaction_violation"
 # A Python bytes literal as repr() writes it, with or without the r/R prefix. Escapes inside are
 # skipped pairwise so b'\'' and b"\"" are matched whole.
 _BYTES_LITERAL = re.compile(r"""\b[rR]?[bB][rR]?(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+# Key material written as text: 32+ hex digits (16+ bytes), or a run of 16+ base64 characters.
+_HEX_KEY = re.compile(r"[0-9A-Fa-f]{32,}")
+_B64_TEXT = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_NAME_SEPARATORS = re.compile(r"[-_.]")
+_MIN_B64_RUN = 16
+# Random base64 changes character class (upper, lower, digit, other) at ~65 % of positions;
+# names change it rarely (CamelCase ~20 %: "BucharestCentral" has 3 changes in 15).
+_MIN_CLASS_CHANGES = 0.35
+_PEM_MARKERS = ("-----BEGIN", "PRIVATE KEY")
 # Deeper nesting than this in telemetry data is a bug; stop instead of recursing without bound.
 _MAX_DEPTH = 16
 
@@ -57,8 +68,39 @@ class Redaction:
 
 def scrub_text(text: str) -> tuple[str, bool]:
     """Replace every Python bytes literal in ``text``; returns the text and whether it changed."""
+    if "'" not in text and '"' not in text:  # a bytes literal needs a quote: the common case
+        return text, False
     scrubbed, count = _BYTES_LITERAL.subn(BYTES_MARKER, text)
     return scrubbed, count > 0
+
+
+def _char_class(c: str) -> int:
+    return 0 if c.isupper() else 1 if c.islower() else 2 if c.isdigit() else 3
+
+
+def looks_like_key_material(text: str) -> bool:
+    """Whether ``text`` may be a key written as text: a PEM block, 32+ hex digits, or a run of
+    16+ base64 characters (between name separators ``-``, ``_``, ``.``) whose character class
+    changes as often as random data does, which names and words do not.
+
+    For values that become identifiers (metric labels): a false positive refuses a strangely
+    named series, a false negative would store a key in every scraper for months.
+    """
+    if any(marker in text for marker in _PEM_MARKERS):
+        return True
+    compact = "".join(text.split())
+    for run in _HEX_KEY.findall(compact):
+        if any(c.isdigit() for c in run) and any(c.isalpha() for c in run):
+            return True
+    if not _B64_TEXT.fullmatch(compact):
+        return False
+    # Separators are left out: in a name they join words, in base64url they are two of 64
+    # symbols, and either way they say nothing about randomness.
+    run = _NAME_SEPARATORS.sub("", compact)
+    if len(run) < _MIN_B64_RUN:
+        return False
+    changes = sum(_char_class(a) != _char_class(b) for a, b in itertools.pairwise(run))
+    return changes >= _MIN_CLASS_CHANGES * (len(run) - 1)
 
 
 def redact_secrets(value: Any, _depth: int = 0) -> Any:

@@ -3,92 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import ssl
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from gateway.keymaterial import Secret
 from gateway.telemetry import GatewayMetrics, MqttPublisher, MqttSettings, TelemetrySettingsError
-from tests.telemetry.broker import GATEWAY_SAE, OBSERVER_SAE, Broker
+from tests.telemetry.broker import GATEWAY_SAE, Broker
 from tests.telemetry.leakscan import leaks, planted_key
+from tests.telemetry.mqttobs import PREFIX, observe, payload_json, running
 from tests.telemetry.promtext import parse
 
 pytestmark = pytest.mark.mqtt
 
-PREFIX = "qkd-gateway"
 SITE = "site-a"
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "connect_timeout_s": 3.0}
-
-
-class Observer:
-    """A subscriber to everything under the prefix, recording every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[aiomqtt.Message] = []
-
-    async def wait_for(
-        self, topic: str, pred: Callable[[aiomqtt.Message], bool] = lambda m: True, t: float = 5
-    ) -> aiomqtt.Message:
-        deadline = time.monotonic() + t
-        while time.monotonic() < deadline:
-            for m in self.messages:
-                if m.topic.value == topic and pred(m):
-                    return m
-            await asyncio.sleep(0.01)
-        seen = [(m.topic.value, m.payload) for m in self.messages]
-        raise AssertionError(f"no message on {topic} within {t}s; seen {seen}")
-
-    def on(self, topic: str) -> list[aiomqtt.Message]:
-        return [m for m in self.messages if m.topic.value == topic]
-
-
-@asynccontextmanager
-async def observe(broker: Broker, tls: bool = False) -> AsyncIterator[Observer]:
-    ctx = None
-    if tls:
-        files = broker.client_tls(OBSERVER_SAE)
-        ctx = ssl.create_default_context(cafile=str(files["tls_ca"]))
-        ctx.load_cert_chain(str(files["tls_cert"]), str(files["tls_key"]))
-    port = broker.tls_port if tls else broker.port
-    obs = Observer()
-    async with aiomqtt.Client("127.0.0.1", port, tls_context=ctx, timeout=5) as client:
-        await client.subscribe(f"{PREFIX}/#", qos=1)
-
-        async def read() -> None:
-            async for message in client.messages:
-                obs.messages.append(message)
-
-        reader = asyncio.create_task(read())
-        try:
-            yield obs
-        finally:
-            reader.cancel()
-
-
-@asynccontextmanager
-async def running(pub: MqttPublisher) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(pub.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-def _json(m: aiomqtt.Message) -> dict[str, Any]:
-    assert isinstance(m.payload, bytes)
-    return dict(json.loads(m.payload))
 
 
 def _settings(broker: Broker, **kw: Any) -> MqttSettings:
@@ -109,13 +43,13 @@ async def test_event_delivered_without_key_bytes(broker: Broker) -> None:
             nested={"list": [key, Secret(key)], "tuple": (bytearray(key),)},
             event="spoofed_name",
         )
-        first = _json(await obs.wait_for(f"{PREFIX}/{SITE}/event/rekey_completed"))
+        first = payload_json(await obs.wait_for(f"{PREFIX}/{SITE}/event/rekey_completed"))
         assert first["event"] == "rekey_completed" and first["site"] == SITE
         assert (first["tunnel"], first["epoch"], first["duration_ms"]) == ("wg-a", 3, 12.5)
         assert first["ts"].endswith("Z")
         assert "redaction_violation" not in first
         bad_msg = await obs.wait_for(f"{PREFIX}/{SITE}/event/key_material_mishandled")
-        bad = _json(bad_msg)
+        bad = payload_json(bad_msg)
         assert bad["event"] == "key_material_mishandled"  # fields cannot override reserved keys
         assert bad["psk"] == "Secret(<redacted 32 bytes>)"
         assert bad["raw"] == "<bytes redacted>"
@@ -131,23 +65,26 @@ async def test_alarm_state_is_retained_for_late_subscribers(broker: Broker) -> N
     topic = f"{PREFIX}/{SITE}/alarm/kms_unreachable"
     async with observe(broker) as live, running(pub):
         pub.set_alarm("kms_unreachable", True, kms="kms-1")
-        await live.wait_for(topic, lambda m: _json(m)["active"] is True)
+        await live.wait_for(topic, lambda m: payload_json(m)["active"] is True)
         assert pub.active_alarms == ["kms_unreachable"]
         async with observe(broker) as late:
             retained = await late.wait_for(topic)
-            assert retained.retain and _json(retained)["active"] is True
-            assert _json(retained)["kms"] == "kms-1"
+            assert retained.retain and payload_json(retained)["active"] is True
+            assert payload_json(retained)["kms"] == "kms-1"
             assert (await late.wait_for(f"{PREFIX}/{SITE}/status")).retain
         pub.set_alarm("key_expired", True, "wg-a", peer="site-b")
         per_tunnel = await live.wait_for(f"{PREFIX}/{SITE}/alarm/key_expired/wg-a")
-        assert (_json(per_tunnel)["subject"], _json(per_tunnel)["peer"]) == ("wg-a", "site-b")
+        assert (payload_json(per_tunnel)["subject"], payload_json(per_tunnel)["peer"]) == (
+            "wg-a",
+            "site-b",
+        )
         assert pub.active_alarms == ["key_expired/wg-a", "kms_unreachable"]
         pub.set_alarm("key_expired", False, "wg-a")
         pub.set_alarm("kms_unreachable", False, kms="kms-1")
-        await live.wait_for(topic, lambda m: _json(m)["active"] is False)
+        await live.wait_for(topic, lambda m: payload_json(m)["active"] is False)
         async with observe(broker) as later:
             state = await later.wait_for(topic)
-            assert state.retain and _json(state)["active"] is False
+            assert state.retain and payload_json(state)["active"] is False
         assert pub.active_alarms == []
 
 
@@ -156,7 +93,9 @@ async def test_mutual_tls(broker: Broker) -> None:
     async with observe(broker, tls=True) as obs, running(pub):
         assert (await obs.wait_for(f"{PREFIX}/{SITE}/status")).payload == b"online"
         pub.publish_event("tunnel_up", tunnel="wg-a")
-        assert _json(await obs.wait_for(f"{PREFIX}/{SITE}/event/tunnel_up"))["tunnel"] == "wg-a"
+        assert (
+            payload_json(await obs.wait_for(f"{PREFIX}/{SITE}/event/tunnel_up"))["tunnel"] == "wg-a"
+        )
         assert pub.connected
 
 
@@ -218,12 +157,12 @@ async def test_reconnect_after_broker_restart(broker: Broker) -> None:
         broker.start()  # no persistence: the broker forgot every retained message
         async with observe(broker) as obs:
             event = await obs.wait_for(f"{PREFIX}/{SITE}/event/rekey_completed", t=10)
-            assert _json(event)["n"] == 1
+            assert payload_json(event)["n"] == 1
             await obs.wait_for(f"{PREFIX}/{SITE}/alarm/kms_unreachable")
         assert pub.connected
         async with observe(broker) as late:
             # Republished on reconnect, so the state survives the broker's amnesia.
-            assert _json(await late.wait_for(alarm))["active"] is True
+            assert payload_json(await late.wait_for(alarm))["active"] is True
             assert (await late.wait_for(f"{PREFIX}/{SITE}/status")).payload == b"online"
     exp = parse(metrics.registry.render())
     assert exp.value("qkd_gateway_mqtt_connected") == 0  # stopped now
@@ -242,8 +181,8 @@ async def test_queue_drops_oldest_events_never_alarms(broker: Broker) -> None:
         for i in range(5):
             await obs.wait_for(f"{PREFIX}/{SITE}/alarm/alarm_{i}")
         topic = f"{PREFIX}/{SITE}/event/rekey_completed"
-        await obs.wait_for(topic, lambda m: _json(m)["n"] == 4)
-        assert [_json(m)["n"] for m in obs.on(topic)] == [2, 3, 4]
+        await obs.wait_for(topic, lambda m: payload_json(m)["n"] == 4)
+        assert [payload_json(m)["n"] for m in obs.on(topic)] == [2, 3, 4]
 
 
 @pytest.mark.unit

@@ -135,8 +135,11 @@ def test_every_exec_line_is_a_valid_command_line() -> None:
     from gateway.cli.main import build_parser
 
     unit = Path(__file__).resolve().parents[2] / "systemd" / "qkd-gateway.service"
-    lines = [ln.split("=", 1)[1] for ln in unit.read_text().splitlines()
-             if ln.startswith(("ExecStart", "ExecStop", "ExecReload"))]
+    lines = [
+        ln.split("=", 1)[1]
+        for ln in unit.read_text().splitlines()
+        if ln.startswith(("ExecStart", "ExecStop", "ExecReload"))
+    ]
     assert lines
     parser = build_parser()
     for line in lines:
