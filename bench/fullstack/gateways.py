@@ -107,7 +107,8 @@ class GatewayPair:
     tunnels keyed once (``pair.wait_keyed``) before the caller measures."""
 
     def __init__(self, tunnels: int, rekey_interval: float, reject_after: float,
-                 pool: dict[str, int] | None = None) -> None:
+                 pool: dict[str, int] | None = None, state_root: Path | None = None,
+                 source: Path | None = None) -> None:
         self.n = tunnels
         self.rekey_interval = rekey_interval
         self.reject_after = reject_after
@@ -118,6 +119,12 @@ class GatewayPair:
         self.kms: subprocess.Popen[bytes] | None = None
         self.kms_log = JsonLog(self.root / "kms-sim.log")
         self.kme_urls: dict[str, str] = {}
+        # Where the daemons keep their state files (default: the run directory, on the disk
+        # the machine has; a tmpfs here shows what the fsyncs of the state file cost).
+        self.state_root = state_root
+        self._extra_dirs: list[Path] = []
+        # Another checkout of the gateway to run the daemons from (before/after comparisons).
+        self.source = source
 
     # -- set-up -------------------------------------------------------------------------------
     def __enter__(self) -> GatewayPair:
@@ -126,6 +133,8 @@ class GatewayPair:
             self._start_kms()
             self._write_configs()
             env = {"QKD_GATEWAY_BENCH_DATAPLANE": "record"}
+            if self.source is not None:
+                env["PYTHONPATH"] = str(self.source)
             for s in self.sites:
                 s.proc = _start([sys.executable, "-m", "gateway", "run", "--config",
                                  str(s.directory / "config.yaml")], s.directory / "daemon.log", env)
@@ -144,6 +153,8 @@ class GatewayPair:
             _stop(s.proc)
         _stop(self.kms)
         shutil.rmtree(self.root, ignore_errors=True)
+        for d in self._extra_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
     def _materialize(self) -> None:
         self.root.chmod(0o700)
@@ -193,7 +204,7 @@ class GatewayPair:
             "site": {"name": me.name, "sae_id": me.sae_id,
                      "identity": {"ed25519_key": {"file": "ed25519.key"},
                                   "mldsa65_key": {"file": "mldsa65.key"}}},
-            "state_dir": "state",
+            "state_dir": str(self._state_dir(me)),
             "control_socket": "control.sock",
             "listen": {"address": "127.0.0.1", "port": me.port},
             "kms": [{
@@ -211,6 +222,13 @@ class GatewayPair:
             "tunnels": tunnels,
             "telemetry": {"log": {"format": "json", "level": "info"}},
         }
+
+    def _state_dir(self, site: Site) -> Path:
+        if self.state_root is None:
+            return site.directory / "state"
+        path = Path(tempfile.mkdtemp(prefix=f"{site.name}-", dir=self.state_root))
+        self._extra_dirs.append(path)
+        return path
 
     def _write_configs(self) -> None:
         a, b = self.sites

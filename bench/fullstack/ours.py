@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.fullstack.gateways import GatewayPair
@@ -89,8 +90,10 @@ def _qkd_accounting(pair: GatewayPair, rekeys: int) -> dict[str, Any]:
 
 
 def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
-                     reject_after: float = 4.0) -> dict[str, Any]:
-    with GatewayPair(n, rekey_interval, reject_after) as pair:
+                     reject_after: float = 4.0, state_root: Path | None = None,
+                     source: Path | None = None) -> dict[str, Any]:
+    with GatewayPair(n, rekey_interval, reject_after, state_root=state_root,
+                     source=source) as pair:
         startup_s = pair.wait_keyed(timeout=60 + n * 0.05)
         time.sleep(SETTLE_S)
         for s in pair.sites:
@@ -131,10 +134,10 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
 
 
 def measure_idle(n: int, seconds: float, rekey_interval: float = 120.0,
-                 reject_after: float = 180.0) -> dict[str, Any]:
+                 reject_after: float = 180.0, source: Path | None = None) -> dict[str, Any]:
     """Every tunnel keyed once, then a window in which none is due (the next rotations come
     after 0.9 x rekey_interval): what the daemons cost between rotations."""
-    with GatewayPair(n, rekey_interval, reject_after) as pair:
+    with GatewayPair(n, rekey_interval, reject_after, source=source) as pair:
         startup_s = pair.wait_keyed(timeout=60 + n * 0.05)
         time.sleep(SETTLE_S)
         for s in pair.sites:
@@ -154,6 +157,3 @@ def measure_idle(n: int, seconds: float, rekey_interval: float = 120.0,
         "fds": {k: w.after[k].fds for k in daemons},
     }
 
-
-def as_dict(x: Any) -> dict[str, Any]:
-    return asdict(x)
