@@ -181,7 +181,8 @@ class GatewayPair:
             if self.kms.poll() is not None:
                 break
             time.sleep(0.1)
-        raise RuntimeError(f"kms-sim did not become ready; see {self.root / 'kms-sim.log'}")
+        tail = (self.root / "kms-sim.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"kms-sim did not become ready:\n{tail}")
 
     def _config(self, me: Site, other: Site, peer_keys: list[str]) -> dict[str, Any]:
         rel = os.path.relpath
