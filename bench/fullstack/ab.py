@@ -48,8 +48,11 @@ def main() -> int:
                 for side, src in (("before", base), ("after", ROOT)):
                     r = measure_rotating(args.tunnels, args.window, source=src)
                     res[side].append(r)
+                    r["keys_wasted"] = r["qkd_window"].get("keys_wasted")
+                    r["qkd_bits_per_rekey"] = r["qkd_window"].get("qkd_bits_per_rekey")
                     print(f"pair {i + 1} {side}: {r['cpu_ms_per_rekey']:.3f} ms/rekey, "
-                          f"p99 {r['rekey_ms_p99']} ms", flush=True)
+                          f"p99 {r['rekey_ms_p99']} ms, keys wasted {r['keys_wasted']} of "
+                          f"{r['rekeys']:g} rekeys", flush=True)
                     if args.idle:
                         idle[side].append(measure_idle(args.tunnels, args.window, source=src))
         finally:
@@ -59,7 +62,9 @@ def main() -> int:
     for side in ("before", "after"):
         out[side] = {k: _med(res[side], k) for k in
                      ("cpu_ms_per_rekey", "cpu_ms_per_rekey_daemons", "rekey_ms_p50",
-                      "rekey_ms_p99", "rekeys_per_s")}
+                      "rekey_ms_p99", "rekeys_per_s", "keys_wasted", "qkd_bits_per_rekey")}
+        out[side]["keys_wasted_total"] = sum(r["keys_wasted"] or 0 for r in res[side])
+        out[side]["rekeys_total"] = sum(r["rekeys"] for r in res[side])
         if args.idle:
             out[side]["idle_wakeups_per_s"] = statistics.median(
                 max(v for k, v in r["wakeups_per_s"].items() if k != "kms") for r in idle[side])

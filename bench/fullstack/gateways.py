@@ -10,6 +10,7 @@ as a site router with many peers runs one ``wg0``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from bench.fullstack.logs import JsonLog
 from gateway.cli.keygen import write_wireguard_key
+from gateway.daemon.control import ControlError, request
 from gateway.identity import SiteIdentity
 from gateway.kms.sim.pki import ensure_pki
 
@@ -41,6 +43,8 @@ KMS_NAME = "qkd"
 LINK_KEYS = 50_000_000
 #: Waiting for processes to come up; generous for a loaded 2-core machine.
 READY_TIMEOUT = 60.0
+#: A status answer lists every tunnel: seconds at 10,000 tunnels on a loaded machine.
+STATUS_TIMEOUT = 60.0
 
 
 def free_port() -> int:
@@ -268,6 +272,21 @@ class GatewayPair:
                 raise RuntimeError(f"tunnels keyed after {timeout:g} s: "
                                    f"{ {k: len(v) for k, v in seen.items()} } of {self.n}")
             time.sleep(0.25)
+
+    def pool_stats(self) -> dict[str, dict[str, int]] | None:
+        """Both daemons' key pools from ``qkd-gateway status`` (control socket): per site, the
+        sums of ``handed_out``, ``fetched`` and ``size``; None if a daemon does not answer."""
+        out: dict[str, dict[str, int]] = {}
+        for s in self.sites:
+            try:
+                st = asyncio.run(request(s.directory / "control.sock", {"cmd": "status"},
+                                         timeout=STATUS_TIMEOUT))
+            except (ControlError, OSError, TimeoutError, ValueError):
+                return None
+            pools = st.get("pools", {}).values()
+            out[s.name] = {k: sum(int(p.get(k) or 0) for p in pools)
+                           for k in ("handed_out", "fetched", "size")}
+        return out
 
     def stop_daemons(self) -> None:
         """SIGTERM both daemons and wait (their ``daemon_stopped`` events carry the keys left

@@ -89,6 +89,37 @@ def _qkd_accounting(pair: GatewayPair, rekeys: int) -> dict[str, Any]:
     }
 
 
+def _window_accounting(events: dict[str, list[dict[str, Any]]], kme: list[dict[str, Any]],
+                       pools0: dict[str, dict[str, int]] | None,
+                       pools1: dict[str, dict[str, int]] | None, rekeys: float) -> dict[str, Any]:
+    """Steady state, over the measured window: keys taken from the pools (status counters
+    before/after) against keys that went into rekeys completed in the window. An exchange in
+    flight at either edge moves one key across the edge, so the difference is within +-N."""
+    used = {k for recs in events.values() for r in recs for k in (r.get("key_ids") or ())}
+    issued = [r for r in kme if r["event"] == "kme_keys_issued"]
+    out: dict[str, Any] = {
+        "keys_used": len(used),
+        "keys_issued_by_kme": sum(int(r["number"]) for r in issued),
+        "enc_keys_requests": len(issued),
+        "dec_keys_requests": sum(1 for r in kme if r["event"] == "kme_keys_delivered"),
+        "keys_delivered_to_slaves": sum(len(r.get("key_ids") or ()) for r in kme
+                                        if r["event"] == "kme_keys_delivered"),
+    }
+    if pools0 is None or pools1 is None:
+        out["reason"] = "a daemon did not answer qkd-gateway status"
+        return out
+    taken = sum(pools1[s]["handed_out"] - pools0[s]["handed_out"] for s in pools1)
+    size = {s: (pools0[s]["size"], pools1[s]["size"]) for s in pools1}
+    key_bits = int(issued[0]["size"]) if issued else 256
+    out.update({
+        "keys_taken_from_pools": taken,
+        "pool_sizes_start_end": size,
+        "keys_wasted": taken - len(used),
+        "qkd_bits_per_rekey": key_bits * taken / rekeys if rekeys else None,
+    })
+    return out
+
+
 def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
                      reject_after: float = 4.0, state_root: Path | None = None,
                      source: Path | None = None) -> dict[str, Any]:
@@ -99,7 +130,9 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
         for s in pair.sites:
             s.log.skip()
         pair.kms_log.skip()
+        pools0 = pair.pool_stats()
         w = _window(pair, seconds)
+        pools1 = pair.pool_stats()
         pair.check_alive()
         events = {s.name: s.log.read(REKEYED) for s in pair.sites}
         kme = pair.kms_log.read(KME_EVENTS)
@@ -130,6 +163,7 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
         "rss_mb": {k: round(w.after[k].rss_kb / 1024, 1) for k in w.after},
         "fds": {k: w.after[k].fds for k in w.after},
         "qkd": qkd,
+        "qkd_window": _window_accounting(events, kme, pools0, pools1, rekeys),
     }
 
 
