@@ -88,9 +88,11 @@ def _start(argv: list[str], log: Path,
            env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
+        # cwd: the log's directory, never a checkout: `python -m` puts the working directory
+        # first on sys.path, which would shadow PYTHONPATH (GatewayPair.source).
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+                                cwd=log.parent, env={**os.environ, **(env or {})})
     finally:
         os.close(fd)
 

@@ -37,6 +37,9 @@ class Window:
     def cpu_ms(self, *names: str) -> float:
         return sum(self.after[n].cpu_ns - self.before[n].cpu_ns for n in names) / 1e6
 
+    def runqueue_ms(self, name: str) -> float:
+        return (self.after[name].runqueue_ns - self.before[name].runqueue_ns) / 1e6
+
     def switches(self, name: str) -> int:
         return self.after[name].ctx_switches - self.before[name].ctx_switches
 
@@ -154,6 +157,9 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
         "rekeys_per_s": rekeys / w.seconds,
         "offered_per_s": n / (rekey_interval * 0.95),
         "cpu_ms": {k: round(w.cpu_ms(k), 1) for k in w.before},
+        # Runnable but waiting for a CPU while other processes (on a shared machine: other
+        # people's work) had it; large values mean the rate is bounded by the machine.
+        "runqueue_wait_ms": {k: round(w.runqueue_ms(k), 1) for k in w.before},
         "cpu_ms_per_rekey": cpu_all / rekeys if rekeys else None,
         "cpu_ms_per_rekey_daemons": w.cpu_ms(*names) / rekeys if rekeys else None,
         "cpu_ms_per_rekey_kms": w.cpu_ms("kms") / rekeys if rekeys else None,

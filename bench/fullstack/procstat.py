@@ -2,7 +2,9 @@
 
 On-CPU time is the first field of ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds the thread
 ran), summed over every thread, so worker threads (asyncio's default executor, OpenSSL) count.
-Context switches are summed over the threads' ``status`` files (a process's own ``status``
+The second field is the time the threads were runnable but waited for a CPU (another process
+had it): on a shared machine it tells a starved process from an idle one. Context switches are
+summed over the threads' ``status`` files (a process's own ``status``
 reports its main thread only); each switch is a wake-up or a preemption.
 """
 
@@ -22,16 +24,23 @@ def _tasks(pid: int) -> list[Path]:
         return []
 
 
-def cpu_ns(pid: int) -> int:
-    """Nanoseconds on CPU, all threads of ``pid`` (threads that ended meanwhile are lost: the
-    daemons keep theirs)."""
-    total = 0
+def _schedstat(pid: int) -> tuple[int, int]:
+    """(ns on CPU, ns runnable but waiting for a CPU), summed over the threads of ``pid``
+    (threads that ended meanwhile are lost: the daemons keep theirs)."""
+    run = wait = 0
     for task in _tasks(pid):
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            fields = (task / "schedstat").read_text().split()
+            run += int(fields[0])
+            wait += int(fields[1])
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
-    return total
+    return run, wait
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU, all threads of ``pid``."""
+    return _schedstat(pid)[0]
 
 
 def _status_fields(path: Path, names: tuple[str, ...]) -> dict[str, int]:
@@ -52,6 +61,7 @@ class Sample:
     """One reading of one process."""
 
     cpu_ns: int
+    runqueue_ns: int  # runnable but waiting for a CPU: a loaded machine shows here
     ctx_switches: int
     rss_kb: int
     fds: int
@@ -68,4 +78,5 @@ def sample(pid: int) -> Sample:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except FileNotFoundError:
         fds = 0
-    return Sample(cpu_ns(pid), switches, rss, fds)
+    run, wait = _schedstat(pid)
+    return Sample(run, wait, switches, rss, fds)
