@@ -5,13 +5,16 @@ strongSwan charon pair rekeying CHILD_SAs as fast as it goes, and the cost floor
 Needs root (charon runs in network namespaces) and strongSwan (see bench/fullstack/charon.py).
 Run:
 
-    .venv/bin/python bench/bench_fullstack.py [--sizes 1,16,100,1000,10000] [--pairs 3]
+    .venv/bin/python bench/bench_fullstack.py [--rotating 1,16,100,1000] [--idle 1,10000]
+                                              [--pairs 3] [--source CHECKOUT]
 
-Per tunnel count N (sizes the protocol cannot carry yet are reported as null with the reason):
-* rotating: rekey_interval 1 s (the configuration's minimum), reject_after 4 s; a window of
-  --window seconds after every tunnel is keyed: completed rekeys/s, on-CPU ms per rekey (both
-  daemons and the KME process, /proc/<pid>/task/*/schedstat), p50/p99 of the daemons' rekey_ms,
-  KMS requests per rekey, RSS and fds, and the QKD key accounting of the whole run;
+Tunnel counts this checkout cannot carry (tunnels per peer, configuration size) are reported as
+null with the reason. Per tunnel count N:
+* rotating: rekey_interval 1 s (the configuration's minimum) and reject_after 600 s, so that at
+  large N every tunnel is always due and the daemons rekey as fast as they can without failing
+  closed; a window of --window seconds after every tunnel is keyed: completed rekeys/s, on-CPU
+  ms per rekey (both daemons and the KME process, /proc/<pid>/task/*/schedstat), p50/p99 of the
+  daemons' rekey_ms, KMS requests per rekey, RSS and fds, QKD keys taken vs used;
 * idle: rekey_interval 120 s, every tunnel keyed once, then a window with no rotation due: CPU
   share and wake-ups/s (context switches of all threads) per daemon, RSS, fds;
 * charon: N CHILD_SAs under min(4, N) IKE SAs, every CHILD_SA rekeyed once per round.
@@ -37,17 +40,22 @@ from bench.fullstack import charon  # noqa: E402
 from bench.fullstack.floor import crypto_ms, mtls_get_ms  # noqa: E402
 from bench.fullstack.ours import measure_idle, measure_rotating  # noqa: E402
 from bench.fullstack.svgplot import Panel, Series, render  # noqa: E402
+from gateway.config.loader import MAX_VALUES  # noqa: E402
 from gateway.protocol.constants import MAX_TUNNELS_PER_PEER  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PLOT = ROOT / "docs" / "img" / "bench-fullstack.svg"
-#: The rotating phase at 10,000 tunnels would ask 10,000 rekeys/s of a 2-core machine; the
-#: rate is measured up to this size, memory and idle cost at every size.
-ROTATING_MAX = 1000
+#: The rotating phase: rekey_interval 1 s (the configuration's minimum) and a reject_after far
+#: beyond any queueing delay, so that at large N every tunnel is always due and the daemons
+#: rekey as fast as they can without failing closed; at small N the rate is N per second.
+ROTATE_INTERVAL, ROTATE_REJECT = 1.0, 600.0
 #: charon's set-up (one /32 per selector, one CREATE_CHILD_SA each) is measured up to here.
 CHARON_MAX = 1000
 #: The site-router load of the issue's target: this many tunnels rotating every ROUTER_INTERVAL.
 ROUTER_TUNNELS, ROUTER_INTERVAL = 10_000, 120.0
+#: Values one generated tunnel takes in the configuration loader's count (the loader stopped at
+#: tunnels[2629] of a 10,000-tunnel file with its 50,000-value cap).
+VALUES_PER_TUNNEL = 19
 
 
 def log(msg: str) -> None:
@@ -55,9 +63,13 @@ def log(msg: str) -> None:
 
 
 def limit_reason(n: int) -> str | None:
+    """Why this checkout's daemons cannot run N tunnels between two sites, or None."""
     if n > MAX_TUNNELS_PER_PEER:
         return (f"the protocol carries at most {MAX_TUNNELS_PER_PEER} tunnels per peer "
                 f"(gateway.protocol.constants.MAX_TUNNELS_PER_PEER); N={n} needs more")
+    if n * VALUES_PER_TUNNEL > MAX_VALUES:
+        return (f"the configuration loader refuses files of more than {MAX_VALUES} values "
+                f"(gateway.config.loader.MAX_VALUES); {n} tunnels need ~{n * VALUES_PER_TUNNEL}")
     return None
 
 
@@ -85,58 +97,75 @@ def per_daemon_share_at(idle: dict[str, Any], rot: dict[str, Any] | None, tunnel
     return float(idle_share + tunnels / interval * rot["cpu_ms_per_rekey_daemons"] / 2 / 1000)
 
 
+def _sizes(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1,16,100,1000,10000")
+    ap.add_argument("--rotating", default="1,16,100,1000",
+                    help="tunnel counts for the rotating phase (rate, CPU, latency, RSS)")
+    ap.add_argument("--idle", default="1,10000",
+                    help="tunnel counts for the idle phase (idle CPU, wake-ups, RSS)")
     ap.add_argument("--pairs", type=int, default=3, help="alternating gateway/charon pairs")
     ap.add_argument("--window", type=float, default=8.0, help="seconds per measured window")
     ap.add_argument("--charon-rounds", type=int, default=5)
+    ap.add_argument("--source", type=Path, default=None,
+                    help="run the daemons from this checkout (its own limits apply)")
     ap.add_argument("--out", type=Path, default=RESULTS / "fullstack.json")
+    ap.add_argument("--plot", type=Path, default=PLOT)
     args = ap.parse_args()
     why = charon.available()
     if why:
         print(f"bench_fullstack: {why}", file=sys.stderr)
         return 2
-    sizes = [int(x) for x in args.sizes.split(",")]
-    runnable = [n for n in sizes if limit_reason(n) is None]
+
+    def reason(n: int) -> str | None:
+        return None if args.source is not None else limit_reason(n)
+
+    rotating, idle = _sizes(args.rotating), _sizes(args.idle)
+    runnable = [n for n in rotating if reason(n) is None]
     if not runnable:
-        print("bench_fullstack: no size the protocol can carry", file=sys.stderr)
+        print("bench_fullstack: no tunnel count these daemons can carry", file=sys.stderr)
         return 2
-    compare = max(n for n in runnable if n <= ROTATING_MAX)
+    compare = max(n for n in runnable if n <= CHARON_MAX)
+    src = args.source
 
     log("floor: crypto of one rekey, bare mutual-TLS GET")
     floor = {"crypto_ms": crypto_ms(), "mtls_get": mtls_get_ms()}
 
     sweep: dict[int, dict[str, Any]] = {}
-    for n in sizes:
-        reason = limit_reason(n)
-        if reason:
-            sweep[n] = {"reason": reason}
-            continue
-        row: dict[str, Any] = {}
-        if n <= ROTATING_MAX:
+    for n in sorted(set(rotating) | set(idle)):
+        row: dict[str, Any] = sweep.setdefault(n, {})
+        why_not = reason(n)
+        if why_not:
+            row["reason"] = why_not
+        if n in rotating and not why_not:
             log(f"gateway N={n}: rotating")
-            row["rotating"] = measure_rotating(n, args.window)
-        log(f"gateway N={n}: idle")
-        row["idle"] = measure_idle(n, args.window)
-        if n <= CHARON_MAX:
+            row["rotating"] = measure_rotating(n, args.window, ROTATE_INTERVAL, ROTATE_REJECT,
+                                               source=src)
+        if n in idle and not why_not:
+            log(f"gateway N={n}: idle")
+            row["idle"] = measure_idle(n, args.window, source=src)
+        if n in rotating and n <= CHARON_MAX:
             log(f"charon N={n}")
             row["charon"] = run_charon(n, args.charon_rounds)
-        sweep[n] = row
-        log(json.dumps({k: _brief(v) for k, v in row.items()}))
+        log(json.dumps({k: _brief(v) for k, v in row.items() if isinstance(v, dict)}))
 
     # Alternating pairs at the comparison size; the sweep's runs are the first pair.
     ours = [sweep[compare]["rotating"]]
     theirs = [sweep[compare]["charon"]]
     for i in range(1, args.pairs):
         log(f"pair {i + 1}/{args.pairs} at N={compare}")
-        ours.append(measure_rotating(compare, args.window))
+        ours.append(measure_rotating(compare, args.window, ROTATE_INTERVAL, ROTATE_REJECT,
+                                     source=src))
         theirs.append(run_charon(compare, args.charon_rounds))
     result = summarize(floor, sweep, compare, ours, theirs)
+    result["source"] = str(src) if src else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    plot(sweep)
-    log(f"wrote {args.out} and {PLOT}")
+    plot(sweep, args.plot)
+    log(f"wrote {args.out} and {args.plot}")
     print(json.dumps(result["summary"], indent=1))
     return 0
 
@@ -201,7 +230,7 @@ def summarize(floor: dict[str, Any], sweep: dict[int, dict[str, Any]], compare: 
             "pairs": {"ours": ours, "strongswan": theirs}}
 
 
-def plot(sweep: dict[int, dict[str, Any]]) -> None:
+def plot(sweep: dict[int, dict[str, Any]], path: Path) -> None:
     def pts(phase: str, key: str, pick: Any = None) -> list[tuple[float, float | None]]:
         out = []
         for n, row in sorted(sweep.items()):
@@ -209,7 +238,15 @@ def plot(sweep: dict[int, dict[str, Any]]) -> None:
             out.append((float(n), pick(v) if (pick and v is not None) else v))
         return out
 
-    biggest = max  # RSS: the larger of the two daemons
+    def rss() -> list[tuple[float, float | None]]:
+        """The larger daemon's RSS: idle run if there was one, else the rotating run."""
+        out: list[tuple[float, float | None]] = []
+        for n, row in sorted(sweep.items()):
+            phase = row.get("idle") or row.get("rotating") or {}
+            mb = [v for k, v in phase.get("rss_mb", {}).items() if k != "kms"]
+            out.append((float(n), max(mb) if mb else None))
+        return out
+
     panels = [
         Panel("completed rekeys/s", "rekeys/s",
               [Series("qkd-gateway (2 daemons + KME)", pts("rotating", "rekeys_per_s")),
@@ -218,11 +255,10 @@ def plot(sweep: dict[int, dict[str, Any]]) -> None:
               [Series("", pts("rotating", "cpu_ms_per_rekey")),
                Series("", pts("charon", "cpu_ms_per_rekey"))]),
         Panel("RSS per daemon", "MB",
-              [Series("", pts("idle", "rss_mb", lambda d: biggest(d.values()))),
-               Series("", pts("charon", "rss_mb", biggest))]),
+              [Series("", rss()), Series("", pts("charon", "rss_mb", max))]),
     ]
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    PLOT.write_text(render(panels, "bench/bench_fullstack.py; rotating every 1 s "
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(panels, "bench/bench_fullstack.py; rotating every 1 s "
                            "(gateway) / back-to-back rekeys (charon)"))
 
 
