@@ -32,8 +32,12 @@ def _med(runs: list[dict[str, Any]], key: str) -> float | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="git revision of the 'before' daemons")
+    ap.add_argument("--after", type=Path, default=ROOT,
+                    help="checkout of the 'after' daemons (default: this one)")
     ap.add_argument("--tunnels", type=int, default=16)
     ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--reject-after", type=float, default=600.0,
+                    help="long: at large N every tunnel stays due and nothing fails closed")
     ap.add_argument("--window", type=float, default=8.0)
     ap.add_argument("--idle", action="store_true", help="also compare idle wake-ups/s and CPU")
     args = ap.parse_args()
@@ -45,8 +49,9 @@ def main() -> int:
             res: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             idle: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for i in range(args.pairs):
-                for side, src in (("before", base), ("after", ROOT)):
-                    r = measure_rotating(args.tunnels, args.window, source=src)
+                for side, src in (("before", base), ("after", args.after)):
+                    r = measure_rotating(args.tunnels, args.window, 1.0, args.reject_after,
+                                         source=src)
                     res[side].append(r)
                     r["keys_wasted"] = r["qkd_window"].get("keys_wasted")
                     r["qkd_bits_per_rekey"] = r["qkd_window"].get("qkd_bits_per_rekey")
