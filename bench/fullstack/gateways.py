@@ -275,19 +275,23 @@ class GatewayPair:
                                    f"{ {k: len(v) for k, v in seen.items()} } of {self.n}")
             time.sleep(0.25)
 
-    def pool_stats(self) -> dict[str, dict[str, int]] | None:
+    def pool_stats(self) -> dict[str, dict[str, float]] | None:
         """Both daemons' key pools from ``qkd-gateway status`` (control socket): per site, the
-        sums of ``handed_out``, ``fetched`` and ``size``; None if a daemon does not answer."""
-        out: dict[str, dict[str, int]] = {}
+        sums of ``handed_out``, ``fetched`` and ``size``, and ``at``, the wall-clock time the
+        answer arrived (the daemon builds it in one go at the end of the request); None if a
+        daemon does not answer."""
+        out: dict[str, dict[str, float]] = {}
         for s in self.sites:
             try:
                 st = asyncio.run(request(s.directory / "control.sock", {"cmd": "status"},
                                          timeout=STATUS_TIMEOUT))
             except (ControlError, OSError, TimeoutError, ValueError):
                 return None
+            at = time.time()
             pools = st.get("pools", {}).values()
-            out[s.name] = {k: sum(int(p.get(k) or 0) for p in pools)
+            out[s.name] = {k: float(sum(int(p.get(k) or 0) for p in pools))
                            for k in ("handed_out", "fetched", "size")}
+            out[s.name]["at"] = at
         return out
 
     def stop_daemons(self) -> None:

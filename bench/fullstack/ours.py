@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,35 +93,47 @@ def _qkd_accounting(pair: GatewayPair, rekeys: int) -> dict[str, Any]:
     }
 
 
-def _window_accounting(events: dict[str, list[dict[str, Any]]], kme: list[dict[str, Any]],
-                       pools0: dict[str, dict[str, int]] | None,
-                       pools1: dict[str, dict[str, int]] | None, rekeys: float) -> dict[str, Any]:
-    """Steady state, over the measured window: keys taken from the pools (status counters
-    before/after) against keys that went into rekeys completed in the window. An exchange in
-    flight at either edge moves one key across the edge, so the difference is within +-N."""
-    used = {k for recs in events.values() for r in recs for k in (r.get("key_ids") or ())}
-    issued = [r for r in kme if r["event"] == "kme_keys_issued"]
-    out: dict[str, Any] = {
-        "keys_used": len(used),
-        "keys_issued_by_kme": sum(int(r["number"]) for r in issued),
-        "enc_keys_requests": len(issued),
-        "dec_keys_requests": sum(1 for r in kme if r["event"] == "kme_keys_delivered"),
-        "keys_delivered_to_slaves": sum(len(r.get("key_ids") or ()) for r in kme
-                                        if r["event"] == "kme_keys_delivered"),
-    }
+def _ts(rec: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(rec["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def _window_accounting(pair: GatewayPair, pools0: dict[str, dict[str, float]] | None,
+                       pools1: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+    """Steady state, between two status snapshots of each daemon: the keys its pool handed out
+    (``handed_out`` counters) against the keys it issued as master that went into rekeys it
+    completed between the same two snapshots (key IDs of its ``tunnel_rekeyed`` events, each
+    ID's master from the KME's log). Exchanges in flight at the two edges cancel when the
+    number in flight is steady; what remains is keys taken and never used: waste."""
     if pools0 is None or pools1 is None:
-        out["reason"] = "a daemon did not answer qkd-gateway status"
-        return out
-    taken = sum(pools1[s]["handed_out"] - pools0[s]["handed_out"] for s in pools1)
-    size = {s: (pools0[s]["size"], pools1[s]["size"]) for s in pools1}
-    key_bits = int(issued[0]["size"]) if issued else 256
-    out.update({
+        return {"reason": "a daemon did not answer qkd-gateway status"}
+    master: dict[str, str] = {}
+    key_bits = 256
+    for rec in JsonLog(pair.kms_log.path).read(frozenset({"kme_keys_issued"})):
+        key_bits = int(rec["size"])
+        for k in rec.get("key_ids") or ():
+            master[k] = str(rec["master"])
+    taken = used = rekeys = 0
+    per_site: dict[str, dict[str, int]] = {}
+    for s in pair.sites:
+        t0, t1 = pools0[s.name]["at"], pools1[s.name]["at"]
+        mine: set[str] = set()
+        n = 0
+        for rec in JsonLog(s.log.path).read(REKEYED):
+            if t0 <= _ts(rec) <= t1:
+                n += 1
+                mine.update(k for k in rec.get("key_ids") or () if master.get(k) == s.sae_id)
+        took = int(pools1[s.name]["handed_out"] - pools0[s.name]["handed_out"])
+        per_site[s.name] = {"keys_taken": took, "keys_used_as_master": len(mine),
+                            "rekeys": n}
+        taken, used, rekeys = taken + took, used + len(mine), rekeys + n
+    rekeys_per_site = rekeys / len(pair.sites)
+    return {
+        "per_site": per_site,
         "keys_taken_from_pools": taken,
-        "pool_sizes_start_end": size,
-        "keys_wasted": taken - len(used),
-        "qkd_bits_per_rekey": key_bits * taken / rekeys if rekeys else None,
-    })
-    return out
+        "keys_used": used,
+        "keys_wasted": taken - used,
+        "qkd_bits_per_rekey": key_bits * taken / rekeys_per_site if rekeys_per_site else None,
+    }
 
 
 def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
@@ -135,10 +148,12 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
         pair.kms_log.skip()
         pools0 = pair.pool_stats()
         w = _window(pair, seconds)
-        pools1 = pair.pool_stats()
         pair.check_alive()
         events = {s.name: s.log.read(REKEYED) for s in pair.sites}
         kme = pair.kms_log.read(KME_EVENTS)
+        pools1 = pair.pool_stats()
+        time.sleep(SETTLE_S)  # events up to the second snapshot reach the logs
+        qkd_window = _window_accounting(pair, pools0, pools1)
         pair.stop_daemons()
         qkd = _qkd_accounting(pair, 0)
     counts = [len(v) for v in events.values()]
@@ -169,7 +184,7 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
         "rss_mb": {k: round(w.after[k].rss_kb / 1024, 1) for k in w.after},
         "fds": {k: w.after[k].fds for k in w.after},
         "qkd": qkd,
-        "qkd_window": _window_accounting(events, kme, pools0, pools1, rekeys),
+        "qkd_window": qkd_window,
     }
 
 
