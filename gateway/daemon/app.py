@@ -180,7 +180,10 @@ class Daemon:
         natural handshake) goes to the protocol core."""
         t = self._tunnels[name]
         stock, low_water = self._stock(t)
-        plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water)
+        # Only the preferred side jitters: the backup's 13/12 must stay after it (see
+        # plan_rotation), else the two collide and a QKD key is wasted.
+        plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water,
+                             jitter=self.node.tunnels[name].preferred)
         delay = plan.delay
         if t.kind == "wireguard" and not plan.low_stock:
             delay = align_to_handshake(delay, self._handshakes[name].last_handshake, time.time())
