@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from gateway.daemon.clock import BootClock, Clock
-from gateway.daemon.state import StateStore, TunnelState, fingerprint
+from gateway.daemon.state import StateError, StateStore, TunnelState, fingerprint
 from gateway.keymaterial import Secret
 
 __all__ = ["ALARM_CLOSE_FAILED", "ALARM_EXPIRED", "FailClosedError", "KeyInstaller",
@@ -149,9 +149,19 @@ class TunnelKeeper:
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def _load(self) -> TunnelState | None:
+        """The recorded state; an unreadable file counts as none (the tunnel then starts closed
+        and the file is rewritten): a broken file must never keep a tunnel from closing."""
+        try:
+            return self._store.load(self.name)
+        except StateError as exc:
+            self._emit("tunnel_state_unreadable", level="error", tunnel=self.name,
+                       error=str(exc))
+            return None
+
     async def start(self) -> None:
         await self._installer.prepare()
-        self._state = self._store.load(self.name)
+        self._state = self._load()
         why = refusal(self._state, self._clock, self._reject_after)
         held: Secret | None = None
         if why is None:
@@ -175,7 +185,7 @@ class TunnelKeeper:
         directory does not show a key valid for at least ``horizon`` more seconds. Returns the
         reason, or None if nothing was to be done. Never creates or reconfigures the interface
         (a missing one carries no traffic). Raises FailClosedError if nothing could be done."""
-        st = self._store.load(self.name)
+        st = self._load()
         if st is not None and st.closed:
             return None
         why = refusal(st, self._clock, self._reject_after, horizon)

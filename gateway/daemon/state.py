@@ -96,12 +96,13 @@ class StateStore:
                 f"state file {path} is unreadable ({exc}); remove it to start over"
             ) from None
         try:
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
             if raw.pop("version") not in _READABLE:
                 raise ValueError("unknown version")
             raw["key_ids"] = tuple(raw.get("key_ids", ()))
             state = TunnelState(**raw)
-            if state.tunnel != tunnel or not isinstance(state.epoch, int) or state.epoch < 0:
-                raise ValueError("inconsistent")
+            _check_types(state, tunnel)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(
                 f"state file {path} is malformed ({exc}); remove it to start over"
@@ -127,6 +128,28 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _check_types(st: TunnelState, tunnel: str) -> None:
+    """A state file is input like any other: every field must have its type (a file edited by
+    hand, or cut short by a full disk, is reported, never half-used)."""
+    def number(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if st.tunnel != tunnel:
+        raise ValueError(f"it names tunnel {st.tunnel!r}")
+    if not isinstance(st.epoch, int) or isinstance(st.epoch, bool) or st.epoch < 0:
+        raise ValueError("epoch is not a whole number >= 0")
+    if not number(st.activated_at) or not (st.activated_boot is None
+                                           or number(st.activated_boot)):
+        raise ValueError("a time is not a number")
+    if not all(isinstance(k, str) for k in st.key_ids):
+        raise ValueError("key_ids is not a list of strings")
+    for name in ("policy", "achieved", "boot_id", "key_fingerprint"):
+        if not isinstance(getattr(st, name), str):
+            raise ValueError(f"{name} is not a string")
+    if not isinstance(st.closed, bool):
+        raise ValueError("closed is not true/false")
 
 
 class StateLock:

@@ -260,3 +260,20 @@ async def test_failsafe_closes_expiring_keys_only_and_is_idempotent(tmp_path: Pa
     fs3, *_ = make(tmp_path / "other", clock, reject_after=60, inst=inst)
     with pytest.raises(FailClosedError):
         await fs3.failsafe(horizon=15)
+
+
+async def test_an_unreadable_state_file_never_keeps_a_tunnel_open(tmp_path: Path) -> None:
+    clock = FakeClock()
+    keeper, inst, *_ = make(tmp_path, clock, reject_after=180)
+    await keeper.start()
+    await keeper.activate(1, Secret(b"1" * 32), (), "qkd+pqc", "qkd+pqc")
+    (tmp_path / "tunnels" / "t1.json").write_text("null")
+    # Neither the failsafe nor a restarting daemon stops at the broken file: both close.
+    fs, _, events, *_ = make(tmp_path, clock, reject_after=180, inst=inst)
+    assert await fs.failsafe(horizon=15) == "no state recorded"
+    assert inst.key != Secret(b"1" * 32)
+    assert events[0][0] == "tunnel_state_unreadable"
+    (tmp_path / "tunnels" / "t1.json").write_text("[]")
+    k2, _, events2, *_ = make(tmp_path, clock, reject_after=180, inst=inst)
+    await k2.start()
+    assert k2.closed and events2[0][0] == "tunnel_state_unreadable"

@@ -50,3 +50,19 @@ def test_hostile_tunnel_names_are_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     with pytest.raises(StateError):
         store.save(TunnelState("../../etc/passwd", 1, 0.0))
+
+
+@pytest.mark.parametrize("text", ["null", "1", '"x"', "true", "[]",
+                                  '{"version": 2, "tunnel": "t", "epoch": "7", '
+                                  '"activated_at": 1.0}',
+                                  '{"version": 2, "tunnel": "t", "epoch": 7, '
+                                  '"activated_at": 1.0, "closed": "no"}',
+                                  '{"version": 2, "tunnel": "t", "epoch": 7, '
+                                  '"activated_at": 1.0, "key_ids": [1]}'])
+def test_malformed_state_is_a_state_error(tmp_path: Path, text: str) -> None:
+    # Found by the fuzz tier: a JSON scalar used to raise AttributeError.
+    store = StateStore(tmp_path)
+    store.prepare()
+    (tmp_path / "tunnels" / "t.json").write_text(text)
+    with pytest.raises(StateError, match="malformed"):
+        store.load("t")
