@@ -291,13 +291,35 @@ class Daemon:
                     # it should hold (or fails closed), so a slot never silently reads empty.
                     if await keeper.verify():
                         self.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
-                    await self._observe_handshake(name)
+                except Exception as exc:
+                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
+            await self._observe_handshakes()
+            for name in self.keepers:
+                try:
                     self._publish_status(name)  # a slow sweep: published only if it changed
                 except Exception as exc:
                     self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
 
     async def _observe_handshake(self, name: str) -> None:
         self._handshakes[name].observe(await self._installers[name].last_handshake())
+
+    async def _observe_handshakes(self) -> None:
+        """Every tunnel's last handshake from one peer dump per interface (asked per tunnel, a
+        hub's dump of N peers was read N times: N^2 work, minutes at 10,000 tunnels, with the
+        event loop blocked meanwhile)."""
+        dumps: dict[str, dict[str, float | None] | None] = {}
+        for name, inst in self._installers.items():
+            iface = inst.interface
+            if iface.name not in dumps:
+                try:
+                    dumps[iface.name] = await iface.handshakes()
+                except Exception as exc:
+                    dumps[iface.name] = None
+                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
+                                  error=str(exc))
+            seen = dumps[iface.name]
+            if seen is not None:
+                self._handshakes[name].observe(inst.handshake_in(seen))
 
     async def _pool_metrics_loop(self) -> None:
         while True:
@@ -313,9 +335,8 @@ class Daemon:
     # -- control socket -----------------------------------------------------------------------
     async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
         if req["cmd"] == "status":
-            for name in self.keepers:
-                with contextlib.suppress(Exception):  # status must answer even if a peer is gone
-                    await self._observe_handshake(name)
+            with contextlib.suppress(Exception):  # status must answer even if a peer is gone
+                await self._observe_handshakes()
             return {"ok": True, **self.status()}
         return {"ok": False, "error": f"unknown command {req['cmd']!r}; try status"}
 
