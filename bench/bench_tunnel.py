@@ -79,6 +79,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "mbit_s": statistics.median(r["mbit_s"] for r in runs),
@@ -88,7 +93,7 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def main(seconds: float, rounds: int) -> int:
+async def main(seconds: float, rounds: int, out: Path | None) -> int:
     # Alternate the phases (base, rotating, base, rotating, ...): a shared machine drifts, and
     # each round's ratio compares neighbours.
     bases, rots, ratios = [], [], []
@@ -114,6 +119,22 @@ async def main(seconds: float, rounds: int) -> int:
               f"{statistics.median(lat):.2f} ms, p99 {pct(lat, 0.99):.2f} ms  (target p99 <= 10)")
     print(f"rekey latency under iperf3 load: p50 {statistics.median(rot['rekey_ms']):.2f} ms, "
           f"p99 {pct(rot['rekey_ms'], 0.99):.2f} ms")
+    if out is not None:
+        await asyncio.to_thread(write_json, out, {
+            "throughput_ratio_rotating": ratio,
+            "throughput_ratio_rounds": ratios,
+            "mbit_s_baseline": base["mbit_s"], "mbit_s_rotating": rot["mbit_s"],
+            # Pings lost while rotating every second with nothing else on the link; under iperf3
+            # the baseline (no rotation) loses pings too, so those are shown side by side.
+            "rotation_packets_lost": idle["ping_lost"],
+            "rotation_packets_sent": idle["ping_sent"],
+            "ping_lost_under_iperf3": {"baseline": [base["ping_lost"], base["ping_sent"]],
+                                       "rotating": [rot["ping_lost"], rot["ping_sent"]]},
+            "rotations": rot["rotations"] + idle["rotations"],
+            "failed_closed": rot["failed_closed"] + idle["failed_closed"],
+            "rekey_ms_p50_idle": statistics.median(lat) if lat else None,
+            "rekey_ms_p99_idle": pct(lat, 0.99) if lat else None,
+        })
     return 0
 
 
@@ -121,5 +142,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args()
-    sys.exit(asyncio.run(main(args.seconds, args.rounds)))
+    sys.exit(asyncio.run(main(args.seconds, args.rounds, args.out)))

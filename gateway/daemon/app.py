@@ -175,7 +175,10 @@ class Daemon:
         natural handshake) goes to the protocol core."""
         t = self.tunnels.configs[name]
         stock, low_water = self._stock(t)
-        plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water)
+        # Only the preferred side jitters: the backup's 13/12 must stay after it (see
+        # plan_rotation), else the two collide and a QKD key is wasted.
+        plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water,
+                             jitter=self.node.tunnels[name].preferred)
         delay = plan.delay
         if t.kind == "wireguard" and not plan.low_stock:
             delay = align_to_handshake(delay, self.tunnels.handshakes[name].last_handshake,
@@ -304,7 +307,11 @@ class Daemon:
                     # it should hold (or fails closed), so a slot never silently reads empty.
                     if await keeper.verify():
                         self.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
-                    await self._observe_handshake(name)
+                except Exception as exc:
+                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
+            await self._observe_handshakes()
+            for name in self.keepers:
+                try:
                     self._publish_status(name)  # a slow sweep: published only if it changed
                 except Exception as exc:
                     self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
@@ -312,6 +319,24 @@ class Daemon:
     async def _observe_handshake(self, name: str) -> None:
         self.tunnels.handshakes[name].observe(
             await self.tunnels.installers[name].last_handshake())
+
+    async def _observe_handshakes(self) -> None:
+        """Every tunnel's last handshake from one peer dump per interface (asked per tunnel, a
+        hub's dump of N peers was read N times: N^2 work, minutes at 10,000 tunnels, with the
+        event loop blocked meanwhile)."""
+        dumps: dict[str, dict[str, float | None] | None] = {}
+        for name, inst in list(self.tunnels.installers.items()):
+            iface = inst.interface
+            if iface.name not in dumps:
+                try:
+                    dumps[iface.name] = await iface.handshakes()
+                except Exception as exc:
+                    dumps[iface.name] = None
+                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
+                                  error=str(exc))
+            seen = dumps[iface.name]
+            if seen is not None:
+                self.tunnels.handshakes[name].observe(inst.handshake_in(seen))
 
     async def _pool_metrics_loop(self) -> None:
         while True:
@@ -328,9 +353,8 @@ class Daemon:
     async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req["cmd"]
         if cmd == "status":
-            for name in list(self.keepers):
-                with contextlib.suppress(Exception):  # status must answer even if a peer is gone
-                    await self._observe_handshake(name)
+            with contextlib.suppress(Exception):  # status must answer even if a peer is gone
+                await self._observe_handshakes()
             return {"ok": True, **daemon_status(self)}
         if cmd == "rekey":
             tunnel = req.get("tunnel")

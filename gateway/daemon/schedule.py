@@ -53,21 +53,27 @@ def plan_rotation(
     stored_key_count: int | None,
     low_water: int,
     rng: random.Random | None = None,
+    jitter: bool = True,
 ) -> RotationPlan:
     """The delay before the next rotation of one tunnel (see the module docstring for the rule).
 
     ``stored_key_count`` is the lowest stock over the tunnel's KMS links, or None when unknown
     (no status answer yet, or a PQC-only tunnel): then the normal interval applies.
+    ``jitter=False`` for the backup side of a tunnel: it steps in at 13/12 of its interval, and
+    a jittered (shortened) interval could make it start before the preferred side, whose
+    attempt then collides with it and the backup's QKD key is wasted.
     """
     if rekey_interval <= 0 or reject_after <= rekey_interval:
         raise ValueError("need 0 < rekey_interval < reject_after")
-    rng = rng or random.Random()
     base = rekey_interval
     low = stored_key_count is not None and low_water > 0 and stored_key_count < low_water
     if low:
         assert stored_key_count is not None
         ceiling = reject_after - (reject_after - rekey_interval) * REKEY_MARGIN_FRACTION
         base = min(rekey_interval * low_water / max(stored_key_count, 1), ceiling)
+    if not jitter:
+        return RotationPlan(delay=base, low_stock=low)
+    rng = rng or random.Random()
     return RotationPlan(delay=base * (1.0 - JITTER_FRACTION * rng.random()), low_stock=low)
 
 

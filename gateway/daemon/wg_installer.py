@@ -40,6 +40,15 @@ class WgInterface:
             return []
         return await self.backend.apply(self.spec)
 
+    async def handshakes(self) -> dict[str, float | None]:
+        """Every peer's latest handshake (public key -> Unix time, None before the first) from
+        one dump of the interface; empty if the interface is gone."""
+        try:
+            statuses = await self.backend.peer_status(self.name)
+        except (InterfaceNotFound, PeerNotFound):
+            return {}
+        return {s.public_key: s.last_handshake for s in statuses}
+
     async def close(self, teardown: bool) -> None:
         if teardown and not self.spec.adopt and not self._closed:
             self._closed = True
@@ -84,6 +93,10 @@ class WireGuardInstaller:
             return None
         mine = validate_public_key(self.peer_public_key)
         return next((s.last_handshake for s in statuses if s.public_key == mine), None)
+
+    def handshake_in(self, seen: dict[str, float | None]) -> float | None:
+        """This peer's latest handshake in a dump of its interface (WgInterface.handshakes)."""
+        return seen.get(validate_public_key(self.peer_public_key))
 
     async def set_blocked(self, blocked: bool) -> None:
         iface = self.interface
