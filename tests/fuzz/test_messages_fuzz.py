@@ -15,22 +15,28 @@ from hypothesis import strategies as st
 from gateway.identity import ED25519_SIGNATURE_LEN, MLDSA65_SIGNATURE_LEN
 from gateway.protocol.constants import NONCE_LEN
 from gateway.protocol.errors import ProtocolError
-from gateway.protocol.messages import (
-    MAC_LEN,
-    MLKEM768_CT_LEN,
-    MLKEM768_EK_LEN,
-    X25519_LEN,
+from gateway.protocol.inner import (
+    CHECK_LEN,
     AbortCode,
-    Finish,
-    Hello,
-    HelloReply,
     Keepalive,
+    KeyCheck,
+    PolicyUpdate,
     RekeyAbort,
     RekeyConfirm,
     RekeyInit,
     RekeyResp,
     decode_inner,
     encode_inner,
+)
+from gateway.protocol.messages import (
+    DIGEST_LEN,
+    MAC_LEN,
+    MLKEM768_CT_LEN,
+    MLKEM768_EK_LEN,
+    X25519_LEN,
+    Finish,
+    Hello,
+    HelloReply,
 )
 from gateway.protocol.policy import Kind, Mode, TunnelPolicy
 from tests.fuzz.profiles import FUZZ
@@ -64,11 +70,15 @@ def policy(draw: st.DrawFn, name: str) -> TunnelPolicy:
 policies = st.lists(names, max_size=3, unique=True).flatmap(
     lambda ns: st.tuples(*(policy(n) for n in ns)))
 
-hello = st.builds(Hello, names, names, blob(NONCE_LEN), blob(X25519_LEN),
-                  blob(MLKEM768_EK_LEN), policies)
+# Wire version 2: the handshake carries a digest of the policy list (the list itself follows in
+# encrypted PolicyUpdate records) and the Hello is timestamped and signed (Ed25519).
+u16 = st.integers(0, 2**16 - 1)
+counts = st.integers(0, 16384)  # the largest policy list a handshake may announce
+hello = st.builds(Hello, names, names, u64, blob(NONCE_LEN), blob(X25519_LEN),
+                  blob(MLKEM768_EK_LEN), counts, blob(DIGEST_LEN), blob(ED25519_SIGNATURE_LEN))
 hello_reply = st.builds(HelloReply, names, blob(NONCE_LEN), blob(X25519_LEN),
-                        blob(MLKEM768_CT_LEN), policies, blob(ED25519_SIGNATURE_LEN),
-                        blob(MLDSA65_SIGNATURE_LEN), blob(MAC_LEN))
+                        blob(MLKEM768_CT_LEN), counts, blob(DIGEST_LEN),
+                        blob(ED25519_SIGNATURE_LEN), blob(MLDSA65_SIGNATURE_LEN), blob(MAC_LEN))
 finish = st.builds(Finish, blob(ED25519_SIGNATURE_LEN), blob(MLDSA65_SIGNATURE_LEN),
                    blob(MAC_LEN))
 inner = st.one_of(
@@ -81,8 +91,22 @@ inner = st.one_of(
               blob(NONCE_LEN), st.integers(0, 2**32 - 1), blob(MAC_LEN)),
     st.builds(RekeyConfirm, names, u64, blob(MAC_LEN)),
     st.builds(RekeyAbort, names, u64, st.sampled_from(AbortCode), u64),
-    st.just(Keepalive()),
+    st.builds(Keepalive, st.lists(st.builds(KeyCheck, names, u64, blob(CHECK_LEN),
+                                            st.integers(0, 3)), max_size=3).map(tuple)),
+    st.deferred(lambda: policy_update()),
 )
+
+
+@st.composite
+def policy_update(draw: st.DrawFn) -> PolicyUpdate:
+    """A valid chunk: a tunnel is named once, as an upsert or as a removal."""
+    ups = draw(policies)
+    taken = {p.name for p in ups}
+    removals = tuple(draw(st.lists(names.filter(lambda n: n not in taken), max_size=3,
+                                   unique=True)))
+    final = draw(st.booleans())
+    return PolicyUpdate(final, draw(counts), draw(blob(DIGEST_LEN)) if final else b"", ups,
+                        removals)
 
 
 @st.composite

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from gateway.protocol.constants import HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, WIRE_VERSION
 from gateway.protocol.errors import WireError
-from gateway.protocol.messages import Finish, Hello, HelloReply, decode_inner, encode_inner
+from gateway.protocol.inner import decode_inner, encode_inner
+from gateway.protocol.messages import Finish, Hello, HelloReply
 from gateway.protocol.wire import FrameSplitter, encode_frame
 from tests.fuzz.profiles import FUZZ
 
