@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.cli.kms_sim import _configure_logs, _kme, _link, _sae
-from gateway.kms.sim import KmeNetwork
+from gateway.kms.sim import KmeNetwork, parse_fluctuation
 from gateway.kms.sim.pki import KME_ID_URI_PREFIX
 
 __all__ = ["issue_kme_cert", "main"]
@@ -187,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key-rate", type=float, default=0.0)
     p.add_argument("--max-key-count", type=int, default=1000)
     p.add_argument("--log-format", default="json")
+    # As `qkd-gateway kms-sim` takes them (the lab's plan passes them): rate fluctuation model.
+    p.add_argument("--fluctuation", default="none")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     _configure_logs(args.log_format)
     kmes = dict(args.kme)
     net = KmeNetwork(args.pki_dir, kmes=kmes, links=list(args.link), saes=dict(args.sae),
-                     key_rate=args.key_rate, max_key_count=args.max_key_count)
+                     key_rate=args.key_rate, max_key_count=args.max_key_count,
+                     fluctuation=parse_fluctuation(args.fluctuation, args.seed))
     asyncio.run(_serve(net, args.control, args.pki_dir, {k: h for k, (h, _) in kmes.items()}))
     return 0
 

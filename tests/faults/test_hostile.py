@@ -96,12 +96,6 @@ async def test_hostile_peer_while_tunnels_rotate() -> None:
                         str(e)], "a hostile connection became a session"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pre-auth limit is global, not per source: gateway/protocol/transport.py refuses every "
-    "accept once MAX_PENDING_UNAUTHENTICATED (32) connections are pending, whoever holds them; "
-    "one host holding 40 idle connections to each gateway (re-opened when cut at the 10 s "
-    "handshake timeout) keeps a restarted real peer from getting a session: no rotation at "
-    "either end within 30 s, the tunnel stays failed closed"))
 async def test_idle_hold_flood_does_not_lock_out_a_restarted_peer() -> None:
     """One hostile host keeps 40 idle connections to each gateway (more than the 32 pending
     connections a gateway admits), reconnecting as soon as one is cut. A peer restarting now
