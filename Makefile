@@ -14,17 +14,23 @@ GW := $(VENV)/bin/qkd-gateway
 # Recommends wireguard-modules, which apt satisfies with a kernel image (and udev, apparmor,
 # initramfs-tools). tests/packaging/test_apt_surprises.py simulates this list and fails on those.
 # mmdebstrap, systemd-container: the systemd tier; python3-venv: the package's venv (make deb);
-# prometheus: the dashboard test evaluates every panel query on a real Prometheus.
+# prometheus: the dashboard test evaluates every panel query on a real Prometheus;
+# nftables, faketime: the fault suite's partitions, losses and wall-clock jumps.
 DEBS := iproute2 iputils-ping wireguard-go wireguard-tools mosquitto mosquitto-clients \
-        iperf3 tcpdump kmod systemd procps mmdebstrap systemd-container python3-venv prometheus
+        iperf3 tcpdump kmod systemd procps mmdebstrap systemd-container python3-venv prometheus \
+        nftables faketime
+# The performance peer of `make bench` (strongSwan's charon with user-space ESP); not for CI.
+BENCH_DEBS := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+        libstrongswan-standard-plugins libstrongswan-extra-plugins
 DEB_DIR := build/deb
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-k config"`.
 # The demo runs a minute and reports a verdict; `make demo DEMO_ARGS=` runs until Ctrl-C.
 DEMO_ARGS ?= --duration 60 --rekey-interval 5
 PYTEST_ARGS ?=
+SOAK_TUNNELS ?= 1000
 
 .PHONY: setup apt print-debs venv example-keys demo test test-host test-systemd test-vm deb \
-        bench lint clean
+        bench soak fuzz lint clean
 
 setup: apt venv example-keys
 
@@ -74,8 +80,20 @@ deb:
 print-debs:
 	@echo $(DEBS)
 
-bench: venv
+# Benchmarks and long runs: outside CI, one command each (figures in docs/performance.md and
+# docs/reliability.md).
+bench: setup
+	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+	@systemctl disable --now strongswan-starter >/dev/null 2>&1 || true
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run_all.py
+
+soak: setup
+	$(PY) bench/soak.py --tunnels $(SOAK_TUNNELS) --interval 10 --duration 600
+
+fuzz: venv
+	$(PY) tests/fuzz/run_long.py
 
 lint: venv
 	$(VENV)/bin/ruff check gateway tests bench scripts
