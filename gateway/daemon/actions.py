@@ -41,6 +41,10 @@ from gateway.telemetry import TelemetryBus
 
 __all__ = ["ActionRunner"]
 
+#: Alarms the protocol core clears itself (Alarm(active=False)); every other tunnel alarm it
+#: raised is cleared by the tunnel's next activation.
+_CORE_CLEARED = frozenset({"qkd_path_dropped"})
+
 #: Actions that belong to one rekey exchange; the first one seen starts its latency clock.
 _EXCHANGE = (TakeQkdKeys, FetchQkdKeys, InstallKeys)
 _MAX_TRACKED = 1024
@@ -117,12 +121,13 @@ class ActionRunner:
     def _session_action(self, action: Action) -> None:
         if isinstance(action, Alarm):
             subject = action.tunnel or action.peer
-            self._bus.alarm(action.name, True, peer=action.peer, tunnel=action.tunnel,
+            self._bus.alarm(action.name, action.active, peer=action.peer, tunnel=action.tunnel,
                             reason=action.reason)
-            if action.tunnel is not None:
+            if action.tunnel is not None and action.name not in _CORE_CLEARED:
                 self._tunnel_alarms.setdefault(action.tunnel, set()).add(action.name)
-            self._bus.emit("protocol_alarm", level="warning", alarm=action.name, subject=subject,
-                           reason=action.reason)
+            if action.active:
+                self._bus.emit("protocol_alarm", level="warning", alarm=action.name,
+                               subject=subject, reason=action.reason)
         elif isinstance(action, SessionUp):
             self._bus.emit("peer_session_up", peer=action.peer, initiator=action.initiator)
         elif isinstance(action, Close):

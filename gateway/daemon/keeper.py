@@ -111,6 +111,10 @@ class TunnelKeeper:
         self._failures = 0
         self.keys_installed = 0  # QKD-derived keys installed by this process
         self._changed = asyncio.Event()
+        # One data-plane write at a time: the watch task, an Expire from the protocol and an
+        # activation must never interleave (two fail-closed writes racing each other's
+        # read-back was seen when the core's Expire coincided with the deadline).
+        self._write = asyncio.Lock()
 
     # -- facts for status and the scheduler ---------------------------------------------------
     @property
@@ -226,6 +230,31 @@ class TunnelKeeper:
         value."""
         if epoch <= self.epoch:
             raise ValueError(f"epoch {epoch} of tunnel {self.name} is not newer than {self.epoch}")
+        async with self._write:
+            await self._install_new(epoch, key)
+            if self._blocked:
+                await self._installer.set_blocked(False)
+                self._blocked = False
+            now = self._clock.now()
+            self._state = TunnelState(self.name, epoch, self._clock.wall(), key_ids, policy,
+                                      achieved, self._clock.boot_id, now,
+                                      fingerprint(self.name, epoch, key))
+            self._key = key
+            self._store.save(self._state)
+            self._deadline = now + self._reject_after
+            self.keys_installed += 1
+            if self._closed or self._close_pending is not None:
+                self._alarm(ALARM_EXPIRED, False, tunnel=self.name, epoch=epoch)
+            if self._alarmed_close:
+                self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
+                self._alarmed_close = False
+            self._closed, self._close_pending, self._failures = False, None, 0
+            self._changed.set()
+            self._emit("tunnel_rekeyed", tunnel=self.name, epoch=epoch, key_ids=list(key_ids),
+                       achieved=achieved,
+                       rekey_ms=None if rekey_s is None else round(rekey_s * 1000, 3))
+
+    async def _install_new(self, epoch: int, key: Secret) -> None:
         try:
             await self._installer.install(key)
         except Exception as exc:
@@ -233,54 +262,35 @@ class TunnelKeeper:
                        error=str(exc))
             await self._restore()
             raise
-        if self._blocked:
-            await self._installer.set_blocked(False)
-            self._blocked = False
-        now = self._clock.now()
-        self._state = TunnelState(self.name, epoch, self._clock.wall(), key_ids, policy,
-                                  achieved, self._clock.boot_id, now,
-                                  fingerprint(self.name, epoch, key))
-        self._key = key
-        self._store.save(self._state)
-        self._deadline = now + self._reject_after
-        self.keys_installed += 1
-        if self._closed or self._close_pending is not None:
-            self._alarm(ALARM_EXPIRED, False, tunnel=self.name, epoch=epoch)
-        if self._alarmed_close:
-            self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
-            self._alarmed_close = False
-        self._closed, self._close_pending, self._failures = False, None, 0
-        self._changed.set()
-        self._emit("tunnel_rekeyed", tunnel=self.name, epoch=epoch, key_ids=list(key_ids),
-                   achieved=achieved,
-                   rekey_ms=None if rekey_s is None else round(rekey_s * 1000, 3))
 
     async def _restore(self) -> None:
-        """Put back the key the slot should hold after a failed write."""
+        """Put back the key the slot should hold after a failed write (``_write`` held)."""
         if self._key is not None and (self._closed or self._clock.now() < self._deadline):
             with contextlib.suppress(Exception):
                 await self._installer.install(self._key)
                 return
-        await self._fail_closed("a key write failed and the previous key cannot be restored")
+        await self._fail_closed_locked("a key write failed and the previous key cannot be "
+                                       "restored", rewrite=True)
 
     async def verify(self) -> bool:
         """Read the data plane back; restore the key it should hold if it differs (e.g. the peer
         was re-added by reconciliation with an empty slot). True if something was restored."""
-        if self._close_pending is not None:
-            return False  # watch() is already retrying
-        held = await self._installer.read_key()
-        if self._key is not None and held == self._key:
-            return False
-        self._emit("tunnel_key_drift", level="warning", tunnel=self.name, epoch=self.epoch,
-                   slot="empty" if held is None else "another key")
-        if not self._closed and self._key is not None and self._clock.now() < self._deadline:
-            try:
-                await self._installer.install(self._key)
-                return True
-            except Exception as exc:
-                self._emit("tunnel_install_failed", level="error", tunnel=self.name,
-                           epoch=self.epoch, error=str(exc))
-        await self._fail_closed("the data plane lost the tunnel's key")
+        async with self._write:
+            if self._close_pending is not None:
+                return False  # watch() is already retrying
+            held = await self._installer.read_key()
+            if self._key is not None and held == self._key:
+                return False
+            self._emit("tunnel_key_drift", level="warning", tunnel=self.name, epoch=self.epoch,
+                       slot="empty" if held is None else "another key")
+            if not self._closed and self._key is not None and self._clock.now() < self._deadline:
+                try:
+                    await self._installer.install(self._key)
+                    return True
+                except Exception as exc:
+                    self._emit("tunnel_install_failed", level="error", tunnel=self.name,
+                               epoch=self.epoch, error=str(exc))
+            await self._fail_closed_locked("the data plane lost the tunnel's key", rewrite=True)
         self._changed.set()
         return True
 
@@ -314,7 +324,13 @@ class TunnelKeeper:
     async def close(self, teardown: bool) -> None:
         await self._installer.close(teardown)
 
-    async def _fail_closed(self, reason: str) -> None:
+    async def _fail_closed(self, reason: str, *, rewrite: bool = False) -> None:
+        async with self._write:
+            if self._closed and self._close_pending is None and not rewrite:
+                return  # another path (watch, Expire) closed it meanwhile
+            await self._fail_closed_locked(reason, rewrite=rewrite)
+
+    async def _fail_closed_locked(self, reason: str, *, rewrite: bool = False) -> None:
         """A random key the peer cannot know, and the running session ended (WireGuard would
         otherwise keep the old session's keys for up to REJECT_AFTER_TIME, 180 s). If that
         cannot be written, the interface goes down (traffic stops) and the write is retried

@@ -298,3 +298,28 @@ async def test_failsafe_marks_closed_only_once_the_old_key_is_gone(tmp_path: Pat
     fs2, *_ = make(tmp_path, clock, reject_after=60, inst=inst)
     assert await fs2.failsafe(horizon=15) is not None
     assert inst.key != old and StateStore(tmp_path).load("t1").closed  # type: ignore[union-attr]
+
+
+async def test_concurrent_fail_closed_paths_write_once(tmp_path: Path) -> None:
+    # The core's Expire and the keeper's own deadline fire together: their writes must not
+    # interleave (one's read-back saw the other's key: "PSK read back differs").
+    clock = FakeClock()
+
+    class Slow(SlotInstaller):
+        active = 0
+
+        async def install(self, key: Secret, *, drop_session: bool = False) -> None:
+            Slow.active += 1
+            assert Slow.active == 1, "two writes at once"
+            await asyncio.sleep(0.01)
+            await super().install(key, drop_session=drop_session)
+            assert self.key == key  # the read-back
+            Slow.active -= 1
+
+    keeper, inst, events, *_ = make(tmp_path, clock, reject_after=180, inst=Slow())
+    await keeper.start()
+    await keeper.activate(1, Secret(b"1" * 32), (), "qkd+pqc", "qkd+pqc")
+    installs = inst.installs
+    await asyncio.gather(keeper.expire("protocol Expire"), keeper.expire("deadline"))
+    assert keeper.closed and inst.installs == installs + 1
+    assert [e for e, _ in events].count("tunnel_failed_closed") == 2  # start, then once
