@@ -172,6 +172,8 @@ class XfrmClient:
         traffic instead of letting it out in clear. Returns (SAs deleted, policies deleted)."""
         sas = 0
         for sa in await self.sas():
+            if sa.placeholder:
+                continue  # the kernel's acquire entry: not deletable, expires by itself
             if sa.proto == c.IPPROTO_ESP and sa.reqid in reqids and await self.delete_sa(
                     sa.dst, sa.spi, src=sa.src, mark=sa.mark):
                 sas += 1

@@ -299,7 +299,6 @@ def parse_expire(msg: nlmsg) -> SaExpired:
     return SaExpired(
         src=parse_addr(msg["saddr"], family), dst=parse_addr(msg["id_daddr"], family),
         spi=msg["id_spi"], reqid=msg["reqid"], hard=bool(msg["hard"]),
-        larval=msg.get_attr("XFRMA_ALG_AEAD") is None and msg.get_attr("XFRMA_ALG_CRYPT") is None,
         bytes=msg["curlft_bytes"], packets=msg["curlft_packets"],
     )
 

@@ -112,8 +112,8 @@ class SaParams:
 
 @dataclass(frozen=True, slots=True)
 class SaState:
-    """An SA as the kernel reports it. ``larval`` is an SPI reserved by ALLOCSPI that has no
-    algorithm yet. ``key`` is None when the kernel did not report one (larval SAs)."""
+    """An SA as the kernel reports it. ``larval``: an SPI reserved by ALLOCSPI that has no
+    algorithm yet (or a ``placeholder``); ``key`` is None for those."""
 
     src: Address
     dst: Address
@@ -141,6 +141,12 @@ class SaState:
     @property
     def larval(self) -> bool:
         return self.algorithm is None
+
+    @property
+    def placeholder(self) -> bool:
+        """The kernel's own acquire entry (SPI 0), created when a packet met a policy without
+        SA. It holds no key, cannot be deleted by SPI, and expires by itself (30 s)."""
+        return self.spi == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +199,14 @@ class PolicyState(PolicyParams):
 class SaExpired:
     """XFRM_MSG_EXPIRE: an SA reached its soft limit (rekey now) or hard limit (it is gone).
     Larval SAs (an SPI allocated but never installed) also expire, hard, after the kernel's
-    acquire timeout."""
+    acquire timeout: EspTunnel.classify() tells which kind of SA it was. The kernel does not
+    put the key into these notifications."""
 
     src: Address
     dst: Address
     spi: int
     reqid: int
     hard: bool
-    larval: bool
     bytes: int
     packets: int
 

@@ -63,7 +63,8 @@ def desired_policies(r: Resolved) -> list[PolicyParams]:
 
 
 def owns_sa(r: Resolved, sa: SaState) -> bool:
-    return sa.proto == c.IPPROTO_ESP and sa.reqid == r.spec.reqid
+    """Ours, and a real SA (not the kernel's acquire placeholder, see SaState.placeholder)."""
+    return sa.proto == c.IPPROTO_ESP and sa.reqid == r.spec.reqid and not sa.placeholder
 
 
 def policy_owned_by(pol: PolicyState, reqids: Container[int]) -> bool:

@@ -75,6 +75,20 @@ class EspTunnel:
         """Is this monitor event about one of this tunnel's SAs or policies?"""
         return event.reqid == self._r.spec.reqid
 
+    def classify(self, event: SaExpired) -> Literal["inbound", "outbound", "larval", "other"]:
+        """Which of this tunnel's SAs an expiry is about: "larval" is an allocated SPI whose
+        exchange did not finish in time; "other" is an SA this object does not track (not this
+        tunnel's, or already retired)."""
+        if not self.owns(event):
+            return "other"
+        if event.spi in self._larval:
+            return "larval"
+        if event.spi in self._inbound and event.dst == self._r.local:
+            return "inbound"
+        if event.spi == self._outbound and event.dst == self._r.remote:
+            return "outbound"
+        return "other"
+
     def close(self) -> None:
         """Close the netlink socket (the kernel state stays; see teardown())."""
         self._x.close()
