@@ -18,6 +18,7 @@ the event loop's own thread never changes namespace and nothing forks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno as errno_mod
 import os
@@ -147,6 +148,7 @@ class XfrmSocket:
         self._sock: socket.socket | None = None
         self._lock = asyncio.Lock()
         self._seq = 0
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def where(self) -> str:
@@ -173,9 +175,18 @@ class XfrmSocket:
             raise kernel_error(f"open an XFRM socket in {self.where}", code) from None
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        """Close the socket; a receive waiting on it (another task) fails with XfrmError
+        instead of waiting forever or touching a reused file descriptor."""
+        if self._sock is None:
+            return
+        if self._waiter is not None:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone at interpreter exit
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            if not self._waiter.done():
+                self._waiter.set_exception(XfrmError(f"xfrm: socket in {self.where} closed"))
+            self._waiter = None
+        self._sock.close()
+        self._sock = None
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
@@ -184,7 +195,28 @@ class XfrmSocket:
 
     async def recv(self) -> bytes:
         """One datagram (for notification listeners); no deadline: callers wait for events."""
-        return await asyncio.get_running_loop().sock_recv(self._socket(), c.RECV_SIZE)
+        sock = self._socket()
+        while True:
+            try:
+                return sock.recv(c.RECV_SIZE)
+            except BlockingIOError:
+                pass
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiter = waiter
+
+            def ready(w: asyncio.Future[None] = waiter) -> None:
+                if not w.done():
+                    w.set_result(None)
+
+            loop.add_reader(sock.fileno(), ready)
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:  # not closed meanwhile
+                    loop.remove_reader(sock.fileno())
+                    self._waiter = None
+            sock = self._socket()
 
     async def request(self, operation: str, msg: nlmsg, msg_type: int, flags: int) -> list[nlmsg]:
         """Send one request and collect its answer: [] for an ack, the answer message(s) for a
@@ -208,14 +240,13 @@ class XfrmSocket:
                                   f"in {self.where}") from None
 
     async def _exchange(self, operation: str, data: bytes, seq: int, flags: int) -> list[nlmsg]:
-        loop = asyncio.get_running_loop()
         sock = self._socket()
-        await loop.sock_sendall(sock, data)
+        sock.send(data)  # netlink: the kernel handles the request before send() returns
         dump = flags & c.NLM_F_DUMP == c.NLM_F_DUMP
         answers: list[nlmsg] = []
         while True:
             try:
-                datagram = await loop.sock_recv(sock, c.RECV_SIZE)
+                datagram = await self.recv()
             except OSError as exc:
                 raise kernel_error(operation, exc.errno or errno_mod.EIO) from None
             for mtype, _flags, mseq, payload, detail in parse_datagram(datagram):

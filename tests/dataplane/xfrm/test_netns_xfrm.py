@@ -228,3 +228,17 @@ async def test_monitor_reports_acquires_of_our_policies_only(lab: NetnsLab) -> N
                 assert extra.reqid == R  # type: ignore[union-attr]
     await tunnel.teardown()
     tunnel.close()
+
+
+async def test_closing_a_monitor_ends_a_waiting_reader(lab: NetnsLab) -> None:
+    """The daemon may close a monitor while a task waits on it: the task gets an XfrmError at
+    once (not a hang, not a read on a file descriptor number that was reused)."""
+    ns = lab.namespace("close")
+    monitor = await XfrmMonitor(ns.name).open()
+    waiting = asyncio.create_task(monitor.next(30))
+    await asyncio.sleep(0.1)
+    monitor.close()
+    with pytest.raises(XfrmError, match="closed"):
+        await asyncio.wait_for(waiting, 5)
+    async with XfrmClient(ns.name) as x:  # the loop is still healthy
+        assert await x.policies() == []
