@@ -130,33 +130,42 @@ class Capture:
         for line in stream:
             self.lines.append(line.rstrip("\n"))
 
-    def stop(self, until: Callable[[list[str]], bool], timeout: float = 30) -> list[str]:
-        """Wait until the lines satisfy ``until`` (the capture has caught up with the traffic
-        the test sent last), then stop tcpdump and return every line."""
-        deadline = time.monotonic() + timeout
-        while not until(self.lines) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
         self._reader.join(timeout=30)
-        return self.lines
 
 
 class Wire:
-    """Everything on a veth pair: what each end sends."""
+    """Everything on a veth pair (what each end sends), for the whole test. A phase takes a
+    ``mark()`` before sending and ``wait()``s for the lines after it."""
 
     def __init__(self, a: Namespace, veth_a: str, b: Namespace, veth_b: str) -> None:
-        self.captures = [Capture(a, veth_a), Capture(b, veth_b)]
+        self.captures = [Capture(a, veth_a)]
+        try:
+            self.captures.append(Capture(b, veth_b))
+        except BaseException:
+            self.stop()
+            raise
 
-    def stop(self, until: Callable[[list[str]], bool], timeout: float = 30) -> list[str]:
+    def mark(self) -> tuple[int, ...]:
+        return tuple(len(cap.lines) for cap in self.captures)
+
+    def since(self, mark: tuple[int, ...]) -> list[str]:
+        return [line for cap, m in zip(self.captures, mark, strict=True) for line in cap.lines[m:]]
+
+    def wait(self, mark: tuple[int, ...], until: Callable[[list[str]], bool],
+             timeout: float = 30) -> list[str]:
+        """The lines since ``mark`` once they satisfy ``until`` (the capture caught up with the
+        traffic sent last), or whatever there is after ``timeout``."""
         deadline = time.monotonic() + timeout
-        while not until(self.lines) and time.monotonic() < deadline:
+        while not until(self.since(mark)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return [line for cap in self.captures for line in cap.stop(lambda _: True)]
+        return self.since(mark)
 
-    @property
-    def lines(self) -> list[str]:
-        return [line for cap in self.captures for line in cap.lines]
+    def stop(self) -> None:
+        for cap in self.captures:
+            cap.stop()
 
 
 def count(lines: list[str], *needles: str) -> int:
