@@ -200,7 +200,8 @@ async def test_policy_mode_rollovers_expiry_fail_closed_and_ownership(
             lines = wire.wait(mark, lambda ls: count(ls, "10.2.0.1 > 10.1.0.1: ICMP echo") >= 2)
             assert count(lines, "10.1.0.1 > 10.2.0.1: ICMP echo request") == 2
         finally:
-            wire.stop()
+            dropped = wire.stop()
+        assert dropped == 0, "the capture missed packets: it proves nothing about them"
         a.tunnel.close()
         b.tunnel.close()
     out, err = capfd.readouterr()
@@ -234,12 +235,12 @@ async def test_route_mode_ipv6_outer_dual_stack_inner_and_hard_limit(
         assert "xfrm if_id 0x7" in nc.run("ip", "-d", "link", "show", if_c)
         assert f"10.2.0.0/24 dev {if_c}" in nc.run("ip", "route")
         assert f"fd02::/64 dev {if_c}" in nc.run("ip", "-6", "route")
-        wire = Wire(nc, veth_c, nd, veth_d)
-        try:
-            async with XfrmMonitor(nc.name, reqids={spec_c.reqid}) as monitor:
-                events = Events(monitor)
-                spis = await rollover(c, d, keys, None)
-                assert xfrm_states(nc)[spis[1]]["dst"] == "fd90::2"
+        async with XfrmMonitor(nc.name, reqids={spec_c.reqid}) as monitor:
+            events = Events(monitor)
+            spis = await rollover(c, d, keys, None)
+            assert xfrm_states(nc)[spis[1]]["dst"] == "fd90::2"
+            wire = Wire(nc, veth_c, nd, veth_d)
+            try:
                 mark = wire.mark()
                 ping6 = start_ping(nc, "fd01::1", "fd02::1", count=120)
                 for _ in range(2):
@@ -249,39 +250,45 @@ async def test_route_mode_ipv6_outer_dual_stack_inner_and_hard_limit(
                 assert (sent, lost) == (120, 0), summary
                 assert ping(nc, "10.1.0.1", "10.2.0.1") == 0
                 lines = wire.wait(mark, lambda ls: count(ls, "fd90::2 > fd90::1: ESP") >= 123)
-                assert count(lines, "fd90::1 > fd90::2: ESP(spi=") >= 123
-                no_inner(lines, "fd01::1", "fd02::1")
-                no_inner(lines, "10.1.0.1", "10.2.0.1")
-                status = await c.tunnel.status()
-                assert status.outbound[0].packets >= 3 and status.outbound[0].lifetime == life
+            finally:
+                dropped = wire.stop()
+            assert dropped == 0, "the capture missed packets: it proves nothing about them"
+            assert count(lines, "fd90::1 > fd90::2: ESP(spi=") >= 123
+            no_inner(lines, "fd01::1", "fd02::1")
+            no_inner(lines, "10.1.0.1", "10.2.0.1")
+            status = await c.tunnel.status()
+            assert status.outbound[0].packets >= 3 and status.outbound[0].lifetime == life
 
-                # Nobody rekeys: the soft limit warns, the hard limit deletes the SAs, traffic
-                # stops, and nothing goes out in clear.
-                burst = start_ping(nc, "fd01::1", "fd02::1", count=HARD_PACKETS + 20,
-                                   interval=0.005)
-                sent, lost, _ = await burst.aresult()
-                assert lost >= 20
-                soft = await events.wait_for(
-                    lambda e: isinstance(e, SaExpired) and not e.hard and e.spi == spis[1], 20)
-                hard = await events.wait_for(
-                    lambda e: isinstance(e, SaExpired) and e.hard and e.spi == spis[1], 20)
-                assert isinstance(soft, SaExpired) and isinstance(hard, SaExpired)
-                assert c.tunnel.classify(hard) == "outbound" and soft.packets < hard.packets
-                assert spis[1] not in xfrm_states(nc)
+            # Nobody rekeys: the soft limit warns, the hard limit deletes the SAs, traffic
+            # stops, and nothing goes out in clear.
+            burst = start_ping(nc, "fd01::1", "fd02::1", count=HARD_PACKETS + 20,
+                               interval=0.005)
+            sent, lost, _ = await burst.aresult()
+            assert lost >= 20
+            soft = await events.wait_for(
+                lambda e: isinstance(e, SaExpired) and not e.hard and e.spi == spis[1], 20)
+            hard = await events.wait_for(
+                lambda e: isinstance(e, SaExpired) and e.hard and e.spi == spis[1], 20)
+            assert isinstance(soft, SaExpired) and isinstance(hard, SaExpired)
+            assert c.tunnel.classify(hard) == "outbound" and soft.packets < hard.packets
+            assert spis[1] not in xfrm_states(nc)
+            wire = Wire(nc, veth_c, nd, veth_d)
+            try:
                 mark = wire.mark()
                 assert ping(nc, "10.1.0.1", "10.2.0.1", count=2) == 2
                 assert ping(nc, "fd01::1", "fd02::1", count=2) == 2
                 assert ping(nc, "fd90::1", "fd90::2", count=2) == 0  # control: clear is seen
                 lines = wire.wait(mark, lambda ls: count(ls, "fd90::1: ICMP6, echo reply") >= 2)
-                assert count(lines, "fd90::1 > fd90::2: ICMP6, echo request") == 2
-                no_inner(lines, "10.1.0.1", "10.2.0.1")
-                no_inner(lines, "fd01::1", "fd02::1")
-                assert any("outbound SA" in line and "gone" in line
-                           for line in await c.tunnel.reconcile())
-                assert c.tunnel.rekey_needed
-                await events.stop()
-        finally:
-            wire.stop()
+            finally:
+                dropped = wire.stop()
+            assert dropped == 0, "the capture missed packets: it proves nothing about them"
+            assert count(lines, "fd90::1 > fd90::2: ICMP6, echo request") == 2
+            no_inner(lines, "10.1.0.1", "10.2.0.1")
+            no_inner(lines, "fd01::1", "fd02::1")
+            assert any("outbound SA" in line and "gone" in line
+                       for line in await c.tunnel.reconcile())
+            assert c.tunnel.rekey_needed
+            await events.stop()
 
         await c.tunnel.teardown()
         await d.tunnel.teardown()

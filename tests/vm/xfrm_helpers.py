@@ -99,7 +99,9 @@ def ping(ns: Namespace, src: str, dst: str, count: int = 3) -> int:
 
 class Capture:
     """tcpdump of what one namespace sends on one interface (-Q out), confirmed listening, lines
-    collected as they come (--immediate-mode: no delay between a packet and its line).
+    collected as they come. Not --immediate-mode: that retires a buffer block per packet, and a
+    starved tcpdump (QEMU on a loaded host) then drops packets; lines lag up to a second instead,
+    so tests wait for the packet they sent last (Wire.wait) rather than for time.
 
     Outbound only, because a receiving interface also shows the packets ESP decapsulated on
     it (the kernel re-injects them there), which never were on the wire; capture both ends'
@@ -107,7 +109,7 @@ class Capture:
 
     def __init__(self, ns: Namespace, ifname: str) -> None:
         self.proc = subprocess.Popen(
-            ns.cmd("tcpdump", "-n", "-l", "-p", "--immediate-mode", "-Q", "out", "-i", ifname),
+            ns.cmd("tcpdump", "-n", "-l", "-p", "-B", "8192", "-Q", "out", "-i", ifname),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None and self.proc.stdout is not None
         fd = self.proc.stderr.fileno()  # raw reads: a buffered readline would hide lines
@@ -130,10 +132,17 @@ class Capture:
         for line in stream:
             self.lines.append(line.rstrip("\n"))
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Stop tcpdump; the number of packets the kernel dropped before tcpdump saw them (a
+        capture is evidence of absence only if that is 0)."""
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
         self._reader.join(timeout=30)
+        assert self.proc.stderr is not None
+        summary = self.proc.stderr.read()
+        m = re.search(r"(\d+) packets? dropped by kernel", summary)
+        assert m, f"no tcpdump summary: {summary!r}"
+        return int(m.group(1))
 
 
 class Wire:
@@ -155,7 +164,7 @@ class Wire:
         return [line for cap, m in zip(self.captures, mark, strict=True) for line in cap.lines[m:]]
 
     def wait(self, mark: tuple[int, ...], until: Callable[[list[str]], bool],
-             timeout: float = 30) -> list[str]:
+             timeout: float = 60) -> list[str]:
         """The lines since ``mark`` once they satisfy ``until`` (the capture caught up with the
         traffic sent last), or whatever there is after ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -163,9 +172,9 @@ class Wire:
             time.sleep(0.05)
         return self.since(mark)
 
-    def stop(self) -> None:
-        for cap in self.captures:
-            cap.stop()
+    def stop(self) -> int:
+        """Stop both captures; packets dropped before capture (must be 0 for the evidence)."""
+        return sum(cap.stop() for cap in self.captures)
 
 
 def count(lines: list[str], *needles: str) -> int:
