@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Kernel lab: run the `vm` test tier on a real Debian kernel with WireGuard, inside QEMU (TCG).
+# Kernel lab: run the `vm` test tier on a real Debian kernel with WireGuard and ESP, inside QEMU
+# (TCG).
 #
-# The host kernel has no WireGuard (see docs/kernel-lab.md), so the kernel data-plane backend is
-# tested in a throw-away VM: Debian's stock kernel image is booted by virtme-ng with the host's
-# root file system shared read-only over 9p, and pytest runs inside it. Idempotent: every step
-# checks whether its result already exists, so a second run only boots the VM.
+# The host kernel has no WireGuard and no ESP (see docs/kernel-lab.md), so the kernel data-plane
+# backends are tested in a throw-away VM: Debian's stock kernel image is booted by virtme-ng with
+# the host's root file system shared read-only over 9p, and pytest runs inside it. Idempotent:
+# every step checks whether its result already exists, so a second run only boots the VM.
 #
 # Usage: scripts/kernel_lab.sh [extra pytest args]
+#        scripts/kernel_lab.sh --exec 'COMMAND'   run COMMAND in the guest instead of pytest
+#            (from the repository; $LAB_RESULTS is the guest's writable results folder, its
+#            exit status is the verdict), e.g. the XFRM benchmark:
+#            scripts/kernel_lab.sh --exec '.venv/bin/python -m bench.bench_xfrm'
 # Env:   LAB_DIR (default <repo>/.lab), LAB_MEMORY (1G), LAB_TIMEOUT seconds (900),
 #        LAB_SETUP_ONLY=1 to prepare everything without booting.
 set -euo pipefail
@@ -27,7 +32,8 @@ die() { log "error: $*"; exit 1; }
 
 ensure_debs() {
     local missing=() p
-    for p in qemu-system-x86 busybox-static kmod iproute2 iputils-ping wireguard-tools; do
+    # tcpdump: the XFRM tests capture the wire to prove that nothing leaves in clear.
+    for p in qemu-system-x86 busybox-static kmod iproute2 iputils-ping wireguard-tools tcpdump; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -79,6 +85,22 @@ ensure_vng() {
     fi
 }
 
+# Modules the guest loads before anything runs: kernel WireGuard, and ESP with AES-GCM, XFRM
+# netlink and XFRM interfaces for the IPsec data plane. A failure here leaves no verdict (FAIL).
+GUEST_MODULES="wireguard esp4 esp6 gcm xfrm_user xfrm_interface"
+
+# The verdict of an --exec run: the guest wrote the command's exit status.
+check_exec_verdict() {
+    local verdict="$RESULTS/verdict"
+    if [ ! -f "$verdict" ]; then
+        log "FAIL: the guest wrote no verdict (did it boot? see $LAB/vng.log)"
+        return 1
+    fi
+    log "guest $(cat "$verdict")"
+    [ "$(cat "$verdict")" = "exec_rc=0" ] || { log "FAIL"; return 1; }
+    log "PASS"
+}
+
 # Reads the verdict the guest wrote; never trusts vng's exit status (a crashed guest can exit 0).
 check_verdict() {
     "$PY" - "$RESULTS" <<'PYEOF'
@@ -119,14 +141,23 @@ main() {
     fi
 
     rm -rf "$RESULTS" && mkdir -p "$RESULTS"
-    # The guest sees the host tree read-only: no bytecode, no pytest cache, results to the rwdir.
-    local extra="" a
-    for a in "$@"; do extra+=" $(printf '%q' "$a")"; done
-    local guest_cmd
-    guest_cmd="cd $(printf '%q' "$REPO") && modprobe wireguard && \
-PYTHONDONTWRITEBYTECODE=1 QKD_KERNEL_LAB=1 $(printf '%q' "$PY") -m pytest -m vm tests/vm \
+    local guest_cmd exec_mode=0
+    local setup="cd $(printf '%q' "$REPO") && modprobe -a $GUEST_MODULES && \
+PYTHONDONTWRITEBYTECODE=1 QKD_KERNEL_LAB=1 LAB_RESULTS=$(printf '%q' "$RESULTS")"
+    if [ "${1:-}" = "--exec" ]; then
+        [ $# -eq 2 ] || die "--exec takes one argument: the command to run in the guest"
+        exec_mode=1
+        guest_cmd="$setup PATH=$(printf '%q' "$VENV/bin"):\$PATH bash -c $(printf '%q' "$2") \
+> $(printf '%q' "$RESULTS/exec.log") 2>&1; echo exec_rc=\$? > $(printf '%q' "$RESULTS/verdict")"
+    else
+        # The guest sees the host tree read-only: no bytecode, no pytest cache, results to the
+        # rwdir.
+        local extra="" a
+        for a in "$@"; do extra+=" $(printf '%q' "$a")"; done
+        guest_cmd="$setup $(printf '%q' "$PY") -m pytest -m vm tests/vm \
 -p no:cacheprovider -q --junitxml=$(printf '%q' "$RESULTS/junit.xml")$extra \
 > $(printf '%q' "$RESULTS/pytest.log") 2>&1; echo pytest_rc=\$? > $(printf '%q' "$RESULTS/verdict")"
+    fi
 
     log "booting $ver under QEMU TCG (this takes a few minutes)"
     local start=$SECONDS
@@ -137,6 +168,11 @@ PYTHONDONTWRITEBYTECODE=1 QKD_KERNEL_LAB=1 $(printf '%q' "$PY") -m pytest -m vm 
     local vng_rc=$?
     set -e
     log "vm run took $((SECONDS - start)) s (vng exit $vng_rc; log: $LAB/vng.log)"
+    if [ "$exec_mode" = 1 ]; then
+        [ -f "$RESULTS/exec.log" ] && cat "$RESULTS/exec.log" >&2
+        check_exec_verdict
+        return
+    fi
     [ -f "$RESULTS/pytest.log" ] && cat "$RESULTS/pytest.log" >&2
     check_verdict
 }

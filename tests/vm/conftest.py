@@ -1,5 +1,6 @@
 """The vm tier runs only inside the kernel lab (scripts/kernel_lab.sh sets QKD_KERNEL_LAB=1 in
-the guest after `modprobe wireguard`); anywhere else it skips with the reason."""
+the guest after loading wireguard and the ESP/XFRM modules; if a module fails to load the guest
+runs nothing and the lab reports FAIL); anywhere else it skips with the reason."""
 
 from __future__ import annotations
 
