@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     # The core may name the KMS interface's QKDKey type, nothing of its I/O.
     "protocol": {"keymaterial", "identity", "kms.types"},
     "daemon": {"keymaterial", "identity", "config", "telemetry", "kms", "dataplane", "protocol"},
-    "demo": {"keymaterial", "identity", "kms", "cli"},
+    "demo": {"keymaterial", "identity", "kms"},
     "cli": {"keymaterial", "identity", "config", "telemetry", "kms", "dataplane", "protocol",
             "daemon", "demo"},
 }
