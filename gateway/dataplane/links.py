@@ -59,7 +59,8 @@ class Links:
         self.netns = netns
 
     @asynccontextmanager
-    async def _ipr(self) -> AsyncIterator[Any]:
+    async def ipr(self) -> AsyncIterator[Any]:
+        """An rtnetlink socket in this namespace, closed on exit (xfrm interfaces use it too)."""
         ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
         try:
             yield ipr
@@ -67,13 +68,13 @@ class Links:
             ipr.close()
 
     async def index(self, name: str) -> int | None:
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             found = await netlink_call(f"lookup {name}", ipr.link_lookup(ifname=name))
         return int(found[0]) if found else None
 
     async def kind(self, name: str) -> str | None:
         """The link kind ("wireguard", "tun", ...) or None if the link does not exist."""
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             found = await netlink_call(f"lookup {name}", ipr.link_lookup(ifname=name))
             if not found:
                 return None
@@ -82,14 +83,14 @@ class Links:
         return str(info.get_attr("IFLA_INFO_KIND")) if info is not None else None
 
     async def create(self, name: str, kind: str) -> None:
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             await netlink_call(
                 f"create {kind} link {name}", ipr.link("add", ifname=name, kind=kind)
             )
 
     async def delete(self, name: str) -> bool:
         """Delete the link; False if it did not exist."""
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             found = await netlink_call(f"lookup {name}", ipr.link_lookup(ifname=name))
             if not found:
                 return False
@@ -98,7 +99,7 @@ class Links:
 
     async def set_state(self, name: str, state: str) -> bool:
         """Set the link "up" or "down" (down: no traffic in or out); False if it is missing."""
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             found = await netlink_call(f"lookup {name}", ipr.link_lookup(ifname=name))
             if not found:
                 return False
@@ -107,7 +108,7 @@ class Links:
 
     async def addresses(self, index: int) -> set[str]:
         """Global addresses as ``ip/prefix``; link-local ones are the kernel's, not ours."""
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             dump = await netlink_call("dump addresses", ipr.addr("dump", index=index))
             out = set()
             async for msg in dump:
@@ -125,7 +126,7 @@ class Links:
         if index is None:
             raise BackendCallFailed(f"{name}: link vanished while being configured")
         add, drop, corrections = plan_addresses(name, spec.addresses, await self.addresses(index))
-        async with self._ipr() as ipr:
+        async with self.ipr() as ipr:
             for op, texts in (("del", drop), ("add", add)):
                 for text in texts:
                     ip = ipaddress.ip_interface(text)

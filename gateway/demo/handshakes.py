@@ -18,31 +18,22 @@ may be attributed to the key before; the figures are exact otherwise.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
+
+from gateway.demo.netns import wg_show
 
 __all__ = ["HandshakeLog", "InUse", "latest_handshake"]
 
-_WG_TIMEOUT_S = 5.0
 
 
 async def latest_handshake(netns: str, interface: str) -> float | None:
     """Unix time of the interface's latest completed handshake (its newest peer), None if none
     yet or if ``wg`` failed."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", netns, "wg", "show", interface, "latest-handshakes",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        stdin=asyncio.subprocess.DEVNULL)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), _WG_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None
-    if proc.returncode != 0:
+    out = await wg_show(netns, interface, "latest-handshakes")
+    if out is None:
         return None
     # Lines are "<peer public key>\t<unix seconds>"; 0 means never.
-    times = [int(t) for line in out.decode().splitlines()
+    times = [int(t) for line in out.splitlines()
              if "\t" in line and (t := line.split("\t")[1].strip()).isdigit()]
     newest = max(times, default=0)
     return float(newest) if newest > 0 else None

@@ -11,6 +11,7 @@ thread of this process ever stays in a foreign namespace.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import os
@@ -111,3 +112,22 @@ def socket_in_netns(
     sock = result[0]
     sock.setblocking(False)
     return sock
+
+
+#: `wg show` inside a lab namespace reads one interface; it answers in milliseconds.
+WG_TIMEOUT_S = 5.0
+
+
+async def wg_show(netns: str, interface: str, what: str) -> str | None:
+    """``wg show INTERFACE WHAT`` inside ``netns``; None if it failed or hung."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns, "wg", "show", interface, what,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), WG_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    return out.decode() if proc.returncode == 0 else None

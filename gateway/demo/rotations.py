@@ -29,6 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.demo.netns import wg_show
+
 __all__ = ["NOTABLE_EVENTS", "REKEY_EVENT", "LogEvent", "RotationReader", "psk_matches",
            "read_psk_digest"]
 
@@ -42,7 +44,6 @@ NOTABLE_EVENTS = frozenset({
 # Fields of a notable event worth showing (never key material: the daemon logs none).
 _SHOWN = ("alarm", "subject", "tunnel", "peer", "stored_key_count", "low_stock", "next_rekey_s",
           "reason", "error")
-_WG_TIMEOUT_S = 5.0
 _EVENT_MEMORY = 200
 
 
@@ -127,22 +128,12 @@ class RotationReader:
 async def read_psk_digest(netns: str, interface: str) -> bytes | None:
     """SHA-256 of the preshared key(s) of ``interface`` in ``netns``; None if there is none
     (``(none)``, interface missing, wg failed). The key text never leaves this function."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", netns, "wg", "show", interface, "preshared-keys",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), _WG_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return None
-    if proc.returncode != 0:
+    out = await wg_show(netns, interface, "preshared-keys")
+    if out is None:
         return None
     # Lines are "<peer public key>\t<psk base64 | (none)>"; the two ends list different peers,
     # so only the key column is compared.
-    keys = [line.split("\t")[1] for line in out.decode().splitlines() if "\t" in line]
+    keys = [line.split("\t")[1] for line in out.splitlines() if "\t" in line]
     if not keys or "(none)" in keys:
         return None
     return hashlib.sha256("\n".join(keys).encode()).digest()

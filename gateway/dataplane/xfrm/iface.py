@@ -8,15 +8,11 @@ name that is anything else is never touched (XfrmOwnershipConflict).
 from __future__ import annotations
 
 import errno as errno_mod
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from ipaddress import ip_network
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from gateway.dataplane.errors import BackendCallFailed, DataplaneTimeout
-from gateway.dataplane.links import netlink_call
+from gateway.dataplane.links import Links, netlink_call
 from gateway.dataplane.xfrm.errors import (
     XfrmKernelError,
     XfrmOwnershipConflict,
@@ -38,14 +34,7 @@ class XfrmInterface:
         self.name = name
         self.if_id = if_id
         self.netns = netns
-
-    @asynccontextmanager
-    async def _ipr(self) -> AsyncIterator[Any]:
-        ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
-        try:
-            yield ipr
-        finally:
-            ipr.close()
+        self._links = Links(netns)
 
     async def _call(self, what: str, call: Any) -> Any:
         try:
@@ -78,7 +67,7 @@ class XfrmInterface:
         """Create or adopt the interface, set it up, add missing routes. Returns (created,
         corrections); corrections are drift found on an existing interface."""
         corrections: list[str] = []
-        async with self._ipr() as ipr:
+        async with self._links.ipr() as ipr:
             found = await self._find(ipr)
             created = found is None
             if found is None:
@@ -124,7 +113,7 @@ class XfrmInterface:
 
     async def remove(self) -> bool:
         """Delete the interface (and with it its routes) if it is ours; False if absent."""
-        async with self._ipr() as ipr:
+        async with self._links.ipr() as ipr:
             found = await self._find(ipr)
             if found is None:
                 return False
@@ -134,6 +123,6 @@ class XfrmInterface:
         return True
 
     async def index(self) -> int | None:
-        async with self._ipr() as ipr:
+        async with self._links.ipr() as ipr:
             found = await self._find(ipr)
         return None if found is None else found[0]
