@@ -7,6 +7,8 @@ reconciled once, not once per tunnel, and removed once at shutdown.
 
 from __future__ import annotations
 
+import dataclasses
+
 from gateway.dataplane import InterfaceNotFound, PeerNotFound
 from gateway.dataplane.types import WgInterfaceSpec, WireGuardBackend, validate_public_key
 from gateway.keymaterial import Secret
@@ -34,11 +36,11 @@ class WgInterface:
             self._applied = True
 
     async def reconcile(self) -> list[str]:
-        """Restore the declared state if someone changed the interface behind our back; never
-        while a tunnel on it holds it down to fail closed (that would bring it back up)."""
-        if self.blocked:
-            return []
-        return await self.backend.apply(self.spec)
+        """Restore the declared state if someone changed the interface behind our back (a
+        killed wireguard-go, a peer removed by hand). While a tunnel on it holds it down to
+        fail closed, it is restored down: peers come back, traffic does not."""
+        spec = dataclasses.replace(self.spec, down=True) if self.blocked else self.spec
+        return await self.backend.apply(spec)
 
     async def handshakes(self) -> dict[str, float | None]:
         """Every peer's latest handshake (public key -> Unix time, None before the first) from
@@ -106,7 +108,8 @@ class WireGuardInstaller:
         else:
             iface.blocked.discard(self.peer_public_key)
             if not iface.blocked:  # a hub stays down while any of its tunnels needs it down
-                await self.backend.set_blocked(self.ifname, False)
+                await iface.reconcile()  # up again, with its routes ...
+                await self.backend.set_blocked(self.ifname, False)  # ... adopted ones too
 
     async def close(self, teardown: bool) -> None:
         await self.interface.close(teardown)

@@ -135,9 +135,16 @@ class Links:
                         f"{name}: {op} address {text}",
                         ipr.addr(op, index=index, address=str(ip.ip), prefixlen=prefix),
                     )
-            # Up before routes: the kernel refuses a route via a down link (ENETDOWN).
+            # Up before routes: the kernel refuses a route via a down link (ENETDOWN). A spec
+            # that wants the link down (a tunnel failing closed) keeps it down, without routes.
             (msg,) = await netlink_call(f"get {name}", ipr.link("get", index=index))
-            if not msg["flags"] & 1:  # IFF_UP
+            up = bool(msg["flags"] & 1)  # IFF_UP
+            if spec.down:
+                if up:
+                    await netlink_call(f"{name}: set down",
+                                       ipr.link("set", index=index, state="down"))
+                return []
+            if not up:
                 await netlink_call(f"{name}: set up", ipr.link("set", index=index, state="up"))
                 corrections.append(f"{name}: link was down; set up")
             corrections += await self._sync_routes(ipr, spec, index)

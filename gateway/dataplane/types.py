@@ -67,6 +67,9 @@ class WgInterfaceSpec:
     addresses: tuple[str, ...] = ()
     peers: tuple[WgPeerSpec, ...] = ()
     adopt: bool = False
+    # Keep the link down (a tunnel failing closed when no key could be written): the interface
+    # and its peers are still created/restored, so the tunnel can recover, but carry nothing.
+    down: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,14 @@ class Attacker:
         return await asyncio.open_connection(sock=sock)
 
     async def send_and_wait_close(self, data: bytes, timeout: float = 15) -> bool:
-        """Send ``data``; True if the gateway closed the connection within ``timeout``."""
-        reader, writer = await self.connect()
+        """Send ``data``; True if the gateway closed the connection within ``timeout``. A
+        connection reset during its TCP handshake counts as closed: admission control refuses
+        a source over its rate or pending limit before reading anything (protocol wire v2)."""
+        try:
+            reader, writer = await self.connect()
+        except ConnectionError:
+            self.refused += 1
+            return True
         try:
             writer.write(data)
             with contextlib.suppress(ConnectionError):
