@@ -24,12 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import sys
 import time
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -160,6 +163,8 @@ def stats(times: list[float]) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> int:
+    # The data plane's info events would be printed per call; the figures are about the calls.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with NetnsLab(prefix="xb") as lab:
         na, nb = sites(lab)
         reason = await esp_available(na)
