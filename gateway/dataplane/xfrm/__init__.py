@@ -27,16 +27,17 @@ from gateway.dataplane.xfrm.errors import (
     XfrmUnavailable,
 )
 from gateway.dataplane.xfrm.model import (
+    EspTunnelStatus,
     Lifetime,
     Mark,
     SaAcquire,
     SaExpired,
+    SaStatus,
     XfrmEvent,
     XfrmEventsLost,
 )
 from gateway.dataplane.xfrm.monitor import XfrmMonitor
 from gateway.dataplane.xfrm.spec import EspTunnelSpec, TunnelMode, assign_reqids, reqid_for
-from gateway.dataplane.xfrm.status import EspTunnelStatus, SaStatus
 from gateway.dataplane.xfrm.tunnel import EspTunnel
 
 __all__ = [

@@ -241,7 +241,10 @@ class XfrmSocket:
 
     async def _exchange(self, operation: str, data: bytes, seq: int, flags: int) -> list[nlmsg]:
         sock = self._socket()
-        sock.send(data)  # netlink: the kernel handles the request before send() returns
+        try:
+            sock.send(data)  # netlink: the kernel handles the request before send() returns
+        except OSError as exc:
+            raise kernel_error(operation, exc.errno or errno_mod.EIO) from None
         dump = flags & c.NLM_F_DUMP == c.NLM_F_DUMP
         answers: list[nlmsg] = []
         while True:

@@ -32,7 +32,16 @@ from gateway.dataplane.xfrm.errors import (
     XfrmSpecError,
 )
 from gateway.dataplane.xfrm.iface import XfrmInterface
-from gateway.dataplane.xfrm.model import SaAcquire, SaExpired, SaParams, SaState, spi_hex
+from gateway.dataplane.xfrm.model import (
+    EspTunnelStatus,
+    SaAcquire,
+    SaExpired,
+    SaParams,
+    SaState,
+    SaStatus,
+    sa_status,
+    spi_hex,
+)
 from gateway.dataplane.xfrm.plan import (
     owns_policy,
     owns_sa,
@@ -41,7 +50,6 @@ from gateway.dataplane.xfrm.plan import (
     sa_params,
 )
 from gateway.dataplane.xfrm.spec import EspTunnelSpec, resolve
-from gateway.dataplane.xfrm.status import EspTunnelStatus, SaStatus, sa_status
 from gateway.keymaterial import Secret
 
 __all__ = ["EspTunnel"]
