@@ -6,7 +6,7 @@ The daemon builds an :class:`EspTunnelSpec` per tunnel and drives an :class:`Esp
 :class:`XfrmMonitor` per network namespace delivers soft/hard expiries and acquires.
 """
 
-from gateway.dataplane.xfrm.client import XfrmClient
+from gateway.dataplane.xfrm.client import XfrmClient, esp_unavailable
 from gateway.dataplane.xfrm.consts import (
     AEAD_ALGORITHM,
     AEAD_ICV_BITS,
@@ -70,5 +70,6 @@ __all__ = [
     "XfrmTimeout",
     "XfrmUnavailable",
     "assign_reqids",
+    "esp_unavailable",
     "reqid_for",
 ]
