@@ -208,9 +208,13 @@ class EspTunnel:
             self._log.info("xfrm_spi_allocated", spi=spi_hex(spi))
             return spi
 
-    def _check_key(self, key: Secret) -> None:
+    def _check(self, spi: int, key: Secret) -> None:
+        name = self._r.spec.name
+        if not c.SPI_MIN <= spi <= c.SPI_MAX:
+            raise XfrmSpecError(f"{name}: SPI {spi} is outside {c.SPI_MIN}..{c.SPI_MAX} "
+                                "(0 is invalid, 1-255 are reserved)")
         if len(key) != c.AEAD_KEY_LEN:
-            raise XfrmSpecError(f"{self._r.spec.name}: an ESP key for {c.AEAD_ALGORITHM} is "
+            raise XfrmSpecError(f"{name}: an ESP key for {c.AEAD_ALGORITHM} is "
                                 f"{c.AEAD_KEY_LEN} bytes (AES-256 key + salt), got {len(key)}")
 
     async def _write_checked(self, want: SaParams, existing: SaState | None) -> None:
@@ -239,7 +243,7 @@ class EspTunnel:
 
     async def install_inbound(self, spi: int, key: Secret) -> None:
         """Make the allocated ``spi`` a full inbound SA with ``key`` (36 bytes); idempotent."""
-        self._check_key(key)
+        self._check(spi, key)
         async with self._lock:
             r = self._r
             want = sa_params(r, inbound=True, spi=spi, key=key)
@@ -252,7 +256,7 @@ class EspTunnel:
         """Send on a new outbound SA (the peer's ``spi`` with ``key``), then delete the previous
         outbound SA: make before break. The kernel prefers the newest SA at once, so packets
         never meet a moment without an SA; the peer keeps the old inbound SA for its grace."""
-        self._check_key(key)
+        self._check(spi, key)
         async with self._lock:
             r = self._r
             want = sa_params(r, inbound=False, spi=spi, key=key)

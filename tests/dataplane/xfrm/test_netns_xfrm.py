@@ -24,6 +24,7 @@ from gateway.dataplane.xfrm import (
     XfrmExists,
     XfrmMonitor,
     XfrmOwnershipConflict,
+    XfrmSpecError,
     XfrmUnavailable,
     esp_unavailable,
     reqid_for,
@@ -160,6 +161,10 @@ async def test_tunnel_lifecycle_on_policies_leaves_the_neighbour_alone(lab: Netn
         assert await tunnel.prepare() == []  # idempotent
         assert ns.run("ip", "xfrm", "policy").count(f"reqid {R} ") == 6
         spi = await tunnel.allocate_spi()
+        with pytest.raises(XfrmSpecError, match="36 bytes"):
+            await tunnel.install_inbound(spi, Secret.random(32))
+        with pytest.raises(XfrmSpecError, match="SPI 7 is outside"):
+            await tunnel.activate_outbound(7, Secret.random(36))
         status = await tunnel.status()
         assert status.policies == 6 and [s.spi for s in status.inbound] == [spi]
         assert status.inbound[0].larval and status.outbound_spi is None
