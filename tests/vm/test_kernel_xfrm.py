@@ -26,6 +26,7 @@ from gateway.dataplane.xfrm import (
     SaAcquire,
     SaExpired,
     XfrmMonitor,
+    esp_unavailable,
     reqid_for,
 )
 from tests.netns_harness import Namespace, NetnsLab
@@ -53,6 +54,7 @@ LAB_TIMEOUT = 30.0
 def crypto_warm() -> Iterator[None]:
     """The first rfc4106(gcm(aes)) SA makes the kernel build (and self-test) the cipher; do it
     once, with a generous bound, so that no scenario's deadline pays for it."""
+    assert asyncio.run(esp_unavailable()) is None  # the probe agrees: this kernel has ESP
     with NetnsLab(prefix="xw") as lab:
         ns = lab.namespace("warm")
         ns.run("ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto",

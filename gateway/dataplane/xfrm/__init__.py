@@ -6,7 +6,7 @@ The daemon builds an :class:`EspTunnelSpec` per tunnel and drives an :class:`Esp
 :class:`XfrmMonitor` per network namespace delivers soft/hard expiries and acquires.
 """
 
-from gateway.dataplane.xfrm.client import XfrmClient
+from gateway.dataplane.xfrm.client import XfrmClient, esp_unavailable
 from gateway.dataplane.xfrm.consts import (
     AEAD_ALGORITHM,
     AEAD_ICV_BITS,
@@ -27,16 +27,17 @@ from gateway.dataplane.xfrm.errors import (
     XfrmUnavailable,
 )
 from gateway.dataplane.xfrm.model import (
+    EspTunnelStatus,
     Lifetime,
     Mark,
     SaAcquire,
     SaExpired,
+    SaStatus,
     XfrmEvent,
     XfrmEventsLost,
 )
 from gateway.dataplane.xfrm.monitor import XfrmMonitor
 from gateway.dataplane.xfrm.spec import EspTunnelSpec, TunnelMode, assign_reqids, reqid_for
-from gateway.dataplane.xfrm.status import EspTunnelStatus, SaStatus
 from gateway.dataplane.xfrm.tunnel import EspTunnel
 
 __all__ = [
@@ -69,5 +70,6 @@ __all__ = [
     "XfrmTimeout",
     "XfrmUnavailable",
     "assign_reqids",
+    "esp_unavailable",
     "reqid_for",
 ]

@@ -8,7 +8,9 @@ including a neighbouring IKE daemon's SAs; it dumps and deletes ours one by one 
 
 from __future__ import annotations
 
+import errno as errno_mod
 from collections.abc import Container
+from ipaddress import ip_address
 from types import TracebackType
 
 from pyroute2.netlink import nlmsg
@@ -23,7 +25,13 @@ from gateway.dataplane.xfrm.codec import (
     sa_id_request,
     sa_request,
 )
-from gateway.dataplane.xfrm.errors import XfrmKernelError, XfrmNotFound
+from gateway.dataplane.xfrm.errors import (
+    XfrmError,
+    XfrmKernelError,
+    XfrmNotFound,
+    XfrmTimeout,
+    kernel_error,
+)
 from gateway.dataplane.xfrm.model import (
     Address,
     Mark,
@@ -35,9 +43,10 @@ from gateway.dataplane.xfrm.model import (
     spi_hex,
 )
 from gateway.dataplane.xfrm.plan import policy_owned_by
-from gateway.dataplane.xfrm.transport import XfrmSocket
+from gateway.dataplane.xfrm.transport import XfrmSocket, try_in_private_netns
+from gateway.keymaterial import Secret
 
-__all__ = ["XfrmClient"]
+__all__ = ["XfrmClient", "esp_unavailable"]
 
 _CHANGE = c.NLM_F_REQUEST | c.NLM_F_ACK  # what `ip xfrm` sends; the message type says the rest
 _GET = c.NLM_F_REQUEST
@@ -189,3 +198,27 @@ class XfrmClient:
 def _dump_request() -> nlmsg:
     """Dump requests are a bare header (like iproute2's); the kernel needs no payload."""
     return nlmsg()
+
+
+async def esp_unavailable() -> str | None:
+    """None if this kernel installs a tunnel-mode ESP SA with AES-256-GCM, else the kernel's
+    reason with what to do (one line, for `demo --dataplane xfrm` and the like). Probes with a
+    throw-away SA in a private network namespace, so no real namespace is touched. Raises
+    XfrmError if the probe cannot run (no CAP_SYS_ADMIN, no XFRM netlink at all)."""
+    probe = SaParams(ip_address("192.0.2.1"), ip_address("192.0.2.2"), c.SPI_MIN, c.REQID_MIN,
+                     Secret.random(c.AEAD_KEY_LEN))
+    msg = sa_request(probe)
+    msg["header"].update(type=c.XFRM_MSG_NEWSA, flags=_CHANGE, sequence_number=1, pid=0)
+    msg.encode()
+    try:
+        code, detail = await try_in_private_netns(bytes(msg.data))
+    except TimeoutError:
+        raise XfrmTimeout("xfrm: the ESP probe got no answer in time") from None
+    except OSError as exc:
+        if exc.errno in (errno_mod.EPROTONOSUPPORT, errno_mod.EAFNOSUPPORT):
+            return ("this kernel has no XFRM netlink (CONFIG_XFRM_USER): load xfrm_user "
+                    "(`modprobe xfrm_user`), or run in the kernel lab (`make test-vm`)")
+        raise XfrmError(f"xfrm: cannot probe for ESP support: {exc}") from None
+    finally:
+        msg.reset()
+    return None if code == 0 else str(kernel_error("install an ESP SA with AES-GCM", code, detail))

@@ -126,9 +126,12 @@ SPI_MAX = 0xFFFF_FFFF
 # just above 0x3fff, PF_KEY's manual-keying limit), so "reqid in range" means "ours".
 REQID_MIN = 0x51D0_0000
 REQID_MAX = 0x51D0_FFFF
-# Kernel default for our policies. Lower wins; strongSwan's computed priorities for subnet
-# policies are in the 100,000s-400,000s and iproute2's default is 0. Ours sit in between so a
-# more specific operator policy (priority < ours) can still override, and no IKE default does.
+# Priority of our policies (lower wins when a packet matches several). strongSwan's kernel-netlink
+# plugin computes 400,000 minus selector specificity for its tunnel policies (375,423 for a /24
+# <-> /24 pair) and 200,000 minus specificity for bypass policies, so never below 68,541;
+# iproute2 defaults to 0. At 50,000 a packet that matches one of our policies and one of a
+# neighbouring IKE daemon's takes ours: the subnets the operator gave this gateway stay under
+# its keys (or are dropped when it fails closed). EspTunnelSpec.priority changes it per tunnel.
 DEFAULT_POLICY_PRIORITY = 50_000
 # Anti-replay window in packets. 128 covers reordering on multi-queue NICs at 10 Gbit/s; the
 # kernel's ESN bitmap allows up to 4096 bytes (32768 packets), which nothing here needs.

@@ -1,5 +1,6 @@
-"""Typed views of XFRM objects: what the client writes (``SaParams``, ``PolicyParams``) and what
-it reads back (``SaState``, ``PolicyState``) or hears (``SaExpired``, ``SaAcquire``).
+"""Typed views of XFRM objects: what the client writes (``SaParams``, ``PolicyParams``), what
+it reads back (``SaState``, ``PolicyState``) or hears (``SaExpired``, ``SaAcquire``), and what
+a tunnel reports (``EspTunnelStatus``).
 
 Addresses are :mod:`ipaddress` objects, SPIs and reqids plain ints. Keys are
 :class:`~gateway.keymaterial.Secret`, so a repr of any of these never shows key bytes.
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Literal
 
 from gateway.dataplane.xfrm import consts as c
 from gateway.keymaterial import Secret
 
 __all__ = [
     "Address",
+    "EspTunnelStatus",
     "Lifetime",
     "Mark",
     "Network",
@@ -24,11 +27,13 @@ __all__ = [
     "SaExpired",
     "SaParams",
     "SaState",
+    "SaStatus",
     "Selector",
     "Template",
     "XfrmEvent",
     "XfrmEventsLost",
     "family_of",
+    "sa_status",
     "spi_hex",
 ]
 
@@ -231,3 +236,50 @@ class XfrmEventsLost:
 
 
 XfrmEvent = SaExpired | SaAcquire | XfrmEventsLost
+
+
+# -- what EspTunnel.status() reports (counters and limits, no keys) ---------------------------
+@dataclass(frozen=True, slots=True)
+class SaStatus:
+    """One SA of the tunnel. ``direction`` "in" (we receive on ``spi``) or "out".
+    ``larval``: an allocated SPI not installed yet. ``add_time``: Unix time of installation."""
+
+    spi: int
+    direction: Literal["in", "out"]
+    larval: bool
+    bytes: int
+    packets: int
+    add_time: int
+    lifetime: Lifetime
+    replay_window: int
+    esn: bool
+    replay_errors: int
+    integrity_failures: int
+
+    @property
+    def spi_hex(self) -> str:
+        return spi_hex(self.spi)
+
+
+@dataclass(frozen=True, slots=True)
+class EspTunnelStatus:
+    """``outbound_spi``: the SA the tunnel sends on (None: nothing is sent, e.g. failed closed).
+    ``rekey_needed``: an installed SA disappeared behind the data plane's back (reconcile)."""
+
+    name: str
+    reqid: int
+    mode: str
+    policies: int
+    inbound: tuple[SaStatus, ...]
+    outbound: tuple[SaStatus, ...]
+    outbound_spi: int | None
+    failed_closed: bool
+    rekey_needed: bool
+
+
+def sa_status(sa: SaState, direction: Literal["in", "out"]) -> SaStatus:
+    return SaStatus(
+        spi=sa.spi, direction=direction, larval=sa.larval, bytes=sa.bytes, packets=sa.packets,
+        add_time=sa.add_time, lifetime=sa.lifetime, replay_window=sa.replay_window, esn=sa.esn,
+        replay_errors=sa.replay_errors, integrity_failures=sa.integrity_failures,
+    )

@@ -32,7 +32,7 @@ from gateway.dataplane.xfrm import consts as c
 from gateway.dataplane.xfrm.errors import XfrmError, XfrmTimeout, XfrmUnavailable, kernel_error
 from gateway.dataplane.xfrm.messages import MESSAGE_CLASSES
 
-__all__ = ["NETNS_DIR", "XfrmSocket", "parse_datagram"]
+__all__ = ["NETNS_DIR", "XfrmSocket", "parse_datagram", "try_in_private_netns"]
 
 NETNS_DIR = "/var/run/netns"
 _CLONE_NEWNET = 0x40000000
@@ -92,6 +92,51 @@ async def _open(netns: str | None, groups: tuple[int, ...]) -> socket.socket:
 
     threading.Thread(target=body, name=f"xfrm-netns-{netns}", daemon=True).start()
     return await done
+
+
+def _private_exchange(request: bytes) -> tuple[int, str | None]:
+    """In a fresh network namespace of this (throw-away) thread, send one request; return the
+    kernel's errno (0: accepted) and reason. Whatever it created dies with the namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    with _new_socket(()) as sock:
+        sock.setblocking(True)
+        sock.settimeout(c.XFRM_TIMEOUT)
+        sock.send(request)
+        for mtype, _flags, _seq, payload, detail in parse_datagram(sock.recv(c.RECV_SIZE)):
+            if mtype == c.NLMSG_ERROR and isinstance(payload, int):
+                return payload, detail
+    return 0, None
+
+
+async def try_in_private_netns(request: bytes) -> tuple[int, str | None]:
+    """Send ``request`` (a complete netlink message with NLM_F_ACK) from a private, throw-away
+    network namespace: how to ask "would the kernel accept this?" without touching any real
+    namespace. Needs CAP_SYS_ADMIN (OSError otherwise)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[int, str | None]] = loop.create_future()
+
+    def deliver(result: tuple[int, str | None] | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        elif result is not None:
+            done.set_result(result)
+
+    def body() -> None:
+        try:
+            result = _private_exchange(request)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(deliver, None, exc)
+        else:
+            loop.call_soon_threadsafe(deliver, result, None)
+
+    threading.Thread(target=body, name="xfrm-probe", daemon=True).start()
+    async with asyncio.timeout(c.NETNS_OPEN_TIMEOUT + c.XFRM_TIMEOUT):
+        return await done
 
 
 def _error_detail(data: bytes, offset: int, length: int, flags: int) -> str | None:
@@ -241,7 +286,10 @@ class XfrmSocket:
 
     async def _exchange(self, operation: str, data: bytes, seq: int, flags: int) -> list[nlmsg]:
         sock = self._socket()
-        sock.send(data)  # netlink: the kernel handles the request before send() returns
+        try:
+            sock.send(data)  # netlink: the kernel handles the request before send() returns
+        except OSError as exc:
+            raise kernel_error(operation, exc.errno or errno_mod.EIO) from None
         dump = flags & c.NLM_F_DUMP == c.NLM_F_DUMP
         answers: list[nlmsg] = []
         while True:

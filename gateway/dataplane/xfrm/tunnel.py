@@ -32,7 +32,16 @@ from gateway.dataplane.xfrm.errors import (
     XfrmSpecError,
 )
 from gateway.dataplane.xfrm.iface import XfrmInterface
-from gateway.dataplane.xfrm.model import SaAcquire, SaExpired, SaParams, SaState, spi_hex
+from gateway.dataplane.xfrm.model import (
+    EspTunnelStatus,
+    SaAcquire,
+    SaExpired,
+    SaParams,
+    SaState,
+    SaStatus,
+    sa_status,
+    spi_hex,
+)
 from gateway.dataplane.xfrm.plan import (
     owns_policy,
     owns_sa,
@@ -41,7 +50,6 @@ from gateway.dataplane.xfrm.plan import (
     sa_params,
 )
 from gateway.dataplane.xfrm.spec import EspTunnelSpec, resolve
-from gateway.dataplane.xfrm.status import EspTunnelStatus, SaStatus, sa_status
 from gateway.keymaterial import Secret
 
 __all__ = ["EspTunnel"]
@@ -62,7 +70,8 @@ class EspTunnel:
         self._lock = asyncio.Lock()
         self._larval: set[int] = set()
         self._inbound: set[int] = set()
-        self._outbound: int | None = None
+        self._outbound: int | None = None  # the SA we send on
+        self._outbound_all: set[int] = set()  # every outbound SA of ours still in the kernel
         self.rekey_needed = False
         self.failed_closed = False
         self._log = log.bind(tunnel=spec.name, reqid=spec.reqid, netns=netns, mode=spec.mode)
@@ -144,8 +153,10 @@ class EspTunnel:
         for sa in await self._ours():
             if sa.dst == r.local:
                 (self._larval if sa.larval else self._inbound).add(sa.spi)
-            elif sa.dst == r.remote and (newest is None or sa.add_time >= newest.add_time):
-                newest = sa
+            elif sa.dst == r.remote:
+                self._outbound_all.add(sa.spi)
+                if newest is None or sa.add_time >= newest.add_time:
+                    newest = sa
         self._outbound = newest.spi if newest is not None else None
 
     async def reconcile(self) -> list[str]:
@@ -174,6 +185,13 @@ class EspTunnel:
                             "nothing is sent until a rekey")
                 self._outbound = None
                 self.rekey_needed = True
+            self._outbound_all = {spi for dst, spi in present if dst == r.remote}
+            known = self._inbound | self._larval | self._outbound_all
+            for (dst, spi), sa in sorted(present.items(), key=lambda kv: kv[0][1]):
+                if dst == r.local and spi not in known:
+                    lost.append(f"{name}: {'larval' if sa.larval else 'inbound'} SA "
+                                f"{spi_hex(spi)} is not one this tunnel installed; adopted")
+                    (self._larval if sa.larval else self._inbound).add(spi)
             for line in lost:
                 self._log.warning("xfrm_sa_lost", correction=line)
             return corrections + lost
@@ -190,9 +208,13 @@ class EspTunnel:
             self._log.info("xfrm_spi_allocated", spi=spi_hex(spi))
             return spi
 
-    def _check_key(self, key: Secret) -> None:
+    def _check(self, spi: int, key: Secret) -> None:
+        name = self._r.spec.name
+        if not c.SPI_MIN <= spi <= c.SPI_MAX:
+            raise XfrmSpecError(f"{name}: SPI {spi} is outside {c.SPI_MIN}..{c.SPI_MAX} "
+                                "(0 is invalid, 1-255 are reserved)")
         if len(key) != c.AEAD_KEY_LEN:
-            raise XfrmSpecError(f"{self._r.spec.name}: an ESP key for {c.AEAD_ALGORITHM} is "
+            raise XfrmSpecError(f"{name}: an ESP key for {c.AEAD_ALGORITHM} is "
                                 f"{c.AEAD_KEY_LEN} bytes (AES-256 key + salt), got {len(key)}")
 
     async def _write_checked(self, want: SaParams, existing: SaState | None) -> None:
@@ -221,7 +243,7 @@ class EspTunnel:
 
     async def install_inbound(self, spi: int, key: Secret) -> None:
         """Make the allocated ``spi`` a full inbound SA with ``key`` (36 bytes); idempotent."""
-        self._check_key(key)
+        self._check(spi, key)
         async with self._lock:
             r = self._r
             want = sa_params(r, inbound=True, spi=spi, key=key)
@@ -234,16 +256,18 @@ class EspTunnel:
         """Send on a new outbound SA (the peer's ``spi`` with ``key``), then delete the previous
         outbound SA: make before break. The kernel prefers the newest SA at once, so packets
         never meet a moment without an SA; the peer keeps the old inbound SA for its grace."""
-        self._check_key(key)
+        self._check(spi, key)
         async with self._lock:
             r = self._r
             want = sa_params(r, inbound=False, spi=spi, key=key)
             await self._write_checked(want, await self._x.get_sa(r.remote, spi,
                                                                   mark=r.spec.mark))
-            old = [sa for sa in await self._ours()
-                   if sa.dst == r.remote and sa.src == r.local and sa.spi != spi]
-            for sa in old:
-                await self._x.delete_sa(sa.dst, sa.spi, src=sa.src, mark=sa.mark)
+            # The older outbound SAs this object knows of (installed or adopted by prepare());
+            # reconcile() reports any other. No dump: its cost grows with every tunnel's SAs.
+            old = sorted(self._outbound_all - {spi})
+            for old_spi in old:
+                await self._x.delete_sa(r.remote, old_spi, src=r.local, mark=r.spec.mark)
+            self._outbound_all = {spi}
             previous, self._outbound = self._outbound, spi
             self.failed_closed = self.rekey_needed = False
             self._log.info("xfrm_outbound_switched", spi=spi_hex(spi),
@@ -286,6 +310,7 @@ class EspTunnel:
                                 f"({', '.join(spi_hex(sa.spi) for sa in left)})")
             self._larval.clear()
             self._inbound.clear()
+            self._outbound_all.clear()
             self._outbound = None
             self.failed_closed = True
             self._log.warning("xfrm_failed_closed", reason=reason, sas_removed=removed)
@@ -299,6 +324,7 @@ class EspTunnel:
             removed_link = await self._iface.remove() if self._iface is not None else False
             self._larval.clear()
             self._inbound.clear()
+            self._outbound_all.clear()
             self._outbound = None
             self._log.info("xfrm_tunnel_removed", sas=sas, policies=policies,
                            interface=removed_link)

@@ -5,6 +5,7 @@ kernel has XFRM netlink but no ESP, so full SAs are exercised in the kernel lab 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 from ipaddress import ip_address, ip_network
@@ -23,7 +24,9 @@ from gateway.dataplane.xfrm import (
     XfrmExists,
     XfrmMonitor,
     XfrmOwnershipConflict,
+    XfrmSpecError,
     XfrmUnavailable,
+    esp_unavailable,
     reqid_for,
 )
 from gateway.dataplane.xfrm import consts as c
@@ -158,6 +161,10 @@ async def test_tunnel_lifecycle_on_policies_leaves_the_neighbour_alone(lab: Netn
         assert await tunnel.prepare() == []  # idempotent
         assert ns.run("ip", "xfrm", "policy").count(f"reqid {R} ") == 6
         spi = await tunnel.allocate_spi()
+        with pytest.raises(XfrmSpecError, match="36 bytes"):
+            await tunnel.install_inbound(spi, Secret.random(32))
+        with pytest.raises(XfrmSpecError, match="SPI 7 is outside"):
+            await tunnel.activate_outbound(7, Secret.random(36))
         status = await tunnel.status()
         assert status.policies == 6 and [s.spi for s in status.inbound] == [spi]
         assert status.inbound[0].larval and status.outbound_spi is None
@@ -242,3 +249,17 @@ async def test_closing_a_monitor_ends_a_waiting_reader(lab: NetnsLab) -> None:
         await asyncio.wait_for(waiting, 5)
     async with XfrmClient(ns.name) as x:  # the loop is still healthy
         assert await x.policies() == []
+
+
+async def test_the_esp_probe_agrees_with_a_real_install(lab: NetnsLab) -> None:
+    """esp_unavailable() answers from a private namespace what a real NEWSA would meet."""
+    ns = lab.namespace("probe")
+    reason = await esp_unavailable()
+    async with XfrmClient(ns.name) as x:
+        try:
+            await x.add_sa(SaParams(A4, B4, 0x4243, R, Secret.random(36)))
+        except XfrmUnavailable as exc:
+            assert reason is not None and exc.errno is not None
+            assert errno.errorcode[exc.errno] in reason and "modprobe esp4" in reason
+        else:
+            assert reason is None
