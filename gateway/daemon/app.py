@@ -131,6 +131,9 @@ class Daemon:
             "next_rekey_at": None if st["closed"] else self._wall_due.get(name),
             "kms_stock": stock, "low_stock": self.low_stock.get(name, False),
             "key_age_s": st["key_age_s"], "keys_installed": st["keys_installed"],
+            # Installed is not in use: WireGuard mixes a PSK in at its next handshake only.
+            **{k: v for k, v in self.tunnels.handshakes[name].status(time.time()).items()
+               if k in ("psk_in_use_epoch", "handshakes", "fresh_handshakes")},
         })
 
     def _feed(self, event: Any) -> None:
