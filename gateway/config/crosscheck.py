@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.errors import Problem, render_path, show
@@ -127,8 +128,18 @@ class _Checker:
                          "each tunnel on a shared interface has its own WireGuard peer")
 
     def networks(self) -> None:
-        owners: list[tuple[_Net, Loc, str]] = []
+        """Each network is routed through one tunnel: a network that overlaps one of an earlier
+        tunnel is reported, naming the first such (in file order).
+
+        O(n log n) in the number of networks (a 10,000-tunnel hub has 10,000): CIDR blocks
+        either nest or are disjoint, so after sorting by (start, -end) the blocks containing
+        the current one are a chain, at most 129 deep once equal blocks are grouped. Each block
+        keeps the two earliest entries of different tunnels of its own group, its subtree and
+        its chain of containers: enough to name the earliest overlapping entry of another
+        tunnel (the pairwise check took 2 minutes at 10,000 tunnels)."""
+        entries: list[_Entry] = []
         for i, tunnel in _items(self.doc.data, "tunnels"):
+            name = str(tunnel.get("name", "?"))
             for block, key in (("wireguard", "allowed_ips"), ("xfrm", "remote_subnets")):
                 sub = tunnel.get(block)
                 nets = sub.get(key) if isinstance(sub, dict) else None
@@ -139,15 +150,74 @@ class _Checker:
                         net = ipaddress.ip_network(str(text), strict=False)
                     except ValueError:
                         continue
-                    loc: Loc = ("tunnels", i, block, key, j)
-                    for other, other_loc, other_name in owners:
-                        if other_loc[1] != i and net.version == other.version \
-                                and net.overlaps(other):
-                            self.add(loc, f"{net} overlaps {other} of "
-                                     f"{render_path(other_loc)} (tunnel {other_name})",
-                                     "route each network through one tunnel only")
-                            break
-                    owners.append((net, loc, str(tunnel.get("name", "?"))))
+                    entries.append(_Entry(len(entries), i, net, ("tunnels", i, block, key, j),
+                                          name))
+        for entry, other in _first_overlaps(entries):
+            self.add(entry.loc, f"{entry.net} overlaps {other.net} of "
+                     f"{render_path(other.loc)} (tunnel {other.name})",
+                     "route each network through one tunnel only")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    order: int  # position in the file
+    tunnel: int
+    net: _Net
+    loc: Loc
+    name: str
+
+
+# (IP version, first address, last address) of a network.
+_Span = tuple[int, int, int]
+# The earliest entry, and the earliest of another tunnel than that one (either may be absent).
+_Best = tuple[_Entry, ...]
+
+
+def _merge(*bests: _Best) -> _Best:
+    first: _Entry | None = None
+    other: _Entry | None = None
+    for e in sorted((e for b in bests for e in b), key=lambda e: e.order):
+        if first is None:
+            first = e
+        elif e.tunnel != first.tunnel:
+            other = e
+            break
+    return tuple(e for e in (first, other) if e is not None)
+
+
+def _first_overlaps(entries: list[_Entry]) -> list[tuple[_Entry, _Entry]]:
+    """(entry, earliest earlier entry of another tunnel overlapping it), in file order."""
+    groups: dict[_Span, list[_Entry]] = {}
+    for e in entries:
+        start = int(e.net.network_address)
+        key: _Span = (e.net.version, start, start + e.net.num_addresses - 1)
+        groups.setdefault(key, []).append(e)
+    spans = sorted(groups, key=lambda s: (s[0], s[1], -s[2]))
+    own = {s: _merge(tuple(groups[s])) for s in spans}
+    subtree = dict(own)
+    above: dict[_Span, _Best] = {}  # the containers' own entries
+    parent: dict[_Span, _Span] = {}
+    stack: list[_Span] = []
+    for span in spans:  # sorted: every container comes before what it contains
+        while stack and (stack[-1][0] != span[0] or stack[-1][2] < span[1]):
+            stack.pop()
+        if stack:
+            parent[span] = stack[-1]
+            above[span] = _merge(above[stack[-1]], own[stack[-1]])
+        else:
+            above[span] = ()
+        stack.append(span)
+    for span in reversed(spans):  # descendants come later: fold each subtree upwards
+        if span in parent:
+            subtree[parent[span]] = _merge(subtree[parent[span]], subtree[span])
+    found = []
+    for span in spans:
+        best = _merge(subtree[span], above[span])
+        for e in groups[span]:
+            hit = next((o for o in best if o.tunnel != e.tunnel), None)
+            if hit is not None and hit.order < e.order:
+                found.append((e, hit))
+    return sorted(found, key=lambda pair: pair[0].order)
 
 
 def cross_check(doc: Document) -> list[Problem]:
