@@ -29,6 +29,7 @@ from gateway.daemon.build import build_kms, build_peers, build_pools, load_ident
 from gateway.daemon.control import ControlServer
 from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
+from gateway.daemon.startup import start_in_batches
 from gateway.daemon.state import StateError, StateLock, StateStore
 from gateway.daemon.status import daemon_status
 from gateway.daemon.tunnels import TunnelSet
@@ -215,8 +216,8 @@ class Daemon:
                     tg.create_task(server.run(), name="metrics")
                 for pool in self.pools.values():
                     await pool.start()
-                for name in list(self.keepers):
-                    await self.start_tunnel(name)
+                await start_in_batches(self.store, list(self.keepers), self._start_keeper,
+                                       self._tunnel_started, self._state_save_failed)
                 tg.create_task(self.runner.run(), name="actions")
                 tg.create_task(self._reconcile_loop(), name="reconcile")
                 tg.create_task(self._pool_metrics_loop(), name="telemetry:pools")
@@ -241,9 +242,15 @@ class Daemon:
         """Bring one tunnel up: its keeper resumes or starts closed; the protocol core learns
         its last epoch (and, when resumed, that epoch's age, so the next rekey follows the
         schedule instead of starting at once)."""
+        await self._start_keeper(name)
+        self._tunnel_started(name)
+
+    async def _start_keeper(self, name: str) -> None:
+        await self.keepers[name].start()
+
+    def _tunnel_started(self, name: str) -> None:
         assert self._tg is not None
         keeper = self.keepers[name]
-        await keeper.start()
         activated = keeper.activated
         if activated is not None:
             age = keeper.clock_now() - activated
@@ -253,6 +260,9 @@ class Daemon:
             self.node.restore_epoch(name, keeper.epoch)
         self.schedule(name)
         self.tunnels.watch(self._tg, name)
+
+    def _state_save_failed(self, exc: OSError) -> None:
+        self.bus.emit("state_save_failed", level="error", what="tunnels", error=str(exc))
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the configuration file and apply the difference."""
