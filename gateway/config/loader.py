@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import gc
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import GeneratorType
 from typing import Any
 
 import yaml
@@ -207,6 +209,9 @@ class _Walker:
             return None
         try:
             value = self.constructor.construct_object(node, deep=True)
+            # The constructor remembers every node it built (for recursive data, which a
+            # scalar is not): forgetting it lets a big file's nodes go as soon as walked.
+            self.constructor.constructed_objects.pop(node, None)
         except _BAD_SCALAR:
             # The constructor's own message quotes the value, which may be a pasted secret.
             self._problem(loc, mark, f"cannot be read as {what} ({_tag(node.tag)})",
@@ -272,70 +277,137 @@ def parse_yaml(text: str, name: str = "<config>") -> Document:
     Structural problems that still allow a reading (duplicate keys) are left in
     ``Document.problems`` so they are reported together with everything else.
     """
-    # Composing builds a node per value: with the cyclic garbage collector running, its passes
-    # over ever more live nodes made a 10,000-tunnel file take minutes. Nodes form no cycles
-    # that outlive this call (an alias cycle is refused below), so collection waits until the
-    # end.
+    # Every value is an object: with the cyclic garbage collector running, its passes over
+    # ever more live objects made a 10,000-tunnel file take minutes. Nothing here forms cycles
+    # that outlive this call (an alias cycle is refused), so collection waits until the end.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        root, aliases = _fast_compose(text)
-        if root is _FAILED:
-            root, aliases = _compose(text, name)
-        walker = _Walker(aliases)
-        if root is None:
-            return walker.doc
-        assert isinstance(root, yaml.Node)
-        walker.doc.lines[()] = root.start_mark.line + 1
-        try:
-            walker.doc.data = walker.walk(root, (), root.start_mark)
-        except _Stop as stop:
-            raise ConfigError([stop.problem], name) from None
+        doc = _fast_parse(text, name)
+        if doc is not None:
+            return doc
+        root, aliases = _compose(text, name)
+        return _walk(_Walker(aliases), root, name)
     finally:
         if collecting:
             gc.enable()
+
+
+def _walk(walker: _Walker, root: yaml.Node | None, name: str) -> Document:
+    if root is None:
+        return walker.doc
+    walker.doc.lines[()] = root.start_mark.line + 1
+    try:
+        walker.doc.data = walker.walk(root, (), root.start_mark)
+    except _Stop as stop:
+        raise ConfigError([stop.problem], name) from None
     if walker.fatal:
         raise ConfigError(walker.fatal, name)
     return walker.doc
 
 
-_FAILED = object()
-_Aliases = dict[tuple[int, object], tuple[yaml.Mark, str]]
+class _Fallback(Exception):
+    """The fast path cannot read this file as the Python composer would: take that one."""
 
 
-def _fast_compose(text: str) -> tuple[object, _Aliases]:
-    """libyaml's composer (~10x faster) for the common file: one without aliases. Anything
-    else (an alias, whose place of use only the Python composer records; a syntax error, whose
-    message the Python composer words) returns ``_FAILED`` and goes the slow way. libyaml
-    refuses nesting deeper than 1,000 levels itself, so it never recurses without bound."""
+def _fast_parse(text: str, name: str) -> Document | None:
+    """libyaml's parser (~10x faster than PyYAML's) for the common file: a single document
+    without aliases. Nodes are composed lazily, as the walk reaches them, so a big file's
+    nodes are never all in memory (a 10,000-tunnel file's tree is ~110 MB; freed memory stays
+    in the daemon's RSS). Anything else returns None for the Python composer: an alias (only
+    that composer records where it is used), a syntax error (its messages are the ones
+    operators see), several documents. libyaml refuses nesting deeper than 1,000 itself."""
     loader_class = getattr(yaml, "CSafeLoader", None)
     if loader_class is None:
-        return _FAILED, {}
-    loader = loader_class(text)
+        return None
+    composer = _LazyComposer(loader_class(text))
     try:
-        root = loader.get_single_node()
-    except (yaml.YAMLError, RecursionError):
-        return _FAILED, {}
+        root = composer.start()
+        try:
+            doc = _walk(_Walker({}), root, name)
+        except ConfigError:
+            composer.rest()  # a syntax error further on is reported instead, as the slow path
+            raise
+        composer.finish()
+        return doc
+    except (_Fallback, yaml.YAMLError, RecursionError):
+        return None
     finally:
-        loader.dispose()
-    return (_FAILED if root is not None and _shares_nodes(root) else root), {}
+        composer.loader.dispose()
 
 
-def _shares_nodes(root: yaml.Node) -> bool:
-    """Whether a node appears twice (an alias: libyaml hands back the anchored node itself)."""
-    seen: set[int] = set()
-    todo = [root]
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:
-            return True
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                todo += (key, value)
-        elif isinstance(node, yaml.SequenceNode):
-            todo += node.value
-    return False
+class _LazyComposer:
+    """Nodes from libyaml's events, a collection's items composed as they are iterated (a
+    generator as ``node.value``). The walk visits each node once, in order; what it skips (a
+    collection used as a key, a value under a refused tag) is consumed before the next."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def start(self) -> yaml.Node | None:
+        self.loader.get_event()  # stream start
+        if self.loader.check_event(yaml.StreamEndEvent):
+            return None
+        self.loader.get_event()  # document start
+        return self.node()
+
+    def finish(self) -> None:
+        if self.loader.check_event(yaml.StreamEndEvent):
+            return  # an empty stream
+        self.loader.get_event()  # document end
+        if not self.loader.check_event(yaml.StreamEndEvent):
+            raise _Fallback("more than one document")
+
+    def rest(self) -> None:
+        """Read the remaining events (a syntax error raises; a second document falls back)."""
+        while not self.loader.check_event(yaml.StreamEndEvent):
+            if isinstance(self.loader.get_event(), yaml.DocumentStartEvent):
+                raise _Fallback("more than one document")
+
+    def node(self) -> yaml.Node:
+        loader = self.loader
+        if loader.check_event(yaml.AliasEvent):
+            raise _Fallback("an alias")
+        event = loader.get_event()
+        tag = event.tag
+        mark: Any = event.start_mark  # libyaml's Mark: line and column, as the walk needs
+        if isinstance(event, yaml.ScalarEvent):
+            if tag is None or tag == "!":
+                tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            return yaml.ScalarNode(tag, event.value, mark, mark, style=event.style)
+        kind = yaml.SequenceNode if isinstance(event, yaml.SequenceStartEvent) \
+            else yaml.MappingNode
+        if tag is None or tag == "!":
+            tag = loader.resolve(kind, None, event.implicit)
+        node = kind(tag, [], mark, mark, flow_style=event.flow_style)
+        node.value = self._items() if kind is yaml.SequenceNode else self._pairs()
+        return node
+
+    def _items(self) -> Iterator[yaml.Node]:
+        while not self.loader.check_event(yaml.SequenceEndEvent):
+            item = self.node()
+            yield item
+            _drain(item)
+        self.loader.get_event()
+
+    def _pairs(self) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+        while not self.loader.check_event(yaml.MappingEndEvent):
+            key = self.node()
+            _drain(key)  # a collection as a key is reported, never walked
+            value = self.node()
+            yield key, value
+            _drain(value)
+        self.loader.get_event()
+
+
+def _drain(node: yaml.Node) -> None:
+    """Consume what the walk left of ``node`` (each item drains its own when resumed)."""
+    if isinstance(node.value, GeneratorType):
+        for _ in node.value:
+            pass
+
+
+_Aliases = dict[tuple[int, object], tuple[yaml.Mark, str]]
 
 
 def _compose(text: str, name: str) -> tuple[yaml.Node | None, _Aliases]:
