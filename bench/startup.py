@@ -10,7 +10,9 @@ rekey_interval 120 s):
   listening), the slower of the two daemons;
 * ``keyed_s``: spawn to every tunnel keyed once on both sites;
 * CPU seconds of each daemon up to ``ready`` and up to ``keyed``, RSS once keyed, and the size
-  of a ``qkd-gateway status`` answer.
+  of a ``qkd-gateway status`` answer;
+* with ``--window S``: then S seconds of the site-router load (every tunnel rotating every
+  120 s): each daemon's on-CPU share of one core, context switches/s, RSS, rekeys/s.
 Several ``--source`` values alternate with this checkout (``--rounds``), so a shared machine's
 drift falls on both sides.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,7 +70,35 @@ def time_load(config: Path, source: Path | None, repeat: int = 3) -> float | str
         return text
 
 
-def run(n: int, source: Path | None, load_only: bool, timeout: float) -> dict[str, Any]:
+def _router_window(pair: GatewayPair, seconds: float) -> dict[str, Any]:
+    """Every tunnel keyed, rotating every INTERVAL: what each daemon costs over ``seconds``
+    (on-CPU share of one core, context switches per second, RSS, rekeys completed)."""
+    for s in pair.sites:
+        s.log.skip()
+    before = {s.name: sample(s.pid) for s in pair.sites}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = {s.name: sample(s.pid) for s in pair.sites}
+    span = time.monotonic() - t0
+    rekeys = {s.name: len(s.log.read(frozenset({"tunnel_rekeyed"}))) for s in pair.sites}
+    closed = {s.name: len(s.log.read(frozenset({"tunnel_failed_closed"}))) for s in pair.sites}
+    return {
+        "window_s": round(span, 1),
+        "cpu_share": {k: round((after[k].cpu_ns - before[k].cpu_ns) / 1e9 / span, 4)
+                      for k in after},
+        "runqueue_share": {k: round((after[k].runqueue_ns - before[k].runqueue_ns) / 1e9 / span,
+                                    4) for k in after},
+        "wakeups_per_s": {k: round((after[k].ctx_switches - before[k].ctx_switches) / span, 1)
+                          for k in after},
+        "rss_mb": {k: round(after[k].rss_kb / 1024, 1) for k in after},
+        "fds": {k: after[k].fds for k in after},
+        "rekeys_per_s": {k: round(v / span, 2) for k, v in rekeys.items()},
+        "failed_closed_in_window": closed,
+    }
+
+
+def run(n: int, source: Path | None, load_only: bool, timeout: float,
+        window: float = 0.0) -> dict[str, Any]:
     pair = GatewayPair(n, INTERVAL, REJECT, source=source)
     res: dict[str, Any] = {"tunnels": n, "source": str(source) if source else "this checkout"}
     if load_only:
@@ -101,6 +132,8 @@ def run(n: int, source: Path | None, load_only: bool, timeout: float) -> dict[st
                 break
             time.sleep(0.2)
         res["keyed_s"] = round(time.time() - spawned, 2)
+        if window > 0:
+            res["router"] = _router_window(pair, window)
         res["ready_s"] = round(max(ready.values()), 2) if len(ready) == 2 else None
         res["cpu_s_to_ready"] = {k: round(v, 2) for k, v in cpu_ready.items()}
         samples = {s.name: sample(s.pid) for s in pair.sites}
@@ -127,11 +160,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--load-only", action="store_true", help="only time load_config")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--window", type=float, default=0.0,
+                    help="then measure this many seconds of rotation (CPU share, wake-ups, RSS)")
     args = ap.parse_args()
+    # `timeout` or Ctrl-C: leave through GatewayPair.__exit__, which stops the daemons.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: list[dict[str, Any]] = []
     for _ in range(args.rounds):
         for src in [*args.source, None]:
-            r = run(args.tunnels, src, args.load_only, args.timeout)
+            r = run(args.tunnels, src, args.load_only, args.timeout, args.window)
             print(json.dumps(r), flush=True)
             results.append(r)
     loads = [r["load_s"] for r in results if isinstance(r.get("load_s"), float)]

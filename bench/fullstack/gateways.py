@@ -283,7 +283,8 @@ class GatewayPair:
         out: dict[str, dict[str, float]] = {}
         for s in self.sites:
             try:
-                st = asyncio.run(request(s.directory / "control.sock", {"cmd": "status"},
+                st = asyncio.run(request(s.directory / "control.sock",
+                                         {"cmd": "status", "summary": True},
                                          timeout=STATUS_TIMEOUT))
             except (ControlError, OSError, TimeoutError, ValueError):
                 return None

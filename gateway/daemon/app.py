@@ -29,7 +29,7 @@ from gateway.daemon.build import build_kms, build_peers, build_pools, load_ident
 from gateway.daemon.control import ControlServer
 from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
-from gateway.daemon.startup import start_in_batches
+from gateway.daemon.startup import settle_memory, start_in_batches
 from gateway.daemon.state import StateError, StateLock, StateStore
 from gateway.daemon.status import daemon_status
 from gateway.daemon.tunnels import TunnelSet
@@ -218,6 +218,7 @@ class Daemon:
                     await pool.start()
                 await start_in_batches(self.store, list(self.keepers), self._start_keeper,
                                        self._tunnel_started, self._state_save_failed)
+                settle_memory()
                 tg.create_task(self.runner.run(), name="actions")
                 tg.create_task(self._reconcile_loop(), name="reconcile")
                 tg.create_task(self._pool_metrics_loop(), name="telemetry:pools")

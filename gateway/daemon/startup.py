@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,7 +30,7 @@ from types import TracebackType
 
 from gateway.daemon.state import StateStore
 
-__all__ = ["START_BATCH", "SaveBatch", "start_in_batches"]
+__all__ = ["START_BATCH", "SaveBatch", "settle_memory", "start_in_batches"]
 
 #: Keepers started concurrently, and state files per sync. 256 keeps a batch's data-plane calls
 #: (one UAPI/netlink round trip each) from flooding the backend and bounds the event loop's
@@ -49,6 +50,32 @@ def _syncfs_function() -> Callable[[int], int] | None:
 
 
 _SYNCFS = _syncfs_function()
+
+
+def _malloc_trim_function() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if fn is None:
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_MALLOC_TRIM = _malloc_trim_function()
+
+
+def settle_memory() -> None:
+    """Once every tunnel has started: what exists now lives as long as the daemon.
+
+    * ``gc.freeze()`` takes it out of the cyclic collector's passes: a full pass walked every
+      object of 10,000 tunnels (millions) at intervals set by allocation counts, a CPU cost
+      that grew with the tunnel count even when idle;
+    * ``malloc_trim(0)`` hands the heap that loading the configuration and starting freed back
+      to the kernel (glibc keeps it otherwise: ~30 MB at 10,000 tunnels)."""
+    gc.collect()
+    gc.freeze()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class SaveBatch:

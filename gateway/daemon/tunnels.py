@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.config import Tunnel
 from gateway.daemon.build import wireguard_plans
+from gateway.daemon.clock import BootClock
 from gateway.daemon.inuse import HandshakeTracker
 from gateway.daemon.keeper import Alarm, Emit, TunnelKeeper
 from gateway.daemon.state import StateStore
@@ -35,6 +36,8 @@ class TunnelSet:
         self.handshakes: dict[str, HandshakeTracker] = {}
         self.watchers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
+        # One clock for every keeper (each reads /proc for the boot ID once: 10,000 reads).
+        self._clock = BootClock()
 
     def build(self, tunnels: list[Tunnel]) -> list[str]:
         """Plan every tunnel of ``tunnels`` (all of the site's: hub interfaces need them all);
@@ -65,7 +68,7 @@ class TunnelSet:
             inst = WireGuardInstaller(iface, plan.peer_public_key)
             self.installers[t.name] = inst
             self.keepers[t.name] = TunnelKeeper(t.name, t.reject_after, inst, self._store,
-                                                self._emit, self._alarm)
+                                                self._emit, self._alarm, clock=self._clock)
             self.handshakes[t.name] = HandshakeTracker()
             created.append(t.name)
         return created
