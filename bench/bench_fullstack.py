@@ -16,7 +16,10 @@ null with the reason. Per tunnel count N:
   ms per rekey (both daemons and the KME process, /proc/<pid>/task/*/schedstat), p50/p99 of the
   daemons' rekey_ms, KMS requests per rekey, RSS and fds, QKD keys taken vs used;
 * idle: rekey_interval 120 s, every tunnel keyed once, then a window with no rotation due: CPU
-  share and wake-ups/s (context switches of all threads) per daemon, RSS, fds;
+  share and wake-ups/s (context switches of all threads) per daemon, RSS, fds; at 10,000
+  tunnels instead the site-router load of bench/startup.py: start (seconds to ready), keying
+  for at most ROUTER_KEY_WAIT s, then a window of rotation every 120 s (CPU share, wake-ups/s,
+  RSS per daemon);
 * charon: N CHILD_SAs under min(4, N) IKE SAs, every CHILD_SA rekeyed once per round.
 Ratios against charon come from --pairs alternating runs (gateway, charon, gateway, ...) at the
 comparison size; the floor (crypto of one rekey + one bare mutual-TLS GET per KMS request) is
@@ -40,6 +43,7 @@ from bench.fullstack import charon  # noqa: E402
 from bench.fullstack.floor import crypto_ms, mtls_get_ms  # noqa: E402
 from bench.fullstack.ours import measure_idle, measure_rotating  # noqa: E402
 from bench.fullstack.svgplot import Panel, Series, render  # noqa: E402
+from bench.startup import run as router_run  # noqa: E402
 from gateway.config.loader import MAX_VALUES  # noqa: E402
 from gateway.protocol.constants import MAX_TUNNELS_PER_PEER  # noqa: E402
 
@@ -53,6 +57,10 @@ ROTATE_INTERVAL, ROTATE_REJECT = 1.0, 600.0
 CHARON_MAX = 1000
 #: The site-router load of the issue's target: this many tunnels rotating every ROUTER_INTERVAL.
 ROUTER_TUNNELS, ROUTER_INTERVAL = 10_000, 120.0
+#: At ROUTER_TUNNELS the idle phase is the site-router load itself (bench/startup.py): the
+#: daemons start, key for at most ROUTER_KEY_WAIT s, then ROUTER_WINDOW s are measured. Sized
+#: for make bench's 10 minutes; `python -m bench.startup --window 300` runs it longer.
+ROUTER_KEY_WAIT, ROUTER_WINDOW = 90.0, 45.0
 #: Values one generated tunnel takes in the configuration loader's count (the loader stopped at
 #: tunnels[2629] of a 10,000-tunnel file with its 50,000-value cap).
 VALUES_PER_TUNNEL = 19
@@ -87,14 +95,10 @@ def run_charon(n: int, rounds: int) -> dict[str, Any]:
             "rss_mb": rss}
 
 
-def per_daemon_share_at(idle: dict[str, Any], rot: dict[str, Any] | None, tunnels: int,
-                        interval: float) -> float | None:
-    """One daemon's CPU share carrying ``tunnels`` rotating every ``interval``: its idle share
-    plus its half of the measured CPU per rekey at that rate."""
-    if rot is None or rot.get("cpu_ms_per_rekey_daemons") is None:
-        return None
-    idle_share = max(v for k, v in idle["cpu_share"].items() if k != "kms")
-    return float(idle_share + tunnels / interval * rot["cpu_ms_per_rekey_daemons"] / 2 / 1000)
+def _router(big: dict[str, Any], key: str) -> float | None:
+    """The busier daemon's figure from the 10,000-tunnel router window, if it ran."""
+    window = big.get("router", {}).get("router")
+    return None if window is None else float(max(window[key].values()))
 
 
 def _sizes(text: str) -> list[int]:
@@ -144,7 +148,11 @@ def main() -> int:
             log(f"gateway N={n}: rotating")
             row["rotating"] = measure_rotating(n, args.window, ROTATE_INTERVAL, ROTATE_REJECT,
                                                source=src)
-        if n in idle and not why_not:
+        if n in idle and not why_not and n >= ROUTER_TUNNELS:
+            log(f"gateway N={n}: start, then {ROUTER_WINDOW:g} s of rotation every "
+                f"{ROUTER_INTERVAL:g} s")
+            row["router"] = router_run(n, src, False, ROUTER_KEY_WAIT, ROUTER_WINDOW)
+        elif n in idle and not why_not:
             log(f"gateway N={n}: idle")
             row["idle"] = measure_idle(n, args.window, source=src)
         if n in rotating and n <= CHARON_MAX:
@@ -208,10 +216,14 @@ def summarize(floor: dict[str, Any], sweep: dict[int, dict[str, Any]], compare: 
         "qkd_rekeys_accounted": sum(o["rekeys"] for o in ours),
         # Whole runs, start-up and shutdown included (exchanges cut by SIGTERM lose their key).
         "qkd_keys_wasted_whole_runs": sum(o["qkd"]["keys_wasted"] for o in ours),
-        "rss_mb_10k_tunnels": (max(big["idle"]["rss_mb"].values()) if "idle" in big else None),
-        "cpu_share_10k_tunnels_at_120s": (
-            per_daemon_share_at(big["idle"], sweep.get(compare, {}).get("rotating"),
-                                ROUTER_TUNNELS, ROUTER_INTERVAL) if "idle" in big else None),
+        "rss_mb_10k_tunnels": _router(big, "rss_mb"),
+        # Measured: on-CPU share of one core of the busier daemon while 10,000 tunnels rotate
+        # every 120 s (those keyed so far: `router_keyed` of 10,000).
+        "cpu_share_10k_tunnels_at_120s": _router(big, "cpu_share"),
+        "wakeups_per_s_10k_tunnels": _router(big, "wakeups_per_s"),
+        "router_keyed": (min(big["router"].get("keyed_after_timeout", {"all": ROUTER_TUNNELS})
+                             .values()) if "router" in big else None),
+        "router_ready_s": big.get("router", {}).get("ready_s"),
         "ratios_per_pair": {"rekeys_per_s": rate_ratios, "cpu_per_rekey": cpu_ratios,
                             "vs_floor": floor_ratios},
     }
@@ -242,7 +254,8 @@ def plot(sweep: dict[int, dict[str, Any]], path: Path) -> None:
         """The larger daemon's RSS: idle run if there was one, else the rotating run."""
         out: list[tuple[float, float | None]] = []
         for n, row in sorted(sweep.items()):
-            phase = row.get("idle") or row.get("rotating") or {}
+            phase = row.get("idle") or row.get("router", {}).get("router") \
+                or row.get("rotating") or {}
             mb = [v for k, v in phase.get("rss_mb", {}).items() if k != "kms"]
             out.append((float(n), max(mb) if mb else None))
         return out
