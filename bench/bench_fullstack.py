@@ -60,7 +60,7 @@ ROUTER_TUNNELS, ROUTER_INTERVAL = 10_000, 120.0
 #: At ROUTER_TUNNELS the idle phase is the site-router load itself (bench/startup.py): the
 #: daemons start, key for at most ROUTER_KEY_WAIT s, then ROUTER_WINDOW s are measured. Sized
 #: for make bench's 10 minutes; `python -m bench.startup --window 300` runs it longer.
-ROUTER_KEY_WAIT, ROUTER_WINDOW = 90.0, 45.0
+ROUTER_KEY_WAIT, ROUTER_WINDOW = 120.0, 30.0
 #: Values one generated tunnel takes in the configuration loader's count (the loader stopped at
 #: tunnels[2629] of a 10,000-tunnel file with its 50,000-value cap).
 VALUES_PER_TUNNEL = 19

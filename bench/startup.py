@@ -109,18 +109,24 @@ def run(n: int, source: Path | None, load_only: bool, timeout: float,
         finally:
             pair.__exit__()
         return res
-    spawned = time.time()
     with pair:
+        spawned = time.time()  # __enter__ wrote the files and has just spawned the daemons
         res["load_s"] = time_load(pair.sites[0].directory / "config.yaml", source)
         ready: dict[str, float] = {}
+        starting: dict[str, float] = {}
         cpu_ready: dict[str, float] = {}
         keyed: dict[str, set[str]] = {s.name: set() for s in pair.sites}
         deadline = time.monotonic() + timeout
         while True:
             pair.check_alive()
             for s in pair.sites:
-                for rec in s.log.read(frozenset({"daemon_ready", "tunnel_rekeyed"})):
-                    if rec["event"] == "daemon_ready":
+                for rec in s.log.read(frozenset({"daemon_starting", "daemon_ready",
+                                                  "tunnel_rekeyed"})):
+                    if rec["event"] == "daemon_starting":  # configuration loaded
+                        starting[s.name] = _ts(rec)
+                    elif rec["event"] == "daemon_ready":
+                        res.setdefault("starting_to_ready_s", {})[s.name] = round(
+                            _ts(rec) - starting.get(s.name, spawned), 2)
                         ready[s.name] = _ts(rec) - spawned
                         cpu_ready[s.name] = sample(s.pid).cpu_ns / 1e9
                     else:
