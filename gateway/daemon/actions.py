@@ -193,7 +193,10 @@ class ActionRunner:
         keys = self._pending.pop((a.tunnel, a.epoch), None)
         keeper = self._keepers.get(a.tunnel)
         if keys is None or keeper is None:
+            # The core must not believe a key is in use that the data plane never got: it
+            # reverts, tells the peer and rekeys (a tunnel removed meanwhile is simply gone).
             self._bus.emit("activate_without_keys", level="error", tunnel=a.tunnel, epoch=a.epoch)
+            self._feed(ActivateFailed(a.tunnel, a.epoch, "no keys or no keeper for this epoch"))
             return
         for (tunnel, epoch) in [k for k in self._pending if k[0] == a.tunnel and k[1] < a.epoch]:
             del self._pending[(tunnel, epoch)]
