@@ -320,3 +320,13 @@ async def test_the_action_runner_drives_an_esp_tunnel_through_the_protocols_acti
         with contextlib.suppress(asyncio.CancelledError):
             await task
     rig.assert_no_key_in_events()
+
+
+async def test_spis_of_exchanges_never_retired_do_not_pile_up(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    await rig.keeper.start()
+    await rig.rollover(1, 0x9001)
+    abandoned = await rig.keeper.allocate_spi(2)  # aborted while gathering: no Retire comes
+    await rig.rollover(3, 0x9003)
+    await rig.rollover(4, 0x9004)
+    assert abandoned not in rig.sim.inbound and set(rig.keeper._spis) <= {3, 4}
