@@ -15,10 +15,12 @@ Pass criteria, printed at the end (exit 1 if one fails):
 * no key reused: every QKD key ID appears in one activation only;
 * flat RSS and fd count: sampled from /proc every 5 s; the last quarter's mean RSS stays within
   10 % (+4 MiB) of the second quarter's, the fd count within +2 (the first quarter is warm-up);
-* 0 keys wasted while running: every key the KME handed out (its stock before minus after) went
-  into exactly one activation, or was still in a daemon's prefetch pool at the clean SIGTERM
-  (reported separately: the daemons count those as `daemon_stopped.keys_wasted`; the pool is
-  sized small, n/2 keys, to keep that bounded).
+* 0 keys wasted while running, and every key accounted for: each key the KME handed out (its
+  stock before minus after) went into exactly one activation, or was reported by the daemon that
+  took it as discarded (`keys_discarded`, role master, with a reason), or was still in a prefetch
+  pool at the clean SIGTERM (`daemon_stopped.keys_wasted`; the pool is sized small, n/2 keys).
+  Keys the daemons still held at the stop are reported with reason `shutdown`; any other reason
+  is a key wasted while running. drawn - activated - discarded - left in pools must be 0.
 
 The plot (RSS and fds of both daemons over time) is an SVG written by hand, no plotting
 library needed.
@@ -201,6 +203,10 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                 per_tunnel_epochs[nm].setdefault(e["tunnel"], {})[e["epoch"]] = \
                     tuple(e["key_ids"])
             stopped = lab.events(nm, "daemon_stopped")
+            discards: dict[str, dict[str, int]] = {"master": {}, "slave": {}}
+            for e in lab.events(nm, "keys_discarded"):
+                side = discards[e.get("role", "master")]
+                side[e["reason"]] = side.get(e["reason"], 0) + int(e["count"])
             unusual = {ev: len(lab.events(nm, ev)) for ev in UNUSUAL}
             rss2, rss4 = quarter_means(samples[nm], 1)
             fd2, fd4 = quarter_means(samples[nm], 2)
@@ -215,6 +221,7 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                 "rss_mib_max": max(s[1] for s in samples[nm]),
                 "fds_max": max(s[2] for s in samples[nm]),
                 "unusual_events": {k: v for k, v in unusual.items() if v},
+                "keys_discarded": discards,
             }
         a, b = (per_tunnel_epochs[nm] for nm in names)
         mismatched = sum(1 for t in a for ep in set(a[t]) & set(b.get(t, {}))
@@ -225,8 +232,16 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
         used = len({k for nm in names for e in lab.events(nm, "tunnel_rekeyed")
                     for k in e["key_ids"]})
         left = sum(s["keys_wasted"] or 0 for s in result["sites"].values())
+        by_reason: dict[str, int] = {}
+        for s in result["sites"].values():
+            for reason, count in s["keys_discarded"]["master"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + count
+        discarded = sum(by_reason.values())
         result["kms"] = {"keys_drawn": drawn, "keys_used": used, "left_in_pools_at_stop": left,
-                         "wasted_while_running": drawn - used - left}
+                         "discarded_by_reason": by_reason,
+                         "held_at_stop": by_reason.get("shutdown", 0),
+                         "wasted_while_running": discarded - by_reason.get("shutdown", 0),
+                         "unaccounted": drawn - used - left - discarded}
         result["samples"] = samples
         return result
 
@@ -248,6 +263,9 @@ def verdict(r: dict[str, Any]) -> list[str]:
             problems.append(f"{nm}: fds grew {s['fds_q2']} -> {s['fds_q4']}")
     if r["kms"]["wasted_while_running"] != 0:
         problems.append(f"keys wasted while running: {r['kms']}")
+    if r["kms"]["unaccounted"] != 0:
+        problems.append(f"keys not accounted for (drawn - activated - discarded - left in "
+                        f"pools): {r['kms']}")
     if r["epochs_with_different_key_ids"]:
         problems.append(f"{r['epochs_with_different_key_ids']} epochs with different key IDs")
     return problems

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from gateway.identity import SiteIdentity
 from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
 from gateway.protocol.errors import PolicyError
-from gateway.protocol.events import Action, Alarm, Event, Output
+from gateway.protocol.events import (
+    Action,
+    Alarm,
+    Event,
+    KeysDiscarded,
+    KeysFetched,
+    KeysTaken,
+    Output,
+)
 from gateway.protocol.exchange import Sink
 from gateway.protocol.handshake import PeerInfo
 from gateway.protocol.inner import (
@@ -41,6 +49,7 @@ from gateway.protocol.rekey import Tunnel
 from gateway.protocol.session import Conn, SessionLayer
 from gateway.protocol.sync import PolicyView
 from gateway.protocol.timers import TimerHeap
+from gateway.protocol.tunnel import PeerPace
 
 __all__ = ["Node", "PeerConfig", "TunnelStatus"]
 
@@ -103,6 +112,7 @@ class Node(SessionLayer):
         self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
         self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
         self._digests: dict[str, bytes] = {}
+        self._pace: dict[str, PeerPace] = {}  # peer -> when it last started a rekey with us
         _validate(sae_id, peers)
         self._apply_config(peers, 0.0, Output.empty())
 
@@ -113,6 +123,19 @@ class Node(SessionLayer):
         if t is not None:
             t.on_event(event, now, self._sink(out, t.peer, now))
             self._touch(t, now, out)
+        elif isinstance(event, KeysTaken | KeysFetched) and event.keys:
+            # The tunnel was removed while its keys were on their way.
+            out.actions.append(KeysDiscarded(event.tunnel, event.epoch, event.kms,
+                                             len(event.keys), "removed",
+                                             isinstance(event, KeysTaken)))
+        return out
+
+    def shutdown(self, now: float) -> Output:
+        """The daemon stops: every QKD key a tunnel still holds (spares kept for the next
+        attempt, an unfinished exchange's) is reported as discarded, reason ``shutdown``."""
+        out = Output.empty()
+        for t in self.tunnels.values():
+            t.drop_keys("shutdown", self._sink(out, t.peer, now))
         return out
 
     def tick(self, now: float) -> Output:

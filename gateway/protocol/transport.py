@@ -192,6 +192,7 @@ class Endpoint:
             if link.transport is not None:
                 link.transport.abort()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._apply(self.node.shutdown(self._now))  # keys still held: reported, not lost
 
     # -- connections -------------------------------------------------------------------------
     def _accept_ready(self) -> None:
