@@ -1,7 +1,7 @@
 """Soak: N tunnels between two real gateways rotating every R seconds for D seconds.
 
     .venv/bin/python bench/soak.py [--tunnels 16] [--interval 10] [--duration 600]
-                                   [--out docs/img/soak.svg] [--json soak.json]
+                                   [--out docs/img/soak.svg] [--json soak.json] [--logs DIR]
 
 Two real `qkd-gateway run` daemons in network namespaces talk the real peer protocol over TCP
 and fetch real keys from the embedded KME network (`qkd-gateway kms-sim` in its own namespace,
@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -130,6 +131,12 @@ def svg_plot(samples: dict[str, list[tuple[float, float, int]]], path: Path, tit
     path.write_text("\n".join(parts) + "\n")
 
 
+def keep_logs(paths: list[Path], into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        shutil.copy(path, into / f"{path.parent.name}-{path.name}")
+
+
 def quarter_means(series: list[tuple[float, float, int]], idx: int) -> tuple[float, float]:
     q = max(1, len(series) // 4)
     second = [s[idx] for s in series[q:2 * q]] or [series[0][idx]]
@@ -137,7 +144,8 @@ def quarter_means(series: list[tuple[float, float, int]], idx: int) -> tuple[flo
     return statistics.fmean(second), statistics.fmean(last)
 
 
-async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
+async def soak(n: int, interval: float, duration: float,
+               logs: Path | None = None) -> dict[str, Any]:
     reject_after = interval * 3
     rotations = int(duration / interval)
     # Keys: one per rotation per tunnel (plus the daemons' pool prefetch), with margin.
@@ -243,6 +251,8 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                          "wasted_while_running": discarded - by_reason.get("shutdown", 0),
                          "unaccounted": drawn - used - left - discarded}
         result["samples"] = samples
+        if logs is not None:  # the lab's directory goes with it: keep the daemons' logs
+            keep_logs([s.log_path for s in lab.plan.sites], logs)
         return result
 
 
@@ -278,8 +288,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=Path("docs/img/soak.svg"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--logs", type=Path, default=None, help="copy the daemons' logs here")
     args = p.parse_args()
-    r = asyncio.run(soak(args.tunnels, args.interval, args.duration))
+    r = asyncio.run(soak(args.tunnels, args.interval, args.duration, args.logs))
     svg_plot(r["samples"], args.out,
              f"soak: {r['tunnels']} tunnels, rotation every {r['interval_s']:g} s, "
              f"{r['duration_s'] / 60:g} min")

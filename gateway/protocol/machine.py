@@ -49,7 +49,6 @@ from gateway.protocol.rekey import Tunnel
 from gateway.protocol.session import Conn, SessionLayer
 from gateway.protocol.sync import PolicyView
 from gateway.protocol.timers import TimerHeap
-from gateway.protocol.tunnel import PeerPace
 
 __all__ = ["Node", "PeerConfig", "TunnelStatus"]
 
@@ -112,7 +111,6 @@ class Node(SessionLayer):
         self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
         self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
         self._digests: dict[str, bytes] = {}
-        self._pace: dict[str, PeerPace] = {}  # peer -> when it last started a rekey with us
         _validate(sae_id, peers)
         self._apply_config(peers, 0.0, Output.empty())
 

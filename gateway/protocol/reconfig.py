@@ -21,7 +21,6 @@ from gateway.protocol.constants import DEFAULT_PORT
 from gateway.protocol.events import Output
 from gateway.protocol.policy import TunnelPolicy, policy_digest
 from gateway.protocol.rekey import Tunnel
-from gateway.protocol.tunnel import PeerPace
 
 if TYPE_CHECKING:
     from gateway.protocol.machine import Node
@@ -68,9 +67,8 @@ def apply_config(node: Node, peers: Mapping[str, PeerConfig], now: float, out: O
                     changes[peer][0].append(pol)
                 tunnels[pol.name] = t
                 continue
-            tunnels[pol.name] = t = Tunnel(pol, peer, node.sae_id, pc.sae_id, node.timers,
-                                           node._rng, node._used.view(peer))
-            t.pace = node._pace.setdefault(peer, PeerPace())
+            tunnels[pol.name] = Tunnel(pol, peer, node.sae_id, pc.sae_id, node.timers, node._rng,
+                                       node._used.view(peer))
             changes[peer][0].append(pol)
     for name, t in node.tunnels.items():
         if tunnels.get(name) is not t:
@@ -91,7 +89,6 @@ def apply_config(node: Node, peers: Mapping[str, PeerConfig], now: float, out: O
                 pairs[(n, kms)] = pairs.get((n, kms), 0) + 1
     node._used.configure(pairs)
     for name in [n for n in node._initiating if n not in new_peers]:
-        node._pace.pop(name, None)
         for table in (node._initiating, node._queue, node._unacked):
             table.pop(name, None)
     for name in new_peers:

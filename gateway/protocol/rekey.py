@@ -17,7 +17,8 @@ discarded (whatever the peer answers: a key ID the peer has seen is never offere
 whose IDs never left this host (aborted while gathering, a collision lost before our RekeyInit
 went out, a take answered after its attempt ended) are kept as spares for the next attempt.
 Every discarded key is reported (``KeysDiscarded`` with a reason). Only the initiator retries.
-Collisions: the side with the lower SAE ID wins; the other drops its attempt. Timers,
+Collisions: the side with the lower SAE ID wins once its RekeyInit is out; the other drops its
+attempt. A side still gathering yields to the peer's RekeyInit at no cost. Timers,
 activation, key checks, retries and the spares are in tunnel.py.
 """
 
@@ -150,13 +151,14 @@ class Tunnel(TunnelState):
 
     # -- responder ---------------------------------------------------------------------------
     def _on_init(self, m: RekeyInit, now: float, sink: Sink) -> None:
-        self.pace.last_init = now
         p = self.pending
         if p is not None and p.initiator:
-            if self.preferred:
+            if self.preferred and p.stage != "gather":
                 return  # collision, we win: the peer drops its attempt when it sees ours
-            # Collision, we lose: the winner ignores our RekeyInit. Keys whose IDs it carried
-            # are spent; keys still being gathered were never announced and stay usable.
+            # Collision, we lose: the winner ignores our RekeyInit, so the keys whose IDs it
+            # carried are spent. Still gathering (the preferred side too: under load its start
+            # waits for an exchange slot and the KMS, and the backup steps in), nobody has seen
+            # our key IDs: we yield to the peer's RekeyInit and keep the keys for next time.
             if p.stage == "gather":
                 self.salvage(p, now)
             else:

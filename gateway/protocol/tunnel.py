@@ -22,11 +22,6 @@ The exchange transitions live in rekey.py (class Tunnel builds on this one). Kep
 * **Discarded keys**: every other QKD key that left the KMS for this tunnel and is not activated
   is reported once, with a reason (``KeysDiscarded``), so a site's KME stock balances:
   taken = activated + discarded + still held (spare or unfinished exchange).
-* **The backup side defers** while the preferred side is visibly at work: past its own due time
-  it waits as long as the peer started an exchange with us (on any tunnel) within the last
-  backup margin, up to halfway between the rekey interval and reject_after. Under load the
-  preferred side's due tunnels queue (MAX_CONCURRENT_EXCHANGES) and wait on the KMS; stepping
-  in then makes a collision, which costs the loser its QKD key once its RekeyInit is out.
 """
 
 from __future__ import annotations
@@ -50,20 +45,11 @@ from gateway.protocol.inner import (
 from gateway.protocol.keyids import PeerKeyIds
 from gateway.protocol.policy import TunnelPolicy
 
-__all__ = ["PeerPace", "TunnelState"]
+__all__ = ["TunnelState"]
 
 _NO_CHECK = bytes(CHECK_LEN)
 
 Spare = tuple[str, Secret, float]  # (key ID, key, taken at)
-
-
-class PeerPace:
-    """Shared by the tunnels towards one peer: when the peer last started a rekey with us."""
-
-    __slots__ = ("last_init",)
-
-    def __init__(self) -> None:
-        self.last_init: float | None = None
 
 
 class TunnelState:
@@ -96,7 +82,6 @@ class TunnelState:
         self.paths_dropped = False  # qkd_path_dropped raised (mode any), cleared when all back
         self.policy_changed = False  # reconfigured: rekey once both ends hold the new policy
         self.spare: dict[str, list[Spare]] = {}  # kms -> keys whose IDs never left this host
-        self.pace = PeerPace()  # the node shares one per peer
         self._retire: list[tuple[float, int]] = []
         self.completed = 0
         self.sched: float | None = None  # the node's timer heap entry for this tunnel
@@ -155,15 +140,9 @@ class TunnelState:
         if self.retry_at is not None:
             return self.retry_at
         t = self.timers
+        interval = t.rekey_after if self.preferred else t.rekey_after_backup
         base = self.active_at if self.active_at is not None else self.enabled_at - t.rekey_after
-        if self.preferred:
-            return base + t.rekey_after
-        due = base + t.rekey_after_backup
-        last = self.pace.last_init
-        if last is not None:  # the preferred side is at work: give it until the cap
-            cap = max(due, base + (t.rekey_after + t.reject_after) / 2)
-            due = max(due, min(cap, last + t.rekey_after_backup - t.rekey_after))
-        return due
+        return base + interval
 
     def wakeup(self) -> float | None:
         """The earliest time :meth:`tick` has something to do (called after every change)."""

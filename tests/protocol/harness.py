@@ -85,6 +85,7 @@ class Site:
     taken: list[str] = field(default_factory=list)  # key IDs this site took (as master)
     activated: list[tuple[str, int]] = field(default_factory=list)
     hold_takes: bool = False  # a slow KMS: take results wait in ``held`` until released
+    hold_tunnels: set[str] = field(default_factory=set)  # ... for these tunnels only
     held: list[Event] = field(default_factory=list)
 
     def perform(self, action: Action) -> Event | None:
@@ -95,7 +96,7 @@ class Site:
                 return KeysTakeFailed(action.tunnel, action.epoch, action.kms, "pool empty")
             self.taken.append(k.key_id)
             ev = KeysTaken(action.tunnel, action.epoch, action.kms, (k,))
-            if self.hold_takes:
+            if self.hold_takes or action.tunnel in self.hold_tunnels:
                 self.held.append(ev)
                 return None
             return ev
@@ -203,6 +204,11 @@ class Wire:
         while self.queue:
             site, data = self.queue.pop(0)
             self._absorb(site, site.node.receive(1, data, now), now)
+
+    def feed(self, site: Site, out: Output, now: float) -> None:
+        """Perform what ``out`` (of a direct call into ``site``'s node) asks, deliver it."""
+        self._absorb(site, out, now)
+        self.run(now)
 
     def release(self, site: Site, now: float) -> None:
         """A slow KMS answers: deliver ``site``'s held take results."""
