@@ -351,6 +351,9 @@ class Node(SessionLayer):
             nxt.queued = False
             if not nxt.waiting or nxt.enabled_at is None or nxt.pending:
                 continue
+            if nxt.stand_by(now):  # late: the backup steps in about now
+                self._heap.schedule(nxt, nxt.wakeup())
+                continue
             nxt.start(now, self._sink(out, nxt.peer, now))
             self._heap.schedule(nxt, nxt.wakeup())
             if nxt.pending is not None and nxt.pending.initiator:

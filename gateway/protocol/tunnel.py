@@ -74,6 +74,7 @@ class TunnelState:
         self.retry_at: float | None = None
         self.pending: Exchange | None = None
         self.waiting = False  # due, but the peer's exchange slots are full
+        self.hold_until: float | None = None  # standing by for the backup (see stand_by)
         self.queued = False  # in the node's queue of waiting tunnels
         self.unacked: int | None = None  # epoch we activated as initiator, not yet acknowledged
         self.unacked_at = 0.0
@@ -93,7 +94,7 @@ class TunnelState:
     # -- session lifecycle -------------------------------------------------------------------
     def session_up(self, now: float) -> None:
         # failures/retry_at survive: a session lost mid-exchange must not reset the backoff.
-        self.enabled_at, self.pending, self.waiting = now, None, False
+        self.enabled_at, self.pending, self.waiting, self.hold_until = now, None, False, None
 
     def session_down(self, now: float, sink: Sink) -> None:
         p = self.pending
@@ -141,8 +142,31 @@ class TunnelState:
             return self.retry_at
         t = self.timers
         interval = t.rekey_after if self.preferred else t.rekey_after_backup
-        base = self.active_at if self.active_at is not None else self.enabled_at - t.rekey_after
-        return base + interval
+        due = self._base() + interval
+        return due if self.hold_until is None else max(due, self.hold_until)
+
+    def _base(self) -> float:
+        assert self.enabled_at is not None
+        return self.active_at if self.active_at is not None else (
+            self.enabled_at - self.timers.rekey_after)
+
+    def stand_by(self, now: float) -> bool:
+        """The preferred side, due but late (its start waited for an exchange slot): around
+        the time the backup side steps in by its own timer, starting here would make the two
+        RekeyInits cross, a collision that spends the loser's QKD key. So it stands by for the
+        backup's RekeyInit from 1/2 backup margin before the backup's due time to 2 margins
+        after it (the backup's timer is not jittered, ours may be up to 10 % early: 2 margins
+        cover that), then starts all the same. Explicit requests (retries, repairs) never wait.
+        """
+        if not self.preferred or self.retry_at is not None or self.enabled_at is None:
+            return False
+        t = self.timers
+        margin = t.rekey_after_backup - t.rekey_after
+        backup = self._base() + t.rekey_after_backup
+        if backup - margin / 2 <= now < backup + 2 * margin:
+            self.hold_until, self.waiting = backup + 2 * margin, False
+            return True
+        return False
 
     def wakeup(self) -> float | None:
         """The earliest time :meth:`tick` has something to do (called after every change)."""
@@ -169,7 +193,7 @@ class TunnelState:
         if p is not None and now >= p.started + self.timers.rekey_timeout:
             self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True, reason="timeout")
         due = self.due()
-        if due is not None and now >= due:
+        if due is not None and now >= due and not self.stand_by(now):
             if sink.may_initiate():
                 self.start(now, sink)
             else:
@@ -189,7 +213,7 @@ class TunnelState:
         self.active_epoch, self.active_at, self.expired = p.epoch, now, False
         self.active_check = p.keys.key_check
         self.pending, self.failures, self.retry_at = None, 0, None
-        self.waiting = False  # a queued start is moot: the interval starts over
+        self.waiting, self.hold_until = False, None  # a queued start is moot: starts over
         self.synced, self.diverged, self.completed = True, False, self.completed + 1
         if p.initiator:
             self.unacked, self.unacked_at, self.unacked_stale = p.epoch, now, False

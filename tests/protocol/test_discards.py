@@ -89,6 +89,33 @@ def test_the_preferred_side_yields_while_it_still_gathers(ids: Ids, inits: Inits
     check_balance(a, b)
 
 
+@pytest.mark.parametrize(("late", "stands_by"), [(0.2, False), (0.3, True), (1.45, True),
+                                                 (1.55, False)])
+def test_a_late_preferred_side_stands_by_for_the_backup(ids: Ids, inits: Inits, late: float,
+                                                          stands_by: bool) -> None:
+    """A's start comes ``late`` s after its due time (its exchange slots were full). Around
+    the backup's own due time (1.5 s after the last key; margin 0.5 s) A stands by for B's
+    RekeyInit instead of crossing it: from 0.25 s before to 1 s after; outside, it starts."""
+    a, b = make_pair(POL, ids=ids)
+    w = Wire(a, b)
+    w.open()
+    now = _run(w, 3.0)
+    base = a.node.tunnels["t"].active_at
+    assert base is not None
+    before = len(_takes(a))
+    w.feed(a, a.node.tick(base + FAST.rekey_after + late), base + FAST.rekey_after + late)
+    assert (len(_takes(a)) == before) == stands_by
+    if stands_by:  # B steps in by its own timer, A answers: one exchange, no collision
+        t = base + FAST.rekey_after_backup
+        w.feed(b, b.node.tick(t), t)
+        assert a.active["t"] == b.active["t"] and a.active["t"] % 2 == 0  # B's epoch
+        assert len(_takes(a)) == before
+    assert a.discarded() == b.discarded() == {}
+    _run(w, now + 3.0, start=now + 2.0)
+    assert_ids_announced_once(inits)
+    check_balance(a, b)
+
+
 def test_a_lost_session_discards_announced_keys_and_keeps_the_others(
         ids: Ids, inits: Inits) -> None:
     a, b = make_pair(POL, ids=ids)
