@@ -96,14 +96,14 @@ class ActionRunner:
         self._queue.put_nowait(action)
 
     def _discarded(self, a: KeysDiscarded) -> None:
-        """QKD keys the core dropped unused: one event and the counters (never key bytes or
-        key IDs). Only the master's (``taken``) count as wasted stock; the slave logs its side
-        of the same keys."""
+        """QKD keys the core dropped unused: one event (counted in qkd_gateway_events_total) and
+        qkd_gateway_keys_wasted_total{kms}; never key bytes or key IDs. Only the master's keys
+        (``taken``) count as wasted stock: the slave logs its side of the same keys."""
         self._bus.emit("keys_discarded", level="info" if a.reason == "shutdown" else "warning",
                        tunnel=a.tunnel, epoch=a.epoch, kms=a.kms, count=a.count,
                        reason=a.reason, role="master" if a.taken else "slave")
         if a.taken and self._bus.metrics is not None:
-            self._bus.metrics.add_keys_discarded(a.kms, a.reason, a.count)
+            self._bus.metrics.add_keys_wasted(a.kms, a.count)
 
     async def run(self) -> None:
         """Long-running task: dispatch actions to one lane (task) per tunnel."""

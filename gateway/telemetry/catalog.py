@@ -79,12 +79,6 @@ class GatewayMetrics:
             "QKD keys fetched from a KMS but never used (expired, rejected by the peer).",
             ["kms"],
         )
-        self.keys_discarded = r.counter(
-            f"{PREFIX}_keys_discarded_total",
-            "QKD keys this site took from its KMS and dropped unused, by reason (collision, "
-            "peer_refused, abort, timeout, session_lost, expired, removed, shutdown ...).",
-            ["kms", "reason"],
-        )
         r.register(_KeyAges(self._installed_at, clock), [_KEY_AGE])
         self.key_installed_at = r.gauge(
             f"{PREFIX}_tunnel_key_installed_timestamp_seconds",
@@ -190,11 +184,6 @@ class GatewayMetrics:
 
     def add_keys_wasted(self, kms: str, count: int = 1) -> None:
         self.keys_wasted.inc(count, kms=kms)
-
-    def add_keys_discarded(self, kms: str, reason: str, count: int = 1) -> None:
-        """Keys the protocol core dropped unused (also counted in keys_wasted)."""
-        self.keys_wasted.inc(count, kms=kms)
-        self.keys_discarded.inc(count, kms=kms, reason=reason)
 
     def set_alarm(self, alarm: str, active: bool) -> None:
         self.alarms.set(1 if active else 0, alarm=alarm)
