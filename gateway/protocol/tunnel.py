@@ -151,20 +151,22 @@ class TunnelState:
             self.enabled_at - self.timers.rekey_after)
 
     def stand_by(self, now: float) -> bool:
-        """The preferred side, due but late (its start waited for an exchange slot): around
-        the time the backup side steps in by its own timer, starting here would make the two
-        RekeyInits cross, a collision that spends the loser's QKD key. So it stands by for the
-        backup's RekeyInit from 1/2 backup margin before the backup's due time to 2 margins
-        after it (the backup's timer is not jittered, ours may be up to 10 % early: 2 margins
-        cover that), then starts all the same. Explicit requests (retries, repairs) never wait.
-        """
+        """The preferred side, due but late (its start waited for an exchange slot): from
+        half a backup margin before the backup side's due time on, the backup steps in by its
+        own timer, and starting here too would make the two RekeyInits cross, a collision that
+        spends the loser's QKD key. So the late tunnel is the backup's: this side stands by
+        for its RekeyInit until halfway between rekey_after and reject_after (at least two
+        margins past the backup's due time: its timer is not jittered, ours may be up to 10 %
+        early), then starts all the same. Explicit requests (retries, repairs) never wait."""
         if not self.preferred or self.retry_at is not None or self.enabled_at is None:
             return False
         t = self.timers
         margin = t.rekey_after_backup - t.rekey_after
-        backup = self._base() + t.rekey_after_backup
-        if backup - margin / 2 <= now < backup + 2 * margin:
-            self.hold_until, self.waiting = backup + 2 * margin, False
+        base = self._base()
+        backup = base + t.rekey_after_backup
+        until = max(backup + 2 * margin, base + (t.rekey_after + t.reject_after) / 2)
+        if margin > 0 and backup - margin / 2 <= now < until:
+            self.hold_until, self.waiting = until, False
             return True
         return False
 

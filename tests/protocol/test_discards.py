@@ -95,7 +95,8 @@ def test_a_late_preferred_side_stands_by_for_the_backup(ids: Ids, inits: Inits, 
                                                           stands_by: bool) -> None:
     """A's start comes ``late`` s after its due time (its exchange slots were full). Around
     the backup's own due time (1.5 s after the last key; margin 0.5 s) A stands by for B's
-    RekeyInit instead of crossing it: from 0.25 s before to 1 s after; outside, it starts."""
+    RekeyInit instead of crossing it: from 0.25 s before to 1 s after (two margins; later
+    than halfway to reject_after, 2 s after the last key); outside, it starts."""
     a, b = make_pair(POL, ids=ids)
     w = Wire(a, b)
     w.open()
