@@ -34,6 +34,7 @@ from gateway.protocol import (
     Installed,
     InstallFailed,
     InstallKeys,
+    KeysDiscarded,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -96,7 +97,20 @@ class ActionRunner:
 
     def submit(self, action: Action) -> None:
         """Called synchronously by the transport for every action the core emits."""
+        if isinstance(action, KeysDiscarded):
+            self._discarded(action)  # at once: at shutdown the lanes have stopped already
+            return
         self._queue.put_nowait(action)
+
+    def _discarded(self, a: KeysDiscarded) -> None:
+        """QKD keys the core dropped unused: one event (counted in qkd_gateway_events_total) and
+        qkd_gateway_keys_wasted_total{kms}; never key bytes or key IDs. Only the master's keys
+        (``taken``) count as wasted stock: the slave logs its side of the same keys."""
+        self._bus.emit("keys_discarded", level="info" if a.reason == "shutdown" else "warning",
+                       tunnel=a.tunnel, epoch=a.epoch, kms=a.kms, count=a.count,
+                       reason=a.reason, role="master" if a.taken else "slave")
+        if a.taken and self._bus.metrics is not None:
+            self._bus.metrics.add_keys_wasted(a.kms, a.count)
 
     async def run(self) -> None:
         """Long-running task: dispatch actions to one lane (task) per tunnel."""

@@ -320,7 +320,9 @@ class Daemon:
     # -- periodic tasks -----------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(RECONCILE_INTERVAL)
+            # Read at every pass: a reload that changes daemon.reconcile_interval takes effect
+            # after the current wait.
+            await asyncio.sleep(self.cfg.daemon.reconcile_interval)
             for iface in list(self.tunnels.interfaces.values()):
                 try:
                     fixed = await iface.reconcile()

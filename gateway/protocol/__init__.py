@@ -30,6 +30,7 @@ from gateway.protocol.errors import (
     WireError,
 )
 from gateway.protocol.events import (
+    DISCARD_REASONS,
     Action,
     Activate,
     ActivateFailed,
@@ -43,6 +44,7 @@ from gateway.protocol.events import (
     InstallFailed,
     InstallKeys,
     Job,
+    KeysDiscarded,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -62,6 +64,7 @@ from gateway.protocol.transport import Endpoint, PeerAddress
 
 __all__ = [
     "DEFAULT_PORT",
+    "DISCARD_REASONS",
     "MAX_FRAME",
     "Action",
     "Activate",
@@ -83,6 +86,7 @@ __all__ = [
     "InstallKeys",
     "Installed",
     "Job",
+    "KeysDiscarded",
     "KeysFetchFailed",
     "KeysFetched",
     "KeysTakeFailed",

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from gateway.identity import SiteIdentity
 from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
 from gateway.protocol.errors import PolicyError
-from gateway.protocol.events import Action, Alarm, Event, Output
+from gateway.protocol.events import (
+    Action,
+    Alarm,
+    Event,
+    KeysDiscarded,
+    KeysFetched,
+    KeysTaken,
+    Output,
+)
 from gateway.protocol.exchange import Sink
 from gateway.protocol.handshake import PeerInfo
 from gateway.protocol.inner import (
@@ -113,6 +121,19 @@ class Node(SessionLayer):
         if t is not None:
             t.on_event(event, now, self._sink(out, t.peer, now))
             self._touch(t, now, out)
+        elif isinstance(event, KeysTaken | KeysFetched) and event.keys:
+            # The tunnel was removed while its keys were on their way.
+            out.actions.append(KeysDiscarded(event.tunnel, event.epoch, event.kms,
+                                             len(event.keys), "removed",
+                                             isinstance(event, KeysTaken)))
+        return out
+
+    def shutdown(self, now: float) -> Output:
+        """The daemon stops: every QKD key a tunnel still holds (spares kept for the next
+        attempt, an unfinished exchange's) is reported as discarded, reason ``shutdown``."""
+        out = Output.empty()
+        for t in self.tunnels.values():
+            t.drop_keys("shutdown", self._sink(out, t.peer, now))
         return out
 
     def tick(self, now: float) -> Output:
@@ -329,6 +350,9 @@ class Node(SessionLayer):
                 continue
             nxt.queued = False
             if not nxt.waiting or nxt.enabled_at is None or nxt.pending:
+                continue
+            if nxt.stand_by(now):  # late: the backup steps in about now
+                self._heap.schedule(nxt, nxt.wakeup())
                 continue
             nxt.start(now, self._sink(out, nxt.peer, now))
             self._heap.schedule(nxt, nxt.wakeup())

@@ -193,6 +193,7 @@ class Endpoint:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._apply(self.node.shutdown(self._now))  # keys still held: reported, not lost
 
     # -- connections -------------------------------------------------------------------------
     def _accept_ready(self) -> None:
