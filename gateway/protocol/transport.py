@@ -186,9 +186,8 @@ class Endpoint:
         for t in list(self._tasks):
             t.cancel()
         # Links first: a dialer whose cancel was lost (3.11's wait_for) waits on its link.
-        for link in list(self._links.values()):
-            if link.transport is not None:
-                link.transport.abort()
+        for transport in [lk.transport for lk in self._links.values() if lk.transport]:
+            transport.abort()
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
