@@ -57,7 +57,7 @@ from gateway.protocol.events import (
     TakeQkdKeys,
     TunnelKeys,
 )
-from gateway.protocol.machine import Node, TunnelStatus
+from gateway.protocol.machine import Node, TunnelStatus, validate_peers
 from gateway.protocol.policy import Kind, Mode, TunnelPolicy
 from gateway.protocol.reconfig import PeerConfig
 from gateway.protocol.transport import Endpoint, PeerAddress
@@ -119,4 +119,5 @@ __all__ = [
     "WireError",
     "combine",
     "confirm_mac",
+    "validate_peers",
 ]

@@ -50,7 +50,7 @@ from gateway.protocol.session import Conn, SessionLayer
 from gateway.protocol.sync import PolicyView
 from gateway.protocol.timers import TimerHeap
 
-__all__ = ["Node", "PeerConfig", "TunnelStatus"]
+__all__ = ["Node", "PeerConfig", "TunnelStatus", "validate_peers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class Node(SessionLayer):
         self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
         self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
         self._digests: dict[str, bytes] = {}
-        _validate(sae_id, peers)
+        validate_peers(sae_id, peers)
         self._apply_config(peers, 0.0, Output.empty())
 
     # -- inputs ------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ class Node(SessionLayer):
         the peer (an in-session PolicyUpdate) and rekeyed once both ends agree. A peer whose
         SAE ID or keys changed gets a new session. Raises PolicyError (and changes nothing)
         when the new configuration is inconsistent."""
-        _validate(self.sae_id, peers)
+        validate_peers(self.sae_id, peers)
         out = Output.empty()
         self._apply_config(peers, now, out)
         return out
@@ -363,7 +363,9 @@ class Node(SessionLayer):
         apply_config(self, peers, now, out)
 
 
-def _validate(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
+def validate_peers(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
+    """What :meth:`Node.reconfigure` refuses (PolicyError), checked without changing anything:
+    a live reload checks first, then prepares the added tunnels, then reconfigures."""
     saes = {p.sae_id for p in peers.values()}
     if len(saes) != len(peers) or sae_id in saes:
         raise PolicyError("every peer needs its own SAE ID, different from this site's")
