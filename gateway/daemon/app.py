@@ -48,8 +48,6 @@ __all__ = ["Daemon", "timers_for"]
 
 log = structlog.get_logger("gateway.daemon")
 
-#: How often declared tunnel state is compared with the data plane (drift is restored).
-RECONCILE_INTERVAL = 30.0
 #: Pool levels and KMS stock are exported this often.
 POOL_METRICS_INTERVAL = 5.0
 #: Up to this many peers on a tunnel's interface, its handshake time is read at every activation
