@@ -41,7 +41,9 @@ async def test_partition_one_way_drop_loss_and_link_down() -> None:
             finally:
                 lab.partition(NAMES[0], False)
             assert {n: lab.closed_count(n) for n in NAMES} == closed
-        assert stats.received > 0.6 * stats.sent, stats
+        # Late replies crossed the lossy link too; only the loaded machine delayed them past the
+        # pinger's timeout (seen: 61 of 164 late under a load average of 9).
+        assert stats.received + stats.late > 0.6 * stats.sent, stats
 
         await partitioned_then_healed(
             lab, "a partition (nftables drop both ways)",
