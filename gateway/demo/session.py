@@ -20,6 +20,7 @@ from typing import TypeVar
 from gateway.demo import cpu
 from gateway.demo.consumer import Backup
 from gateway.demo.errors import Interrupted, LabProcessError
+from gateway.demo.espstate import esp_keys_match
 from gateway.demo.kmsprobe import wait_for_kme
 from gateway.demo.mqttrelay import MQTT_PORT, TcpRelay, parse_host_port
 from gateway.demo.observe import LabObserver, TunnelState
@@ -39,10 +40,11 @@ StartSite = Callable[[SitePlan, LabPlan, ProcessSet], Awaitable[LabProcess]]
 T = TypeVar("T")
 
 # On the host the KME network answers after ~1 s and the daemons key their tunnels 1.5-3.5 s
-# later; in the kernel-lab VM (QEMU TCG) both took ~96 s (interpreter start-up dominates). A
-# process that dies ends the wait at once, so these only bound a hang.
-KMS_READY_TIMEOUT_S = 180.0
-TUNNELS_READY_TIMEOUT_S = 180.0
+# later; in the kernel-lab VM (QEMU TCG) both took ~96 s for two sites (interpreter start-up
+# dominates), more with three sites on a loaded host. A process that dies ends the wait at once,
+# so these only bound a hang.
+KMS_READY_TIMEOUT_S = 300.0
+TUNNELS_READY_TIMEOUT_S = 300.0
 TICK_S = 1.0  # the observer looks at everything, and the live view redraws, once a second
 PROGRESS_EVERY_S = 10.0  # an open-ended run shows it is alive without flooding the terminal
 # The backup keeps draining the starved span this long after every tunnel is keyed: by then
@@ -261,6 +263,11 @@ async def _finish_tunnel(plan: LabPlan, observer: LabObserver, state: TunnelStat
         hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
         tr.psk_match = await psk_matches(hub.netns, t.interface(t.hub),
                                          spoke.netns, t.interface(t.spoke))
+    else:
+        hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
+        tr.esp_directions = await esp_keys_match(((hub.name, hub.netns, str(hub.wan.ip)),
+                                                  (spoke.name, spoke.netns, str(spoke.wan.ip))))
+        tr.esp_outbound_sas = len(state.esp_spis)
     if t.name != plan.starved_tunnel:
         return
     tr.starved = True
