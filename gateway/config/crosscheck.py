@@ -126,6 +126,24 @@ class _Checker:
                          f"the same WireGuard peer as tunnels[{j}] on interface {show(name)}",
                          "each tunnel on a shared interface has its own WireGuard peer")
 
+    def if_ids(self) -> None:
+        """An if_id links an XFRM interface to its policies and SAs: two route-mode tunnels with
+        one if_id would share SAs and policies, and each would take the other's for its own."""
+        seen: dict[int, int] = {}
+        for i, tunnel in _items(self.doc.data, "tunnels"):
+            xfrm = tunnel.get("xfrm")
+            if tunnel.get("kind") != "xfrm" or not isinstance(xfrm, dict) \
+                    or xfrm.get("mode") != "route":
+                continue
+            value = xfrm.get("if_id")
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue  # missing or malformed: the field validation reports it
+            if value in seen:
+                self.add(("tunnels", i, "xfrm", "if_id"), f"if_id {int(value)} is already used "
+                         f"by tunnels[{seen[value]}]", "give each route-mode tunnel its own if_id")
+            else:
+                seen[value] = i
+
     def networks(self) -> None:
         owners: list[tuple[_Net, Loc, str]] = []
         for i, tunnel in _items(self.doc.data, "tunnels"):
@@ -178,5 +196,6 @@ def cross_check(doc: Document) -> list[Problem]:
                           "list each KMS once")
                 seen.add(str(name))
     c.remote_systems()
+    c.if_ids()
     c.networks()
     return c.problems

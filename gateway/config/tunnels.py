@@ -84,31 +84,55 @@ class WireGuardSettings(_Strict):
 
 class EspLifetime(_Strict):
     """Kernel-enforced SA limits. Unset means no kernel limit: the gateway replaces SAs every
-    ``rekey_interval`` and removes them after ``reject_after`` itself."""
+    ``rekey_interval`` and removes them after ``reject_after`` itself. A soft limit makes the
+    kernel tell the daemon, which rekeys at once; a hard limit deletes the SA (traffic stops:
+    the backstop while no daemon runs)."""
 
     soft_bytes: Count | None = Field(default=None, gt=0)
     hard_bytes: Count | None = Field(default=None, gt=0)
+    soft_packets: Count | None = Field(default=None, gt=0)
+    hard_packets: Count | None = Field(default=None, gt=0)
     # 0 would read as "no limit" to the kernel but as "expire now" to a reader: refused.
     soft_time: Annotated[Duration, longer_than_zero("5m")] | None = None
     hard_time: Annotated[Duration, longer_than_zero("10m")] | None = None
 
     @model_validator(mode="after")
     def _order(self) -> EspLifetime:
-        for soft, hard in (("soft_bytes", "hard_bytes"), ("soft_time", "hard_time")):
+        for soft, hard in (("soft_bytes", "hard_bytes"), ("soft_packets", "hard_packets"),
+                           ("soft_time", "hard_time")):
             s, h = getattr(self, soft), getattr(self, hard)
             if s is not None and h is not None and s >= h:
                 raise fail("order", f"{soft} must be below {hard}",
                            f"lower {soft} or raise {hard}", soft)
+        for key in ("soft_time", "hard_time"):
+            value = getattr(self, key)
+            if value is not None and value != int(value):
+                raise fail("lifetime", "the kernel counts SA lifetimes in whole seconds",
+                           "write e.g. 50m or 3000s", key)
         return self
 
 
-class XfrmSettings(_Strict):
-    """An ESP tunnel-mode SA pair between two addresses, carrying the listed subnets."""
+#: The kernel's ESN replay bitmap holds up to 4096 packets here (gateway.dataplane.xfrm.consts
+#: MAX_REPLAY_WINDOW; config knows nothing of the data plane, so the number is repeated).
+MAX_REPLAY_WINDOW = 4096
+_U32 = 0xFFFF_FFFF
 
+
+class XfrmSettings(_Strict):
+    """An ESP tunnel-mode SA pair between two addresses, carrying the listed subnets.
+
+    ``mode: policy`` (default): out/in/fwd policies for every local x remote subnet pair.
+    ``mode: route``: an XFRM interface (the tunnel's ``interface``) with ``if_id``; what is
+    routed into it is encrypted (the remote subnets are routed there by the gateway)."""
+
+    mode: Literal["policy", "route"] = "policy"
+    if_id: Count | None = None
     local_address: IpAddress
     remote_address: IpAddress
     local_subnets: list[Cidr] = Field(min_length=1)
     remote_subnets: list[Cidr] = Field(min_length=1)
+    replay_window: Count = 128
+    esn: bool = True
     lifetime: EspLifetime = Field(default_factory=EspLifetime)
 
     @model_validator(mode="after")
@@ -116,6 +140,41 @@ class XfrmSettings(_Strict):
         if self.local_address.version != self.remote_address.version:
             raise fail("family", "local_address and remote_address are different IP versions",
                        "use two IPv4 or two IPv6 addresses", "remote_address")
+        if self.mode == "route":
+            if self.if_id is None or not 0 < self.if_id <= _U32:
+                raise fail("missing_rule" if self.if_id is None else "if_id",
+                           "route mode needs if_id, a number from 1 to 4294967295 that links "
+                           "the XFRM interface to its policies and SAs",
+                           "add e.g. if_id: 7 (unique on this host)", "if_id")
+        elif self.if_id is not None:
+            raise fail("if_id", "if_id belongs to mode: route (an XFRM interface)",
+                       "remove if_id, or set mode: route", "if_id")
+        if self.mode == "policy":
+            for net in self.local_subnets:
+                if not any(r.version == net.version for r in self.remote_subnets):
+                    raise fail("family", f"local subnet {net} has no remote subnet of its IP "
+                               "version to pair with (policies pair subnets of one version)",
+                               "add a remote subnet of that version, or remove this one",
+                               "local_subnets")
+            for net in self.remote_subnets:
+                if not any(n.version == net.version for n in self.local_subnets):
+                    raise fail("family", f"remote subnet {net} has no local subnet of its IP "
+                               "version to pair with (policies pair subnets of one version)",
+                               "add a local subnet of that version, or remove this one",
+                               "remote_subnets")
+        for net in self.remote_subnets:
+            if net.version == self.remote_address.version and self.remote_address in net:
+                raise fail("subnet", f"remote subnet {net} contains remote_address "
+                           f"{self.remote_address}: the gateways' own traffic (the key "
+                           "exchange) would need the tunnel it sets up",
+                           "list only the protected networks behind the peer", "remote_subnets")
+        if not 0 <= self.replay_window <= MAX_REPLAY_WINDOW:
+            raise fail("replay", f"replay_window must be 0 to {MAX_REPLAY_WINDOW} packets",
+                       "write e.g. 128", "replay_window")
+        if self.esn and self.replay_window == 0:
+            raise fail("replay", "esn needs a replay window (the kernel keeps the high sequence "
+                       "number bits there)", "set replay_window above 0, or esn: false",
+                       "replay_window")
         return self
 
 

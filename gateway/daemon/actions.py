@@ -5,16 +5,21 @@ The core (gateway.protocol) is pure: it emits actions such as "take a QKD key fr
 clients, the data plane through each tunnel's keeper) under timeouts, and hands each result back
 to the core as an event. Actions for one tunnel run one at a time, in the order emitted, so an
 Activate can never overtake the InstallKeys of the same epoch, nor an Expire a later Activate.
+
+Every kind of tunnel answers the same calls (gateway.daemon.tunnels.Keeper): ``allocate_spi``,
+``install_inbound``, ``activate_keys``, ``retire``, ``expire``; what each does is the keeper's
+business (WireGuard: no SPIs, nothing to install before Activate, nothing to retire; ESP: the
+kernel's SPI, the inbound SA, the outbound switch, the old inbound SA's removal).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.daemon.fetcher import FetchBatcher
-from gateway.daemon.keeper import TunnelKeeper
+from gateway.daemon.tunnels import Keeper
 from gateway.kms import KeyPool, KeyPoolError, KeySource, KmsError
 from gateway.protocol import (
     Action,
@@ -27,6 +32,7 @@ from gateway.protocol import (
     Expire,
     FetchQkdKeys,
     Installed,
+    InstallFailed,
     InstallKeys,
     KeysFetched,
     KeysFetchFailed,
@@ -34,6 +40,7 @@ from gateway.protocol import (
     KeysTaken,
     Retire,
     SessionUp,
+    SpiAllocated,
     TakeQkdKeys,
     TunnelKeys,
 )
@@ -65,7 +72,7 @@ class ActionRunner:
         *,
         pools: dict[tuple[str, str], KeyPool],
         sources: dict[str, KeySource],
-        keepers: dict[str, TunnelKeeper],
+        keepers: Mapping[str, Keeper],
         bus: TelemetryBus,
         feed: Callable[[Event], None],
         activated: Callable[[str], Awaitable[None]] | None = None,
@@ -144,22 +151,56 @@ class ActionRunner:
         elif isinstance(action, FetchQkdKeys):
             await self._fetch(action)
         elif isinstance(action, InstallKeys):
-            # WireGuard has no inbound/outbound split: the PSK is set at Activate. Holding the
-            # keys until then is the "install inbound" step.
-            self._pending[(action.tunnel, action.epoch)] = action.keys
-            self._feed(Installed(action.tunnel, action.epoch))
+            await self._install(action)
         elif isinstance(action, Activate):
             await self._activate(action)
         elif isinstance(action, Retire):
             self._pending.pop((action.tunnel, action.epoch), None)
             self._started.pop((action.tunnel, action.epoch), None)
+            keeper = self._keepers.get(action.tunnel)
+            if keeper is not None:
+                try:
+                    await keeper.retire(action.epoch)
+                except Exception as exc:  # a leftover SA is reported by reconcile, not fatal
+                    self._bus.emit("tunnel_retire_failed", level="error", tunnel=action.tunnel,
+                                   epoch=action.epoch, error=str(exc))
         elif isinstance(action, Expire):
             keeper = self._keepers.get(action.tunnel)
             if keeper is not None:
                 await keeper.expire(action.reason)
         elif isinstance(action, AllocateSpi):
-            self._bus.emit("action_unsupported", level="error", action="AllocateSpi",
-                           tunnel=action.tunnel)
+            await self._allocate(action)
+
+    async def _allocate(self, a: AllocateSpi) -> None:
+        keeper = self._keepers.get(a.tunnel)
+        if keeper is None:
+            return  # the tunnel was removed meanwhile; the core's exchange times out
+        try:
+            spi = await keeper.allocate_spi(a.epoch)
+        except Exception as exc:
+            # The core has no "allocation failed" event: its exchange times out (rekey_timeout)
+            # and is retried with backoff; the error is visible here.
+            self._bus.emit("spi_allocation_failed", level="error", tunnel=a.tunnel,
+                           epoch=a.epoch, error=str(exc))
+            return
+        self._feed(SpiAllocated(a.tunnel, a.epoch, spi))
+
+    async def _install(self, a: InstallKeys) -> None:
+        """The inbound side of the epoch (ESP: the inbound SA; WireGuard: nothing yet). The keys
+        are held until Activate."""
+        keeper = self._keepers.get(a.tunnel)
+        if keeper is None:
+            self._feed(InstallFailed(a.tunnel, a.epoch, "the tunnel is not running here"))
+            return
+        try:
+            await keeper.install_inbound(a.epoch, a.keys)
+        except Exception as exc:
+            self._bus.emit("tunnel_install_failed", level="error", tunnel=a.tunnel,
+                           epoch=a.epoch, error=str(exc))
+            self._feed(InstallFailed(a.tunnel, a.epoch, str(exc)))
+            return
+        self._pending[(a.tunnel, a.epoch)] = a.keys
+        self._feed(Installed(a.tunnel, a.epoch))
 
     async def _take(self, a: TakeQkdKeys) -> None:
         pool = self._pools.get((a.kms, a.slave_sae_id))
@@ -200,8 +241,7 @@ class ActionRunner:
         started = self._started.pop((a.tunnel, a.epoch), None)
         duration = None if started is None else time.monotonic() - started
         try:
-            await keeper.activate(a.epoch, keys.wg_psk, keys.key_ids, keys.mode,
-                                  "+".join(keys.achieved), duration)
+            await keeper.activate_keys(a.epoch, keys, duration)
         except Exception as exc:
             # The keeper has put the previous key back (or failed closed); the tunnel stays on a
             # known key and the failure is visible. The next scheduled rekey tries again.

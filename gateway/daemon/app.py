@@ -4,6 +4,7 @@ Named tasks (visible in ``qkd-gateway status`` and in tracebacks):
 
 * ``actions`` and ``actions:<tunnel>`` - perform what the protocol core asks (keys, installs)
 * ``keeper:<tunnel>``                  - fail closed at ``reject_after`` without a new key
+* ``xfrm-events``                      - the kernel's SA expiries for XFRM tunnels (when any)
 * ``reconcile``                        - restore tunnels changed behind the daemon's back
 * ``telemetry:pools``                  - key pool levels and KMS stock into metrics
 * ``mqtt``, ``metrics``                - telemetry sinks, when configured
@@ -97,7 +98,8 @@ class Daemon:
         self.node = Node(self.identity, cfg.site.sae_id, peers, timers=self.timers)
         self.sources = build_kms(cfg)
         self.pools = build_pools(cfg, self.sources)
-        self.tunnels = TunnelSet(self.store, self._keeper_event, self.bus.alarm)
+        self.tunnels = TunnelSet(self.store, self._keeper_event, self.bus.alarm,
+                                 rekey=self._rekey_now)
         self.tunnels.build(cfg.tunnels)
         self.keepers = self.tunnels.keepers
         self.runner = ActionRunner(pools=self.pools, sources=self.sources, keepers=self.keepers,
@@ -123,6 +125,14 @@ class Daemon:
         keeper, t = self.keepers[name], self.node.tunnel_status(name)
         st = keeper.status()
         stock, _low = self._stock(self.tunnels.configs[name])
+        hs = self.tunnels.handshakes.get(name)
+        if hs is not None:
+            # Installed is not in use: WireGuard mixes a PSK in at its next handshake only.
+            in_use = {k: v for k, v in hs.status(time.time()).items()
+                      if k in ("psk_in_use_epoch", "handshakes", "fresh_handshakes")}
+        else:
+            # ESP: the outbound SA is the key in use, from its activation on.
+            in_use = {"key_in_use_epoch": st.get("esp", {}).get("key_in_use_epoch")}
         self.bus.tunnel_status(name, {
             "state": "failed_closed" if st["closed"] else "up",
             "epoch": st["epoch"], "policy": t.mode, "achieved": st["achieved"],
@@ -131,9 +141,7 @@ class Daemon:
             "next_rekey_at": None if st["closed"] else self._wall_due.get(name),
             "kms_stock": stock, "low_stock": self.low_stock.get(name, False),
             "key_age_s": st["key_age_s"], "keys_installed": st["keys_installed"],
-            # Installed is not in use: WireGuard mixes a PSK in at its next handshake only.
-            **{k: v for k, v in self.tunnels.handshakes[name].status(time.time()).items()
-               if k in ("psk_in_use_epoch", "handshakes", "fresh_handshakes")},
+            "dataplane": keeper.kind, **in_use,
         })
 
     def _feed(self, event: Any) -> None:
@@ -154,12 +162,23 @@ class Daemon:
         """After each activation: note the new PSK for the keys-in-use figures, look at the
         tunnel's last WireGuard handshake (cheap on a small interface; a big hub's is looked at
         by the reconciliation pass instead), and schedule the next rotation."""
-        self.tunnels.handshakes[name].activated(self.keepers[name].epoch, time.time())
-        if len(self.tunnels.installers[name].interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
-            with contextlib.suppress(Exception):
-                await self._observe_handshake(name)
+        inst = self.tunnels.installers.get(name)
+        if inst is not None:  # WireGuard (an ESP key is in use from its activation)
+            self.tunnels.handshakes[name].activated(self.keepers[name].epoch, time.time())
+            if len(inst.interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
+                with contextlib.suppress(Exception):
+                    await self._observe_handshake(name)
         self.schedule(name)
         self._save_used_key_ids()
+
+    def _rekey_now(self, name: str, why: str) -> None:
+        """A data plane asks for new keys at once (ESP: a soft lifetime, a lost SA)."""
+        try:
+            self.endpoint.rekey_now(name)
+        except ValueError as exc:  # no session: the tunnel rekeys when the peer is back
+            self.bus.emit("rekey_deferred", tunnel=name, reason=why, error=str(exc))
+            return
+        self.bus.emit("rekey_requested", tunnel=name, by=why)
 
     def _save_used_key_ids(self) -> None:
         """The protocol's used-QKD-key-ID memory survives restarts (only when it moved)."""

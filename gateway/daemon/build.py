@@ -13,6 +13,8 @@ from pathlib import Path
 
 from gateway.config import GatewayConfig, Kms, Tunnel
 from gateway.dataplane import WgInterfaceSpec, WgPeerSpec
+from gateway.dataplane.xfrm import REQID_MAX, REQID_MIN, EspTunnelSpec, Lifetime, reqid_for
+from gateway.dataplane.xfrm.spec import resolve
 from gateway.identity import PeerPublicKeys, SiteIdentity
 from gateway.keymaterial import Secret
 from gateway.kms import Etsi014Client, KeyPool, KeySource, RetryPolicy, SkipClient
@@ -24,6 +26,8 @@ __all__ = [
     "build_kms",
     "build_peers",
     "build_pools",
+    "esp_reqids",
+    "esp_spec",
     "load_identity",
     "wireguard_plans",
 ]
@@ -87,12 +91,52 @@ def build_pools(
 
 
 def _policy(t: Tunnel) -> TunnelPolicy:
-    if t.kind != "wireguard":
-        raise BuildError(
-            f"tunnel {t.name!r}: kind {t.kind!r} is not supported by this version's daemon "
-            "(XFRM/ESP is on the roadmap); remove the tunnel or change its kind to wireguard"
-        )
-    return TunnelPolicy(t.name, Mode.parse(t.policy), tuple(t.kms), Kind.WIREGUARD)
+    kind = Kind.WIREGUARD if t.kind == "wireguard" else Kind.ESP
+    return TunnelPolicy(t.name, Mode.parse(t.policy), tuple(t.kms), kind)
+
+
+def esp_reqids(tunnels: list[Tunnel], keep: dict[str, int] | None = None) -> dict[str, int]:
+    """The reqid of every XFRM tunnel: a stable hash of its name into our range (as
+    gateway.dataplane.xfrm.assign_reqids, which this equals for a fresh start), except that
+    tunnels in ``keep`` (running ones, on a reload) keep theirs, so a reload never renumbers a
+    running tunnel's SAs and policies."""
+    names = sorted(t.name for t in tunnels if t.kind == "xfrm")
+    out = {n: keep[n] for n in names if keep and n in keep}
+    taken = set(out.values())
+    for name in names:
+        if name in out:
+            continue
+        reqid = reqid_for(name)
+        while reqid in taken:
+            reqid = REQID_MIN if reqid == REQID_MAX else reqid + 1
+        taken.add(reqid)
+        out[name] = reqid
+    return out
+
+
+def esp_spec(t: Tunnel, reqid: int) -> EspTunnelSpec:
+    """The data plane's view of an XFRM tunnel; BuildError if the kernel would refuse it."""
+    x = t.xfrm
+    assert x is not None  # the config model requires the block for kind: xfrm
+    life = x.lifetime
+
+    def whole(v: float | None) -> int | None:
+        return None if v is None else int(v)
+
+    spec = EspTunnelSpec(
+        name=t.name, local=str(x.local_address), remote=str(x.remote_address),
+        local_subnets=tuple(str(n) for n in x.local_subnets),
+        remote_subnets=tuple(str(n) for n in x.remote_subnets), reqid=reqid, mode=x.mode,
+        if_id=x.if_id, ifname=t.interface if x.mode == "route" else None,
+        replay_window=x.replay_window, esn=x.esn,
+        lifetime=Lifetime(soft_seconds=whole(life.soft_time), hard_seconds=whole(life.hard_time),
+                          soft_bytes=life.soft_bytes, hard_bytes=life.hard_bytes,
+                          soft_packets=life.soft_packets, hard_packets=life.hard_packets))
+    try:
+        resolve(spec)
+    except ValueError as exc:
+        raise BuildError(f"tunnel {t.name!r}: {exc}") from None
+    return spec
 
 
 def build_peers(cfg: GatewayConfig) -> tuple[dict[str, PeerConfig], list[PeerAddress]]:

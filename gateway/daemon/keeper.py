@@ -25,23 +25,27 @@ never reports a key that the data plane does not hold.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from gateway.daemon.clock import BootClock, Clock
-from gateway.daemon.state import StateError, StateStore, TunnelState, fingerprint
+from gateway.daemon.clock import Clock
+from gateway.daemon.lifetime import (
+    ALARM_CLOSE_FAILED,
+    ALARM_EXPIRED,
+    Alarm,
+    Emit,
+    FailClosedError,
+    KeyLifetime,
+    refusal,
+)
+from gateway.daemon.state import StateStore, TunnelState, fingerprint
 from gateway.keymaterial import Secret
 
-__all__ = ["ALARM_CLOSE_FAILED", "ALARM_EXPIRED", "FailClosedError", "KeyInstaller",
-           "TunnelKeeper", "refusal"]
+if TYPE_CHECKING:
+    from gateway.protocol import TunnelKeys
 
-ALARM_EXPIRED = "tunnel_key_expired"
-ALARM_CLOSE_FAILED = "tunnel_fail_closed_failed"
-#: Retry of a failed fail-closed: 1 s doubling to 30 s (the data plane is local: it either comes
-#: back quickly, e.g. a restarted wireguard-go, or needs an operator, whom the alarm calls).
-_RETRY_BASE, _RETRY_CAP = 1.0, 30.0
+__all__ = ["ALARM_CLOSE_FAILED", "ALARM_EXPIRED", "Alarm", "Emit", "FailClosedError",
+           "KeyInstaller", "TunnelKeeper", "refusal"]
 
 
 class KeyInstaller(Protocol):
@@ -73,15 +77,11 @@ class KeyInstaller(Protocol):
         ...
 
 
-class Emit(Protocol):
-    def __call__(self, event: str, **fields: Any) -> None: ...
+class TunnelKeeper(KeyLifetime):
+    """A WireGuard tunnel's keeper: one PSK slot (see the module docstring)."""
 
+    kind = "wireguard"
 
-class Alarm(Protocol):
-    def __call__(self, name: str, active: bool, **fields: Any) -> object: ...
-
-
-class TunnelKeeper:
     def __init__(
         self,
         name: str,
@@ -93,95 +93,29 @@ class TunnelKeeper:
         key_length: int = 32,
         clock: Clock | None = None,
     ) -> None:
-        self.name = name
-        self._reject_after = reject_after
+        super().__init__(name, reject_after, store, emit, alarm, clock)
         self._installer = installer
-        self._store = store
-        self._emit = emit
-        self._alarm = alarm
         self._key_length = key_length
-        self._clock = clock or BootClock()
-        self._state: TunnelState | None = None
         self._key: Secret | None = None  # what the data plane should hold right now
-        self._deadline = 0.0  # boot clock
-        self._closed = False  # set by start(): resumed, or failed closed
-        self._close_pending: str | None = None  # a fail-closed that has not succeeded yet
         self._blocked = False  # the interface was taken down by a fail-closed
-        self._alarmed_close = False  # ALARM_CLOSE_FAILED is raised
-        self._failures = 0
-        self.keys_installed = 0  # QKD-derived keys installed by this process
-        self._changed = asyncio.Event()
-        # One data-plane write at a time: the watch task, an Expire from the protocol and an
-        # activation must never interleave (two fail-closed writes racing each other's
-        # read-back was seen when the core's Expire coincided with the deadline).
-        self._write = asyncio.Lock()
 
-    # -- facts for status and the scheduler ---------------------------------------------------
-    @property
-    def epoch(self) -> int:
-        return self._state.epoch if self._state else 0
+    # -- what the action runner calls, the same for every kind of tunnel -----------------------
+    async def allocate_spi(self, epoch: int) -> int:
+        raise ValueError(f"tunnel {self.name} is a WireGuard tunnel: it has no SPIs")
 
-    @property
-    def closed(self) -> bool:
-        """True while the tunnel is failed closed (a random key is installed) or failing."""
-        return self._closed or self._close_pending is not None
+    async def install_inbound(self, epoch: int, keys: TunnelKeys) -> None:
+        """WireGuard has no inbound/outbound split: the PSK is set at Activate. Holding the keys
+        until then (the action runner does) is the "install inbound" step."""
 
-    def clock_now(self) -> float:
-        """The keeper's clock (boot clock) now: ages of ``activated`` are measured on it."""
-        return self._clock.now()
+    async def activate_keys(self, epoch: int, keys: TunnelKeys,
+                            rekey_s: float | None = None) -> None:
+        await self.activate(epoch, keys.wg_psk, keys.key_ids, keys.mode,
+                            "+".join(keys.achieved), rekey_s)
 
-    @property
-    def reject_after(self) -> float:
-        return self._reject_after
-
-    @reject_after.setter
-    def reject_after(self, value: float) -> None:
-        """A reload changed the key lifetime: the current key's deadline follows at once."""
-        if value != self._reject_after:
-            self._reject_after = value
-            if self._state is not None and self._state.activated_boot is not None \
-                    and not self._closed:
-                self._deadline = self._state.activated_boot + value
-            self._changed.set()
-
-    @property
-    def deadline(self) -> float:
-        """When the current key expires, on the boot clock."""
-        return self._deadline
-
-    @property
-    def activated(self) -> float | None:
-        """Boot-clock time of the current key's activation (None while closed)."""
-        st = self._state
-        return st.activated_boot if st is not None and not self.closed else None
-
-    def status(self) -> dict[str, Any]:
-        now = self._clock.now()
-        st, open_ = self._state, not self.closed
-        age = None if not open_ or st is None or st.activated_boot is None else \
-            round(now - st.activated_boot, 1)
-        return {
-            "epoch": self.epoch,
-            "closed": not open_,
-            "key_age_s": age,
-            "expires_in_s": round(self._deadline - now, 1) if open_ else None,
-            "key_ids": list(st.key_ids) if st else [],
-            "achieved": st.achieved if st else "",
-            "activated_at": st.activated_at if st and open_ else None,
-            "keys_installed": self.keys_installed,
-        }
+    async def retire(self, epoch: int) -> None:
+        """Nothing to remove: a PSK slot holds one key, replaced at each activation."""
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def _load(self) -> TunnelState | None:
-        """The recorded state; an unreadable file counts as none (the tunnel then starts closed
-        and the file is rewritten): a broken file must never keep a tunnel from closing."""
-        try:
-            return self._store.load(self.name)
-        except StateError as exc:
-            self._emit("tunnel_state_unreadable", level="error", tunnel=self.name,
-                       error=str(exc))
-            return None
-
     async def start(self) -> None:
         await self._installer.prepare()
         self._state = self._load()
@@ -195,31 +129,13 @@ class TunnelKeeper:
                 why = ("the data plane does not hold the key recorded in the state directory "
                        "(interface or peer recreated, or the slot was overwritten)")
         if why is None:
-            assert self._state is not None and self._state.activated_boot is not None
-            self._key, self._closed = held, False
-            self._deadline = self._state.activated_boot + self._reject_after
-            self._emit("tunnel_resumed", tunnel=self.name, epoch=self._state.epoch,
-                       expires_in_s=round(self._deadline - self._clock.now(), 1))
+            self._key = held
+            self._resumed()
         else:
             await self._fail_closed(f"no valid key at start: {why}")
 
-    async def failsafe(self, horizon: float) -> str | None:
-        """For ``qkd-gateway failsafe`` while no daemon runs: fail the tunnel closed if the state
-        directory does not show a key valid for at least ``horizon`` more seconds. Returns the
-        reason, or None if nothing was to be done. Never creates or reconfigures the interface
-        (a missing one carries no traffic). Raises FailClosedError if nothing could be done."""
-        st = self._load()
-        if st is not None and st.closed:
-            return None
-        why = refusal(st, self._clock, self._reject_after, horizon)
-        if why is None:
-            return None
-        self._state = st
-        await self._fail_closed(f"failsafe: {why}")
-        if self._close_pending is not None:
-            raise FailClosedError(f"tunnel {self.name}: could neither write a random key nor "
-                                  "take the interface down (see the log)")
-        return why
+    def _close_failed_text(self) -> str:
+        return "could neither write a random key nor take the interface down"
 
     async def activate(self, epoch: int, key: Secret, key_ids: tuple[str, ...],
                        policy: str, achieved: str, rekey_s: float | None = None) -> None:
@@ -236,23 +152,10 @@ class TunnelKeeper:
                 await self._installer.set_blocked(False)
                 self._blocked = False
             now = self._clock.now()
-            self._state = TunnelState(self.name, epoch, self._clock.wall(), key_ids, policy,
-                                      achieved, self._clock.boot_id, now,
-                                      fingerprint(self.name, epoch, key))
             self._key = key
-            self._store.save(self._state)
-            self._deadline = now + self._reject_after
-            self.keys_installed += 1
-            if self._closed or self._close_pending is not None:
-                self._alarm(ALARM_EXPIRED, False, tunnel=self.name, epoch=epoch)
-            if self._alarmed_close:
-                self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
-                self._alarmed_close = False
-            self._closed, self._close_pending, self._failures = False, None, 0
-            self._changed.set()
-            self._emit("tunnel_rekeyed", tunnel=self.name, epoch=epoch, key_ids=list(key_ids),
-                       achieved=achieved,
-                       rekey_ms=None if rekey_s is None else round(rekey_s * 1000, 3))
+            self._activated(TunnelState(self.name, epoch, self._clock.wall(), key_ids, policy,
+                                        achieved, self._clock.boot_id, now,
+                                        fingerprint(self.name, epoch, key)), rekey_s)
 
     async def _install_new(self, epoch: int, key: Secret) -> None:
         try:
@@ -294,41 +197,8 @@ class TunnelKeeper:
         self._changed.set()
         return True
 
-    async def watch(self) -> None:
-        """Long-running task: fail closed whenever the deadline passes without a new key, and
-        retry a fail-closed that did not succeed. Never raises."""
-        while True:
-            self._changed.clear()
-            if self._close_pending is not None:
-                delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures - 1, 8))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
-                if self._close_pending is not None:
-                    await self._fail_closed(self._close_pending)
-            elif not self._closed:
-                delay = self._deadline - self._clock.now()
-                if delay <= 0:
-                    await self._fail_closed(f"no successful rekey within {self._reject_after:g} s")
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
-            else:
-                await self._changed.wait()
-
-    async def expire(self, reason: str) -> None:
-        """The protocol declared the current key expired: fail closed now (idempotent)."""
-        if not self._closed:
-            await self._fail_closed(reason)
-            self._changed.set()
-
     async def close(self, teardown: bool) -> None:
         await self._installer.close(teardown)
-
-    async def _fail_closed(self, reason: str, *, rewrite: bool = False) -> None:
-        async with self._write:
-            if self._closed and self._close_pending is None and not rewrite:
-                return  # another path (watch, Expire) closed it meanwhile
-            await self._fail_closed_locked(reason, rewrite=rewrite)
 
     async def _fail_closed_locked(self, reason: str, *, rewrite: bool = False) -> None:
         """A random key the peer cannot know, and the running session ended (WireGuard would
@@ -362,38 +232,4 @@ class TunnelKeeper:
                            reason=reason, interface_down=True)
             return
         self._key = key
-        if self._alarmed_close:
-            self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
-            self._alarmed_close = False
-        was_closed = self._closed
-        self._closed, self._close_pending, self._failures = True, None, 0
-        if self._state is None or not self._state.closed:
-            self._state = TunnelState(self.name, 0, self._clock.wall(), closed=True) \
-                if self._state is None else replace(self._state, closed=True)
-            with contextlib.suppress(Exception):  # state dir full: the alarm is what matters
-                self._store.save(self._state)
-        if not was_closed:
-            self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch, reason=reason)
-            self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch, reason=reason)
-
-
-class FailClosedError(RuntimeError):
-    """Neither a random key nor taking the interface down could stop the tunnel's traffic."""
-
-
-def refusal(st: TunnelState | None, clock: Clock, reject_after: float,
-            horizon: float = 0.0) -> str | None:
-    """Why the key recorded in ``st`` may not be trusted to still be valid ``horizon`` seconds
-    from now (None: it may)."""
-    if st is None:
-        return "no state recorded"
-    if st.closed:
-        return "it was failed closed before"
-    if not st.key_fingerprint or st.activated_boot is None:
-        return "the state was written by an older version"
-    if st.boot_id != clock.boot_id:
-        return "the system rebooted since the key was installed"
-    if clock.now() + horizon - st.activated_boot >= reject_after:
-        return ("the installed key is older than reject_after" if horizon <= 0 else
-                f"the installed key expires within {horizon:g} s")
-    return None
+        self._closed_done(reason)

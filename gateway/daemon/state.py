@@ -62,6 +62,16 @@ class TunnelState:
     activated_boot: float | None = None  # CLOCK_BOOTTIME at activation: lifetimes count from it
     key_fingerprint: str = ""  # fingerprint() of the key installed for this epoch
     closed: bool = False  # the tunnel was failed closed after this epoch (a random key is set)
+    # ESP tunnels only (0 otherwise, and then not written): the SPIs of the epoch's inbound and
+    # outbound SAs, so a restarted daemon can read exactly those SAs back (GETSA) and compare
+    # their keys with key_fingerprint. SPIs are public (they are in every ESP header).
+    spi_in: int = 0
+    spi_out: int = 0
+
+
+#: Fields written only when set, so a WireGuard tunnel's file stays as older versions wrote it
+#: (and older versions can still read it).
+_OPTIONAL = ("spi_in", "spi_out")
 
 
 class StateStore:
@@ -133,8 +143,8 @@ class StateStore:
 
     def save(self, state: TunnelState) -> None:
         path = self._path(state.tunnel)
-        self._write(path, json.dumps({"version": _VERSION, **asdict(state)},
-                                     sort_keys=True).encode())
+        fields = {k: v for k, v in asdict(state).items() if k not in _OPTIONAL or v}
+        self._write(path, json.dumps({"version": _VERSION, **fields}, sort_keys=True).encode())
 
     def _write(self, path: Path, data: bytes) -> None:
         """Atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
@@ -176,6 +186,10 @@ def _check_types(st: TunnelState, tunnel: str) -> None:
             raise ValueError(f"{name} is not a string")
     if not isinstance(st.closed, bool):
         raise ValueError("closed is not true/false")
+    for name in _OPTIONAL:
+        value = getattr(st, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+            raise ValueError(f"{name} is not an SPI (a whole number below 2^32)")
 
 
 class StateLock:

@@ -23,11 +23,12 @@ def daemon_status(d: Daemon) -> dict[str, Any]:
         cfg = d.tunnels.configs[name]
         slave = d.cfg.peer(cfg.peer).sae_id
         due = d.rekey_due.get(name)
+        hs = d.tunnels.handshakes.get(name)
         tunnels[name] = {
             **keeper.status(),
             "peer": t.peer,
             "mode": t.mode,
-            "dataplane": "wireguard" if cfg.kind == "wireguard" else "esp",
+            "dataplane": keeper.kind,
             "interface": cfg.interface,
             "kms": list(cfg.kms),
             "kms_stock": {k: d.pools[(k, slave)].stored_key_count for k in cfg.kms},
@@ -35,10 +36,12 @@ def daemon_status(d: Daemon) -> dict[str, Any]:
             "next_rekey_s": None if due is None or keeper.closed else round(due - now, 1),
             "session_up": t.session_up,
             "low_stock": d.low_stock.get(name, False),
+        }
+        if hs is not None:
             # WireGuard uses a PSK from its next handshake on: keys installed (above) are not
             # keys in use; these are the handshakes seen and the PSK the last one mixed in.
-            "wg": d.tunnels.handshakes[name].status(time.time()),
-        }
+            # (ESP: keeper.status()["esp"]; its outbound SA is in use from its activation.)
+            tunnels[name]["wg"] = hs.status(time.time())
     return {
         "site": d.cfg.site.name,
         "version": __version__,

@@ -294,13 +294,16 @@ class EspTunnel:
         """Give back an allocated SPI whose exchange was abandoned (same as retire_inbound)."""
         return await self.retire_inbound(spi)
 
-    async def fail_closed(self, reason: str) -> int:
+    async def fail_closed(self, reason: str, *, ensure_policies: bool = True) -> int:
         """Stop all traffic of the tunnel: make sure the policies (and interface/routes) are in
         place first, then delete every SA of the tunnel, larval ones included. Packets that
         match the policies are then dropped by the kernel (no SA); none leaves in clear.
+        ``ensure_policies=False`` (`qkd-gateway failsafe`, no daemon running) deletes the SAs
+        only and leaves policies as they are: a tunnel torn down on purpose is not re-created.
         Returns the number of SAs deleted."""
         async with self._lock:
-            await self._sync_links_and_policies(strict=False)
+            if ensure_policies:
+                await self._sync_links_and_policies(strict=False)
             removed = 0
             for sa in await self._ours():
                 removed += await self._x.delete_sa(sa.dst, sa.spi, src=sa.src, mark=sa.mark)
@@ -315,6 +318,20 @@ class EspTunnel:
             self.failed_closed = True
             self._log.warning("xfrm_failed_closed", reason=reason, sas_removed=removed)
             return removed
+
+    async def held_keys(self, spi_in: int, spi_out: int) -> tuple[Secret | None, Secret | None]:
+        """The keys of this tunnel's inbound SA ``spi_in`` and outbound SA ``spi_out`` as the
+        kernel holds them (GETSA), None for one that is missing, larval or not this tunnel's.
+        For a restarted daemon to check that the kernel still holds the keys it recorded (by
+        fingerprint); the Secrets never leave the daemon."""
+        async with self._lock:
+            r = self._r
+            held: list[Secret | None] = []
+            for dst, spi in ((r.local, spi_in), (r.remote, spi_out)):
+                sa = await self._x.get_sa(dst, spi, mark=r.spec.mark) if spi else None
+                held.append(sa.key if sa is not None and owns_sa(r, sa) and not sa.larval
+                            else None)
+            return held[0], held[1]
 
     async def teardown(self) -> None:
         """Remove everything of this tunnel (SAs, then policies, then the interface) and
