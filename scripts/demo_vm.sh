@@ -8,8 +8,9 @@
 #        DATAPLANE: xfrm (default) | kernel | mixed | wireguard
 # The lab is 5-10x slower than the host, so the demo there is smaller and shorter by default:
 # the star topology with 3 sites (the hub carries two tunnels), 40 s of pings, a rotation every
-# 5 s. Extra options override those (the last one given wins), e.g.
+# 5 s. Extra options replace those defaults they name, e.g.
 #   scripts/demo_vm.sh mixed --duration 90
+#   scripts/demo_vm.sh xfrm --topology pair       (two sites; --sites goes with star only)
 # The demo's own report and verdict are printed at the end; the exit status is the demo's.
 set -euo pipefail
 
@@ -22,13 +23,18 @@ case "$DATAPLANE" in
        exit 2 ;;
 esac
 
-LAB_DEFAULTS=(--topology star --sites 3 --duration 40 --rekey-interval 5)
+given=" $* "
+LAB_DEFAULTS=()
+case "$given" in *" --topology "*|*" --sites "*) ;; *) LAB_DEFAULTS+=(--topology star --sites 3) ;; esac
+case "$given" in *" --duration "*) ;; *) LAB_DEFAULTS+=(--duration 40) ;; esac
+case "$given" in *" --rekey-interval "*) ;; *) LAB_DEFAULTS+=(--rekey-interval 5) ;; esac
 args=(--dataplane "$DATAPLANE" --plain "${LAB_DEFAULTS[@]}" "$@")
 cmd="qkd-gateway demo"
 for a in "${args[@]}"; do cmd+=" $(printf '%q' "$a")"; done
 
 echo "demo_vm: the kernel lab (QEMU TCG) runs 5-10x slower than this host, so the demo there" \
-     "defaults to ${LAB_DEFAULTS[*]} (the host's default is RoNaQCI, six sites)" >&2
+     "defaults to --topology star --sites 3 --duration 40 --rekey-interval 5 (the host's" \
+     "default is RoNaQCI, six sites, until Ctrl-C); a ping answered within 5 s counts there" >&2
 echo "demo_vm: in the guest: $cmd" >&2
 # The demo's output (progress lines, report, verdict) comes back in the guest's exec.log, which
 # kernel_lab.sh prints when the VM is done; the guest's exit status is the demo's verdict.

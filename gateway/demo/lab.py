@@ -30,7 +30,9 @@ from gateway.demo.support import (
     ESP_DATAPLANES,
     EspProbe,
     choose_backend,
+    in_kernel_lab,
     ip_esp_probe,
+    ping_timeout,
     prepare_esp_ends,
     require_esp,
 )
@@ -59,6 +61,7 @@ class DemoOptions:
     picture: Path | None = None  # where the ronaqci SVG goes (default /tmp/qkd-demo-<lab>.svg)
     seed: int = 0  # seed of the key-rate fluctuation
     live: bool = False  # the rich live view (the CLI turns it on when stdout is a terminal)
+    ping_timeout: float | None = None  # None: 1 s, or 5 s in the kernel lab (gateway.demo.support)
 
 
 async def start_daemon(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabProcess:
@@ -142,8 +145,12 @@ async def run_demo(
             say(f"lab {prefix}: {len(names)} sites ({', '.join(names)}), "
                 f"{len(plan.kms.kmes)} KMEs ({trusted} trusted nodes), namespaces {prefix}-*, "
                 f"files in {root}")
+            timeout = options.ping_timeout or ping_timeout()
+            if in_kernel_lab():
+                say(f"kernel lab (QEMU TCG, 5-10x slower than a host): a ping answered within "
+                    f"{timeout:g} s counts, not 1 s; the emulator alone delays replies past 1 s")
             settings = SessionSettings(options.duration, options.lab_only, options.mqtt,
-                                       options.picture, options.live)
+                                       options.picture, options.live, timeout)
             async with ProcessSet() as procs:
                 await run_session(plan, settings, procs, start_site, stop, say, report)
     finally:

@@ -134,6 +134,7 @@ class DemoReport:
     reject_after: float = 0.0
     duration_s: float = 0.0
     kms_ready_s: float = 0.0
+    ping_timeout_s: float = 1.0  # a reply later than this counted as lost
     tunnels_ready_s: float = 0.0
     tunnels: list[TunnelReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # failures outside the tunnel checks
@@ -180,8 +181,9 @@ class DemoReport:
                          f"{t.late:>5} {t.rtt_avg_ms:>7.2f} {rot:>9}  {keys:<6} {hs:>10}")
         lines += self._paths() + self._esp() + self._starved()
         mode = "lab only (no daemons)" if self.lab_only else "daemons"
-        lines.append(f"lab {self.prefix}, {mode}: pinged for {self.duration_s:.1f} s; KMS ready "
-                     f"after {self.kms_ready_s:.2f} s")
+        lines.append(f"lab {self.prefix}, {mode}: pinged for {self.duration_s:.1f} s (a reply "
+                     f"within {self.ping_timeout_s:g} s counts); KMS ready after "
+                     f"{self.kms_ready_s:.2f} s")
         if not self.lab_only:
             lines.append(f"tunnels keyed after {self.tunnels_ready_s:.2f} s")
         if self.cpu:

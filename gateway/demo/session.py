@@ -25,7 +25,7 @@ from gateway.demo.kmsprobe import wait_for_kme
 from gateway.demo.mqttrelay import MQTT_PORT, TcpRelay, parse_host_port
 from gateway.demo.observe import LabObserver, TunnelState
 from gateway.demo.picture import TunnelLine, write_picture
-from gateway.demo.pinger import Pinger
+from gateway.demo.pinger import DEFAULT_TIMEOUT_S, Pinger
 from gateway.demo.processes import LabProcess, ProcessSet, gateway_argv
 from gateway.demo.report import DemoReport, TunnelReport
 from gateway.demo.ronaqci import PLACES
@@ -61,6 +61,7 @@ class SessionSettings:
     mqtt: str | None
     picture: Path | None
     live: bool
+    ping_timeout: float = DEFAULT_TIMEOUT_S  # a reply later than this is lost
 
 
 async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
@@ -187,13 +188,14 @@ async def _ping(plan: LabPlan, settings: SessionSettings, procs: ProcessSet,
         hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
         target = str(spoke.wan.ip if settings.lab_only else t.address(t.spoke).ip)
         pingers.append((TunnelReport(t.name, t.hub, target, dataplane=t.dataplane),
-                        Pinger(hub.netns, target)))
+                        Pinger(hub.netns, target, timeout=settings.ping_timeout)))
     for (_, p), state in zip(pingers, observer.tunnels.values(), strict=True):
         state.ping = p.stats
     tasks = [asyncio.create_task(p.run(), name=f"ping-{r.name}") for r, p in pingers]
     say("pinging " + ", ".join(f"{r.name} ({r.target})" for r, _ in pingers) + " at 20/s"
         + ("" if settings.duration is None else f" for {settings.duration:g} s")
-        + "; Ctrl-C stops")
+        + f"; a reply within {settings.ping_timeout:g} s counts; Ctrl-C stops")
+    report.ping_timeout_s = settings.ping_timeout
     t2 = loop.time()
     before = await asyncio.to_thread(cpu.sample, namespaces, time.monotonic())
     backup_until = t2 + BACKUP_AFTER_KEYED_S
