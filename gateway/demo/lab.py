@@ -114,14 +114,13 @@ async def run_demo(
         say: receives one progress line at a time (the CLI prints them).
         esp_probe: for ``xfrm``/``mixed``: None if the kernel takes an AES-GCM ESP SA, else why
             not (the data plane's ``esp_unavailable``); run before anything is built. Without
-            one, ``ip xfrm state add`` is tried in the lab's WAN namespace.
+            one, or if it fails, ``ip xfrm state add`` is tried in the lab's WAN namespace.
     """
     stop = stop or asyncio.Event()
     names = names_of(options)
     dataplane_of(options.dataplane, 1)  # a bad choice fails before anything is built
     esp = options.dataplane in ESP_DATAPLANES and not options.lab_only
-    if esp and esp_probe is not None:
-        await require_esp(options.dataplane, esp_probe)
+    esp_known = esp_probe is not None and esp and await require_esp(options.dataplane, esp_probe)
     prefix = new_prefix()
     root = Path(tempfile.mkdtemp(prefix=f"qkd-gateway-{prefix}-"))
     report = DemoReport(prefix, options.lab_only, options.topology)
@@ -132,7 +131,7 @@ async def run_demo(
                 wan = topo.wan_netns
                 backend = await asyncio.to_thread(choose_backend, options.dataplane, wan,
                                                   f"{prefix}wgp")
-                if esp and esp_probe is None:
+                if esp and not esp_known:
                     await require_esp(options.dataplane,
                                       lambda: asyncio.to_thread(ip_esp_probe, wan))
             plan = plan_for(options, prefix, root, backend,

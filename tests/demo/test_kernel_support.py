@@ -50,6 +50,19 @@ async def test_esp_probe_refuses_before_anything_is_built() -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.skipif(HOST_HAS_ESP, reason="this kernel has ESP/AES-GCM: nothing to refuse")
+async def test_a_probe_that_cannot_run_leaves_the_decision_to_ip_xfrm() -> None:
+    async def no_answer() -> str | None:
+        raise TimeoutError("the probe got no answer in time")
+
+    with pytest.raises(ToolMissing) as caught:
+        await run_demo(DemoOptions(topology="pair", dataplane="mixed", duration=5),
+                       esp_probe=no_answer)
+    assert "Requested AEAD algorithm not found" in str(caught.value)  # iproute2's words
+    assert "`make demo-vm DEMO_VM_DATAPLANE=mixed`" in str(caught.value)
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize(("dataplane", "needs", "command"), [
     pytest.param("xfrm", "ESP with AES-GCM", "`make demo-vm`",
                  marks=pytest.mark.skipif(HOST_HAS_ESP, reason="this kernel has ESP")),
