@@ -38,4 +38,6 @@ echo "demo_vm: the kernel lab (QEMU TCG) runs 5-10x slower than this host, so th
 echo "demo_vm: in the guest: $cmd" >&2
 # The demo's output (progress lines, report, verdict) comes back in the guest's exec.log, which
 # kernel_lab.sh prints when the VM is done; the guest's exit status is the demo's verdict.
-exec bash "$REPO/scripts/kernel_lab.sh" --exec "$cmd"
+# A loaded 2-core host slows the guest further (a 3-site demo took 11 min at load average 8):
+# the VM gets 40 min unless LAB_TIMEOUT says otherwise.
+LAB_TIMEOUT="${LAB_TIMEOUT:-2400}" exec bash "$REPO/scripts/kernel_lab.sh" --exec "$cmd"
