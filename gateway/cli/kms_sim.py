@@ -143,7 +143,8 @@ async def _serve(net: KmeNetwork, kmes: list[str], report_interval: float) -> No
             if report_interval > 0:
                 log.info("kms_link_stock", links=net.link_report())
             try:
-                await asyncio.wait_for(stop.wait(), report_interval or None)
+                async with asyncio.timeout(report_interval or None):  # not wait_for: see
+                    await stop.wait()  # gateway.daemon.lifetime._wait_changed
                 break
             except TimeoutError:
                 continue

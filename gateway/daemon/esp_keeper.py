@@ -104,15 +104,20 @@ class EspKeeper(KeyLifetime):
             raise ValueError(f"epoch {epoch} of tunnel {self.name} is not newer than {self.epoch}")
         async with self._write:
             await self.tunnel.activate_outbound(keys.spi_out, keys.esp_out)
+            previous = self.epoch
             self._spis[epoch] = keys.spi_in
             self._active = (keys.spi_in, keys.spi_out)
+            # Epochs older than the one just superseded were retired by the core (or abandoned
+            # before it could: an SPI allocated for an exchange that never computed keys gets
+            # no Retire). Nobody sends on them now; their SAs, if any, go below.
+            stale = {self._spis.pop(e) for e in [e for e in self._spis if e < previous]}
             now = self._clock.now()
             self._activated(TunnelState(
                 self.name, epoch, self._clock.wall(), keys.key_ids, keys.mode,
                 "+".join(keys.achieved), self._clock.boot_id, now,
                 esp_fingerprint(self.name, epoch, keys.esp_in, keys.esp_out),
                 spi_in=keys.spi_in, spi_out=keys.spi_out), rekey_s)
-            orphans, self._orphans = self._orphans - {keys.spi_in}, set()
+            orphans, self._orphans = (self._orphans | stale) - {keys.spi_in}, set()
         for spi in sorted(orphans):  # older than the previous epoch: nobody sends on them
             with contextlib.suppress(Exception):
                 await self.tunnel.retire_inbound(spi)

@@ -182,6 +182,14 @@ class KeyLifetime:
     def _close_failed_text(self) -> str:
         return "its traffic could not be stopped"
 
+    async def _wait_changed(self, delay: float) -> None:
+        """Until the next change or ``delay`` seconds. Not ``asyncio.wait_for``: on Python 3.11
+        it loses a cancellation that arrives as the event is set, and this loop would then
+        outlive the daemon's TaskGroup (a SIGTERM that never finishes the stop)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._changed.wait()
+
     async def watch(self) -> None:
         """Long-running task: fail closed whenever the deadline passes without a new key, and
         retry a fail-closed that did not succeed. Never raises."""
@@ -189,8 +197,7 @@ class KeyLifetime:
             self._changed.clear()
             if self._close_pending is not None:
                 delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures - 1, 8))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
+                await self._wait_changed(delay)
                 if self._close_pending is not None:
                     await self._fail_closed(self._close_pending)
             elif not self._closed:
@@ -198,8 +205,7 @@ class KeyLifetime:
                 if delay <= 0:
                     await self._fail_closed(f"no successful rekey within {self._reject_after:g} s")
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), delay)
+                await self._wait_changed(delay)
             else:
                 await self._changed.wait()
 

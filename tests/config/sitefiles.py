@@ -76,8 +76,9 @@ def make_site_dir(directory: Path) -> Path:
 def copy_examples(directory: Path) -> Path:
     """The repository's example YAML files copied to ``directory``, keys generated there."""
     root = directory / "configs"
-    for sub in ("pair", "ronaqci"):
-        shutil.copytree(REPO / "configs" / sub, root / sub)
+    for sub in sorted((REPO / "configs").iterdir()):
+        if sub.is_dir() and sub.name not in ("keys", "pki"):
+            shutil.copytree(sub, root / sub.name)
     assert example_keys.main(["--root", str(root)]) == 0
     return root
 

@@ -6,19 +6,33 @@ key), and no key byte in any event. The real kernel: tests/vm/test_daemon_xfrm.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.daemon.actions import ActionRunner
+from gateway.daemon.clock import BootClock
 from gateway.daemon.esp_events import dispatch
 from gateway.daemon.esp_keeper import EspKeeper
 from gateway.daemon.lifetime import ALARM_CLOSE_FAILED, ALARM_EXPIRED
 from gateway.daemon.state import StateStore
 from gateway.dataplane.xfrm import SaAcquire, XfrmEventsLost
 from gateway.keymaterial import Secret
-from gateway.protocol import TunnelKeys
+from gateway.protocol import (
+    Activate,
+    AllocateSpi,
+    Expire,
+    Installed,
+    InstallFailed,
+    InstallKeys,
+    Retire,
+    SpiAllocated,
+    TunnelKeys,
+)
+from gateway.telemetry import TelemetryBus
 from tests.daemon.esp_sim import LOCAL, REMOTE, EspSim
 from tests.daemon.test_keeper import FakeClock
 
@@ -142,8 +156,6 @@ async def test_a_replaced_key_or_a_reboot_is_never_resumed(tmp_path: Path) -> No
 
 
 async def test_deadline_fails_closed_keeping_policies(tmp_path: Path) -> None:
-    from gateway.daemon.clock import BootClock
-
     rig = Rig(tmp_path, reject_after=0.2)
     rig.keeper._clock = BootClock()  # real time for the watch task
     await rig.keeper.start()
@@ -257,3 +269,64 @@ async def test_close_tears_down_only_when_asked(tmp_path: Path) -> None:
     assert rig.sim.outbound and rig.sim.policies == 3 and rig.sim.closed_sockets == 1
     await rig.keeper.close(teardown=True)
     assert not rig.sim.outbound and rig.sim.policies == 0
+
+
+async def test_the_action_runner_drives_an_esp_tunnel_through_the_protocols_actions(
+        tmp_path: Path) -> None:
+    """AllocateSpi -> SpiAllocated, InstallKeys -> Installed (or InstallFailed), Activate,
+    Retire, Expire: the same runner as for WireGuard, no kind-specific branch."""
+    rig = Rig(tmp_path)
+    await rig.keeper.start()
+    fed: list[object] = []
+    runner = ActionRunner(pools={}, sources={}, keepers={"t1": rig.keeper},
+                          bus=TelemetryBus(), feed=fed.append)
+    task = asyncio.create_task(runner.run())
+
+    async def settle(n: int) -> None:
+        for _ in range(200):
+            if len(fed) >= n:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"runner fed {fed}")
+
+    try:
+        runner.submit(AllocateSpi("t1", 1))
+        await settle(1)
+        assert isinstance(fed[0], SpiAllocated) and rig.sim.inbound[fed[0].spi] is None
+        keys = rig.tunnel_keys(fed[0].spi, 0x9001)
+        runner.submit(InstallKeys("t1", 1, keys))
+        await settle(2)
+        assert fed[1] == Installed("t1", 1) and rig.sim.inbound[keys.spi_in] == keys.esp_in
+        runner.submit(Activate("t1", 1))
+        for _ in range(200):
+            if rig.sim.outbound:
+                break
+            await asyncio.sleep(0.01)
+        assert rig.sim.outbound == {0x9001: keys.esp_out} and not rig.keeper.closed
+        rig.sim.broken = True  # the kernel refuses the next inbound SA
+        runner.submit(InstallKeys("t1", 2, rig.tunnel_keys(0x2222, 0x9002)))
+        await settle(3)
+        assert isinstance(fed[2], InstallFailed) and "ENOBUFS" in fed[2].reason
+        rig.sim.broken = False
+        runner.submit(Retire("t1", 1))
+        runner.submit(Expire("t1", 1, "no new key within reject_after"))
+        for _ in range(200):
+            if rig.keeper.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert rig.keeper.closed and not rig.sim.inbound and not rig.sim.outbound
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    rig.assert_no_key_in_events()
+
+
+async def test_spis_of_exchanges_never_retired_do_not_pile_up(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    await rig.keeper.start()
+    await rig.rollover(1, 0x9001)
+    abandoned = await rig.keeper.allocate_spi(2)  # aborted while gathering: no Retire comes
+    await rig.rollover(3, 0x9003)
+    await rig.rollover(4, 0x9004)
+    assert abandoned not in rig.sim.inbound and set(rig.keeper._spis) <= {3, 4}

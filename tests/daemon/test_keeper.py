@@ -323,3 +323,20 @@ async def test_concurrent_fail_closed_paths_write_once(tmp_path: Path) -> None:
     await asyncio.gather(keeper.expire("protocol Expire"), keeper.expire("deadline"))
     assert keeper.closed and inst.installs == installs + 1
     assert [e for e, _ in events].count("tunnel_failed_closed") == 2  # start, then once
+
+
+async def test_watch_ends_when_cancelled_as_a_change_arrives(tmp_path: Path) -> None:
+    """A SIGTERM must end the daemon's TaskGroup even when it coincides with an activation:
+    asyncio.wait_for on Python 3.11 lost such a cancellation and the watch loop ran on."""
+    keeper, _inst, _ev, _al, _store = make(tmp_path, FakeClock(), reject_after=3600.0)
+    await keeper.start()
+    await keeper.activate(1, Secret(b"k" * 32), (), "qkd+pqc", "qkd+pqc")
+    for _ in range(50):
+        task = asyncio.create_task(keeper.watch())
+        for _ in range(3):
+            await asyncio.sleep(0)  # parked in its wait for a change
+        keeper._changed.set()  # the change and the cancel in one loop iteration
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert done, "the watch loop survived its cancellation"
+        assert task.cancelled()
