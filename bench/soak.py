@@ -1,7 +1,7 @@
 """Soak: N tunnels between two real gateways rotating every R seconds for D seconds.
 
     .venv/bin/python bench/soak.py [--tunnels 16] [--interval 10] [--duration 600]
-                                   [--out docs/img/soak.svg] [--json soak.json]
+                                   [--out docs/img/soak.svg] [--json soak.json] [--logs DIR]
 
 Two real `qkd-gateway run` daemons in network namespaces talk the real peer protocol over TCP
 and fetch real keys from the embedded KME network (`qkd-gateway kms-sim` in its own namespace,
@@ -15,10 +15,12 @@ Pass criteria, printed at the end (exit 1 if one fails):
 * no key reused: every QKD key ID appears in one activation only;
 * flat RSS and fd count: sampled from /proc every 5 s; the last quarter's mean RSS stays within
   10 % (+4 MiB) of the second quarter's, the fd count within +2 (the first quarter is warm-up);
-* 0 keys wasted while running: every key the KME handed out (its stock before minus after) went
-  into exactly one activation, or was still in a daemon's prefetch pool at the clean SIGTERM
-  (reported separately: the daemons count those as `daemon_stopped.keys_wasted`; the pool is
-  sized small, n/2 keys, to keep that bounded).
+* 0 keys wasted while running, and every key accounted for: each key the KME handed out (its
+  stock before minus after) went into exactly one activation, or was reported by the daemon that
+  took it as discarded (`keys_discarded`, role master, with a reason), or was still in a prefetch
+  pool at the clean SIGTERM (`daemon_stopped.keys_wasted`; the pool is sized small, n/2 keys).
+  Keys the daemons still held at the stop are reported with reason `shutdown`; any other reason
+  is a key wasted while running. drawn - activated - discarded - left in pools must be 0.
 
 The plot (RSS and fds of both daemons over time) is an SVG written by hand, no plotting
 library needed.
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -128,6 +131,12 @@ def svg_plot(samples: dict[str, list[tuple[float, float, int]]], path: Path, tit
     path.write_text("\n".join(parts) + "\n")
 
 
+def keep_logs(paths: list[Path], into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        shutil.copy(path, into / f"{path.parent.name}-{path.name}")
+
+
 def quarter_means(series: list[tuple[float, float, int]], idx: int) -> tuple[float, float]:
     q = max(1, len(series) // 4)
     second = [s[idx] for s in series[q:2 * q]] or [series[0][idx]]
@@ -135,7 +144,8 @@ def quarter_means(series: list[tuple[float, float, int]], idx: int) -> tuple[flo
     return statistics.fmean(second), statistics.fmean(last)
 
 
-async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
+async def soak(n: int, interval: float, duration: float,
+               logs: Path | None = None) -> dict[str, Any]:
     reject_after = interval * 3
     rotations = int(duration / interval)
     # Keys: one per rotation per tunnel (plus the daemons' pool prefetch), with margin.
@@ -183,8 +193,9 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
             await asyncio.sleep(SAMPLE_S)
         for p in lab.daemons.values():
             os.kill(p.pid, signal.SIGTERM)
-        for p in lab.daemons.values():
-            await p.wait(60)
+        # A loaded machine stops 1,000 tunnels slowly; without its daemon_stopped event a
+        # daemon's pools and held keys are missing from the balance.
+        exits = {nm: await lab.daemons[nm].wait(max(60.0, n * 0.3)) for nm in names}
         drawn = stock_before - sum((await lab.kms_op("info"))["stock"].values())
         result: dict[str, Any] = {"tunnels": n, "interval_s": interval, "duration_s": duration,
                                   "warmup_s": round(warmup_s, 1), "sites": {}}
@@ -201,6 +212,10 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                 per_tunnel_epochs[nm].setdefault(e["tunnel"], {})[e["epoch"]] = \
                     tuple(e["key_ids"])
             stopped = lab.events(nm, "daemon_stopped")
+            discards: dict[str, dict[str, int]] = {"master": {}, "slave": {}}
+            for e in lab.events(nm, "keys_discarded"):
+                side = discards[e.get("role", "master")]
+                side[e["reason"]] = side.get(e["reason"], 0) + int(e["count"])
             unusual = {ev: len(lab.events(nm, ev)) for ev in UNUSUAL}
             rss2, rss4 = quarter_means(samples[nm], 1)
             fd2, fd4 = quarter_means(samples[nm], 2)
@@ -215,6 +230,8 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
                 "rss_mib_max": max(s[1] for s in samples[nm]),
                 "fds_max": max(s[2] for s in samples[nm]),
                 "unusual_events": {k: v for k, v in unusual.items() if v},
+                "keys_discarded": discards,
+                "exit_code": exits[nm],
             }
         a, b = (per_tunnel_epochs[nm] for nm in names)
         mismatched = sum(1 for t in a for ep in set(a[t]) & set(b.get(t, {}))
@@ -225,9 +242,19 @@ async def soak(n: int, interval: float, duration: float) -> dict[str, Any]:
         used = len({k for nm in names for e in lab.events(nm, "tunnel_rekeyed")
                     for k in e["key_ids"]})
         left = sum(s["keys_wasted"] or 0 for s in result["sites"].values())
+        by_reason: dict[str, int] = {}
+        for s in result["sites"].values():
+            for reason, count in s["keys_discarded"]["master"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + count
+        discarded = sum(by_reason.values())
         result["kms"] = {"keys_drawn": drawn, "keys_used": used, "left_in_pools_at_stop": left,
-                         "wasted_while_running": drawn - used - left}
+                         "discarded_by_reason": by_reason,
+                         "held_at_stop": by_reason.get("shutdown", 0),
+                         "wasted_while_running": discarded - by_reason.get("shutdown", 0),
+                         "unaccounted": drawn - used - left - discarded}
         result["samples"] = samples
+        if logs is not None:  # the lab's directory goes with it: keep the daemons' logs
+            keep_logs([s.log_path for s in lab.plan.sites], logs)
         return result
 
 
@@ -235,6 +262,8 @@ def verdict(r: dict[str, Any]) -> list[str]:
     problems = []
     need = int(r["duration_s"] / r["interval_s"]) - 2
     for nm, s in r["sites"].items():
+        if s["exit_code"] != 0:
+            problems.append(f"{nm}: did not stop cleanly on SIGTERM (exit {s['exit_code']})")
         if s["failed_closed"]:
             problems.append(f"{nm}: {s['failed_closed']} tunnel(s) failed closed")
         if s["min_rotations_per_tunnel"] < need:
@@ -248,6 +277,9 @@ def verdict(r: dict[str, Any]) -> list[str]:
             problems.append(f"{nm}: fds grew {s['fds_q2']} -> {s['fds_q4']}")
     if r["kms"]["wasted_while_running"] != 0:
         problems.append(f"keys wasted while running: {r['kms']}")
+    if r["kms"]["unaccounted"] != 0:
+        problems.append(f"keys not accounted for (drawn - activated - discarded - left in "
+                        f"pools): {r['kms']}")
     if r["epochs_with_different_key_ids"]:
         problems.append(f"{r['epochs_with_different_key_ids']} epochs with different key IDs")
     return problems
@@ -260,8 +292,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=Path("docs/img/soak.svg"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--logs", type=Path, default=None, help="copy the daemons' logs here")
     args = p.parse_args()
-    r = asyncio.run(soak(args.tunnels, args.interval, args.duration))
+    r = asyncio.run(soak(args.tunnels, args.interval, args.duration, args.logs))
     svg_plot(r["samples"], args.out,
              f"soak: {r['tunnels']} tunnels, rotation every {r['interval_s']:g} s, "
              f"{r['duration_s'] / 60:g} min")

@@ -36,6 +36,7 @@ from gateway.config.sources import GeneratedKey, SecretSource
 from gateway.config.tunnels import Tunnel
 
 __all__ = [
+    "DaemonSettings",
     "GatewayConfig",
     "Identity",
     "Kms",
@@ -58,6 +59,12 @@ DEFAULT_LISTEN_PORT = 7447
 # off, so a dead broker would go unnoticed); gateway.telemetry refuses less than 5 s.
 MQTT_MIN_KEEPALIVE = 5.0
 MQTT_MAX_KEEPALIVE = 65535.0
+# The daemon's reconcile pass (data plane and keys compared with the declared state, drift such
+# as a killed wireguard-go or a peer deleted by hand restored). Each pass dumps every interface,
+# so more often than every second would keep a big hub busy; drift must not outlast an hour.
+RECONCILE_DEFAULT = 30.0
+RECONCILE_MIN = 1.0
+RECONCILE_MAX = 3600.0
 
 
 class _Strict(BaseModel):
@@ -262,6 +269,21 @@ class Telemetry(_Strict):
     metrics: MetricsSettings | None = None
 
 
+class DaemonSettings(_Strict):
+    """How the daemon itself runs."""
+
+    reconcile_interval: Duration = RECONCILE_DEFAULT
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DaemonSettings:
+        if not RECONCILE_MIN <= self.reconcile_interval <= RECONCILE_MAX:
+            raise fail("duration_range", f"{format_duration(self.reconcile_interval)} is outside "
+                       f"{format_duration(RECONCILE_MIN)} to {format_duration(RECONCILE_MAX)} "
+                       "(each pass dumps every interface; drift must not last longer)",
+                       "write e.g. 30s", "reconcile_interval")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The whole file. Build it with :func:`gateway.config.load_config`, which also runs the
     checks across sections (unique names, references, overlapping subnets)."""
@@ -274,6 +296,7 @@ class GatewayConfig(_Strict):
     peers: list[Peer] = Field(default_factory=list)
     tunnels: list[Tunnel] = Field(default_factory=list)
     telemetry: Telemetry = Field(default_factory=Telemetry)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     def peer(self, name: str) -> Peer:
         return next(p for p in self.peers if p.name == name)

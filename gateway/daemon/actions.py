@@ -34,6 +34,7 @@ from gateway.protocol import (
     Installed,
     InstallFailed,
     InstallKeys,
+    KeysDiscarded,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -96,7 +97,20 @@ class ActionRunner:
 
     def submit(self, action: Action) -> None:
         """Called synchronously by the transport for every action the core emits."""
+        if isinstance(action, KeysDiscarded):
+            self._discarded(action)  # at once: at shutdown the lanes have stopped already
+            return
         self._queue.put_nowait(action)
+
+    def _discarded(self, a: KeysDiscarded) -> None:
+        """QKD keys the core dropped unused: one event (counted in qkd_gateway_events_total) and
+        qkd_gateway_keys_wasted_total{kms}; never key bytes or key IDs. Only the master's keys
+        (``taken``) count as wasted stock: the slave logs its side of the same keys."""
+        self._bus.emit("keys_discarded", level="info" if a.reason == "shutdown" else "warning",
+                       tunnel=a.tunnel, epoch=a.epoch, kms=a.kms, count=a.count,
+                       reason=a.reason, role="master" if a.taken else "slave")
+        if a.taken and self._bus.metrics is not None:
+            self._bus.metrics.add_keys_wasted(a.kms, a.count)
 
     async def run(self) -> None:
         """Long-running task: dispatch actions to one lane (task) per tunnel."""
@@ -234,7 +248,10 @@ class ActionRunner:
         keys = self._pending.pop((a.tunnel, a.epoch), None)
         keeper = self._keepers.get(a.tunnel)
         if keys is None or keeper is None:
+            # The core must not believe a key is in use that the data plane never got: it
+            # reverts, tells the peer and rekeys (a tunnel removed meanwhile is simply gone).
             self._bus.emit("activate_without_keys", level="error", tunnel=a.tunnel, epoch=a.epoch)
+            self._feed(ActivateFailed(a.tunnel, a.epoch, "no keys or no keeper for this epoch"))
             return
         for (tunnel, epoch) in [k for k in self._pending if k[0] == a.tunnel and k[1] < a.epoch]:
             del self._pending[(tunnel, epoch)]

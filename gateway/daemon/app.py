@@ -260,9 +260,16 @@ class Daemon:
         """Bring one tunnel up: its keeper resumes or starts closed; the protocol core learns
         its last epoch (and, when resumed, that epoch's age, so the next rekey follows the
         schedule instead of starting at once)."""
+        await self.keepers[name].start()
+        self.attach_tunnel(name)
+
+    def attach_tunnel(self, name: str) -> None:
+        """The synchronous half of :meth:`start_tunnel`: tell the protocol core the started
+        keeper's epoch, schedule it and watch its deadline. A live reload starts the keepers of
+        added tunnels first, then reconfigures the core and attaches them with no await in
+        between, so no exchange can activate a key before its keeper exists."""
         assert self._tg is not None
         keeper = self.keepers[name]
-        await keeper.start()
         activated = keeper.activated
         if activated is not None:
             age = keeper.clock_now() - activated
@@ -289,6 +296,7 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         self.notifier.stopping("shutting down")
+        self.bus.emit("daemon_stopping")
         with contextlib.suppress(Exception):
             await self.endpoint.aclose()
         await self.control.close()
@@ -312,7 +320,9 @@ class Daemon:
     # -- periodic tasks -----------------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(RECONCILE_INTERVAL)
+            # Read at every pass: a reload that changes daemon.reconcile_interval takes effect
+            # after the current wait.
+            await asyncio.sleep(self.cfg.daemon.reconcile_interval)
             for iface in list(self.tunnels.interfaces.values()):
                 try:
                     fixed = await iface.reconcile()

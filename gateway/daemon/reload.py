@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig, Tunnel, load_config
 from gateway.daemon.build import build_kms, build_peers, build_pools
+from gateway.protocol import PolicyError, validate_peers
 from gateway.telemetry import configure_logging
 
 if TYPE_CHECKING:
@@ -124,10 +125,13 @@ class ConfigReloader:
                                  for key in diff.restart_needed])
         peers, addresses = build_peers(new)
         try:
-            # Protocol first: it knows the new tunnel set before any tunnel starts or stops.
-            d.endpoint.reconfigure(peers, addresses)
-        except ValueError as exc:
+            validate_peers(d.node.sae_id, peers)
+        except PolicyError as exc:
             return self._refuse([str(exc)])
+        # Everything an added tunnel needs exists before the protocol core learns of it: the
+        # peer may open the session and finish the first exchange at once, and its keys must
+        # find their pool, its Activate its keeper. Removed tunnels go first (an Activate that
+        # still arrives for one finds no keeper and is refused back to the core).
         await self._swap_kms(new)
         for name in diff.removed:
             await d.tunnels.remove(name)
@@ -139,12 +143,15 @@ class ConfigReloader:
                 # Another data plane (wireguard <-> xfrm): the old one goes down cleanly, the
                 # new one comes up below (closed until the rekey that follows).
                 await d.tunnels.remove(name)
-        d.cfg = new
         created = d.tunnels.build(new.tunnels)
         for iface in d.tunnels.take_dirty():
             await iface.reconcile()
         for name in created:
-            await d.start_tunnel(name)
+            await d.keepers[name].start()
+        d.cfg = new
+        d.endpoint.reconfigure(peers, addresses)
+        for name in created:  # no await since reconfigure: nothing ran in between
+            d.attach_tunnel(name)
         for name in diff.changed:
             d.schedule(name)
             with contextlib.suppress(ValueError):  # no session yet: it rekeys when it is back

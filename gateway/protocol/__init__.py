@@ -30,6 +30,7 @@ from gateway.protocol.errors import (
     WireError,
 )
 from gateway.protocol.events import (
+    DISCARD_REASONS,
     Action,
     Activate,
     ActivateFailed,
@@ -43,6 +44,7 @@ from gateway.protocol.events import (
     InstallFailed,
     InstallKeys,
     Job,
+    KeysDiscarded,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -55,13 +57,14 @@ from gateway.protocol.events import (
     TakeQkdKeys,
     TunnelKeys,
 )
-from gateway.protocol.machine import Node, TunnelStatus
+from gateway.protocol.machine import Node, TunnelStatus, validate_peers
 from gateway.protocol.policy import Kind, Mode, TunnelPolicy
 from gateway.protocol.reconfig import PeerConfig
 from gateway.protocol.transport import Endpoint, PeerAddress
 
 __all__ = [
     "DEFAULT_PORT",
+    "DISCARD_REASONS",
     "MAX_FRAME",
     "Action",
     "Activate",
@@ -83,6 +86,7 @@ __all__ = [
     "InstallKeys",
     "Installed",
     "Job",
+    "KeysDiscarded",
     "KeysFetchFailed",
     "KeysFetched",
     "KeysTakeFailed",
@@ -115,4 +119,5 @@ __all__ = [
     "WireError",
     "combine",
     "confirm_mac",
+    "validate_peers",
 ]

@@ -22,6 +22,7 @@ from gateway.keymaterial import Secret
 from gateway.kms.types import QKDKey
 
 __all__ = [
+    "DISCARD_REASONS",
     "Action",
     "Activate",
     "ActivateFailed",
@@ -35,6 +36,7 @@ __all__ = [
     "InstallKeys",
     "Installed",
     "Job",
+    "KeysDiscarded",
     "KeysFetchFailed",
     "KeysFetched",
     "KeysTakeFailed",
@@ -152,9 +154,42 @@ class SessionUp:
     initiator: bool
 
 
+#: Why QKD keys were dropped without being activated (``KeysDiscarded.reason``).
+DISCARD_REASONS = {
+    "collision": "lost a rekey collision after our RekeyInit (with the key IDs) was sent",
+    "peer_refused": "the peer answered our RekeyInit with a RekeyAbort",
+    "abort": "the exchange failed after the key IDs were sent or the keys fetched",
+    "timeout": "the exchange did not finish within rekey_timeout",
+    "session_lost": "the session ended while the exchange was running",
+    "superseded": "the peer's newer RekeyInit replaced the exchange we had fetched for",
+    "peer_fetch_failed": "mode any: the peer could not fetch this path's key",
+    "unusable": "the KMS returned a key of the wrong size or ID",
+    "late": "a fetch answered after its exchange had ended",
+    "expired": "an unused key kept for the next attempt grew older than SPARE_KEY_MAX_AGE",
+    "removed": "the tunnel was removed from the configuration",
+    "shutdown": "the daemon stopped with the key unused",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeysDiscarded:
+    """``count`` QKD keys of KMS path ``kms`` that left the KMS for this tunnel and are dropped
+    without being activated; ``reason`` is a key of DISCARD_REASONS. Carries no key bytes and no
+    key IDs. ``taken``: this side took them from its own pool (it is the ETSI 014 master: they
+    count against its KME stock); False: it fetched them by ID as the slave (the peer took them
+    and reports them too, so a site's stock balance counts the ``taken`` ones only)."""
+
+    tunnel: str
+    epoch: int
+    kms: str
+    count: int
+    reason: str
+    taken: bool
+
+
 Action = (
     TakeQkdKeys | FetchQkdKeys | AllocateSpi | InstallKeys | Activate | Retire | Expire | Alarm
-    | Close | SessionUp
+    | Close | SessionUp | KeysDiscarded
 )
 
 

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from gateway.identity import SiteIdentity
 from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
 from gateway.protocol.errors import PolicyError
-from gateway.protocol.events import Action, Alarm, Event, Output
+from gateway.protocol.events import (
+    Action,
+    Alarm,
+    Event,
+    KeysDiscarded,
+    KeysFetched,
+    KeysTaken,
+    Output,
+)
 from gateway.protocol.exchange import Sink
 from gateway.protocol.handshake import PeerInfo
 from gateway.protocol.inner import (
@@ -42,7 +50,7 @@ from gateway.protocol.session import Conn, SessionLayer
 from gateway.protocol.sync import PolicyView
 from gateway.protocol.timers import TimerHeap
 
-__all__ = ["Node", "PeerConfig", "TunnelStatus"]
+__all__ = ["Node", "PeerConfig", "TunnelStatus", "validate_peers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +111,7 @@ class Node(SessionLayer):
         self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
         self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
         self._digests: dict[str, bytes] = {}
-        _validate(sae_id, peers)
+        validate_peers(sae_id, peers)
         self._apply_config(peers, 0.0, Output.empty())
 
     # -- inputs ------------------------------------------------------------------------------
@@ -113,6 +121,19 @@ class Node(SessionLayer):
         if t is not None:
             t.on_event(event, now, self._sink(out, t.peer, now))
             self._touch(t, now, out)
+        elif isinstance(event, KeysTaken | KeysFetched) and event.keys:
+            # The tunnel was removed while its keys were on their way.
+            out.actions.append(KeysDiscarded(event.tunnel, event.epoch, event.kms,
+                                             len(event.keys), "removed",
+                                             isinstance(event, KeysTaken)))
+        return out
+
+    def shutdown(self, now: float) -> Output:
+        """The daemon stops: every QKD key a tunnel still holds (spares kept for the next
+        attempt, an unfinished exchange's) is reported as discarded, reason ``shutdown``."""
+        out = Output.empty()
+        for t in self.tunnels.values():
+            t.drop_keys("shutdown", self._sink(out, t.peer, now))
         return out
 
     def tick(self, now: float) -> Output:
@@ -149,7 +170,7 @@ class Node(SessionLayer):
         the peer (an in-session PolicyUpdate) and rekeyed once both ends agree. A peer whose
         SAE ID or keys changed gets a new session. Raises PolicyError (and changes nothing)
         when the new configuration is inconsistent."""
-        _validate(self.sae_id, peers)
+        validate_peers(self.sae_id, peers)
         out = Output.empty()
         self._apply_config(peers, now, out)
         return out
@@ -330,6 +351,9 @@ class Node(SessionLayer):
             nxt.queued = False
             if not nxt.waiting or nxt.enabled_at is None or nxt.pending:
                 continue
+            if nxt.stand_by(now):  # late: the backup steps in about now
+                self._heap.schedule(nxt, nxt.wakeup())
+                continue
             nxt.start(now, self._sink(out, nxt.peer, now))
             self._heap.schedule(nxt, nxt.wakeup())
             if nxt.pending is not None and nxt.pending.initiator:
@@ -339,7 +363,9 @@ class Node(SessionLayer):
         apply_config(self, peers, now, out)
 
 
-def _validate(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
+def validate_peers(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
+    """What :meth:`Node.reconfigure` refuses (PolicyError), checked without changing anything:
+    a live reload checks first, then prepares the added tunnels, then reconfigures."""
     saes = {p.sae_id for p in peers.values()}
     if len(saes) != len(peers) or sae_id in saes:
         raise PolicyError("every peer needs its own SAE ID, different from this site's")

@@ -12,11 +12,14 @@
     RekeyConfirm(MAC_i) ->; Activate                  check MAC_i; Activate
                                    <- Keepalive(epoch, key check)   (the acknowledgement)
 
-Either side may abort with RekeyAbort. QKD keys the peer may have fetched are then discarded
-(consumed at the KMS); keys it provably never fetched (aborted while gathering, a lost collision,
-refused as STALE_EPOCH or UNKNOWN_TUNNEL) are kept as spares for the next attempt. Only the
-initiator retries. Collisions: the side with the lower SAE ID wins; the other drops its attempt.
-Timers, activation, key checks and retries are in tunnel.py.
+Either side may abort with RekeyAbort. QKD keys whose IDs were sent to the peer are then
+discarded (whatever the peer answers: a key ID the peer has seen is never offered again); keys
+whose IDs never left this host (aborted while gathering, a collision lost before our RekeyInit
+went out, a take answered after its attempt ended) are kept as spares for the next attempt.
+Every discarded key is reported (``KeysDiscarded`` with a reason). Only the initiator retries.
+Collisions: the side with the lower SAE ID wins once its RekeyInit is out; the other drops its
+attempt. A side still gathering yields to the peer's RekeyInit at no cost. Timers,
+activation, key checks, retries and the spares are in tunnel.py.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from gateway.protocol.events import (
     Installed,
     InstallFailed,
     InstallKeys,
+    KeysDiscarded,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -74,8 +78,6 @@ from gateway.protocol.tunnel import TunnelState
 __all__ = ["Tunnel"]
 
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-# A peer's refusal that proves it never fetched our keys: they stay usable.
-_REFUSED_BEFORE_FETCH = (AbortCode.STALE_EPOCH, AbortCode.UNKNOWN_TUNNEL)
 
 
 class Tunnel(TunnelState):
@@ -87,7 +89,7 @@ class Tunnel(TunnelState):
         self.last_attempt, self.waiting = epoch, False
         p = self.pending = Exchange(True, epoch, now, set())
         for k in self.policy.kms:
-            spare = self.take_spare(k, now)
+            spare = self.take_spare(k, now, sink)
             if spare is not None:
                 p.key_ids[k], p.qkd[k], p.since[k] = spare
             else:
@@ -140,6 +142,8 @@ class Tunnel(TunnelState):
                 self.used.add(kms, (p.key_ids[kms],))  # derived from: used
             elif offered >> n & 1:
                 self._path_dropped(kms, "the peer could not fetch its key", sink)
+                p.qkd.pop(kms, None)
+                sink.act(KeysDiscarded(self.name, p.epoch, kms, 1, "peer_fetch_failed", True))
         p.keys, p.resp, p.stage = keys, m, "installing"
         mine = tunnel_keys(self.policy, t, keys, local_initiator=True, spi_in=p.init.spi,
                            spi_out=m.spi)
@@ -149,9 +153,16 @@ class Tunnel(TunnelState):
     def _on_init(self, m: RekeyInit, now: float, sink: Sink) -> None:
         p = self.pending
         if p is not None and p.initiator:
-            if self.preferred:
+            if self.preferred and p.stage != "gather":
                 return  # collision, we win: the peer drops its attempt when it sees ours
-            self.salvage(p, now)  # collision, we lose: the winner ignores our RekeyInit
+            # Collision, we lose: the winner ignores our RekeyInit, so the keys whose IDs it
+            # carried are spent. Still gathering (the preferred side too: under load its start
+            # waits for an exchange slot and the KMS, and the backup steps in), nobody has seen
+            # our key IDs: we yield to the peer's RekeyInit and keep the keys for next time.
+            if p.stage == "gather":
+                self.salvage(p, now)
+            else:
+                self.discard(p, "collision", sink)
             if p.keys is not None:
                 sink.act(Retire(self.name, p.epoch))
             p = self.pending = None
@@ -165,8 +176,10 @@ class Tunnel(TunnelState):
         if code is not None:
             sink.send(RekeyAbort(self.name, m.epoch, code, self.highest))
             return
-        if p is not None and p.keys is not None:
-            sink.act(Retire(self.name, p.epoch))  # a newer request replaces an unfinished one
+        if p is not None:  # a newer request replaces an unfinished one
+            if p.keys is not None:
+                sink.act(Retire(self.name, p.epoch))
+            self.discard(p, "superseded", sink)
         self.highest = m.epoch
         waiting = {f"kms:{k}" for k, i in zip(self.policy.kms, m.key_ids, strict=True) if i}
         if self.policy.kind is Kind.ESP:
@@ -236,10 +249,10 @@ class Tunnel(TunnelState):
         p = self.pending
         if p is not None and p.epoch == m.epoch:
             self._abort(sink, m.code, now, tell_peer=False,
-                        salvage=m.code in _REFUSED_BEFORE_FETCH)
+                        reason="peer_refused" if p.initiator else "abort")
             if m.code is AbortCode.STALE_EPOCH and adopted and p.initiator:
                 self.failures = max(0, self.failures - 1)
-                self.retry_at = now  # resynchronised: retry at once (with the same keys)
+                self.retry_at = now  # resynchronised: retry at once (with new keys)
         elif m.epoch == self.active_epoch and m.epoch:
             # The peer never switched to the epoch we activated (our RekeyConfirm came too late)
             # or could not: rekey now rather than run on mismatched keys until the next rekey.
@@ -255,11 +268,14 @@ class Tunnel(TunnelState):
             self.on_activate_failed(ev.epoch, ev.reason, now, sink)
             return
         p = self.pending
-        if p is None or ev.epoch != p.epoch:
-            return  # result for an abandoned exchange: its keys are simply dropped
-        if isinstance(ev, KeysTaken | KeysTakeFailed) != p.initiator and isinstance(
-                ev, KeysTaken | KeysTakeFailed | KeysFetched | KeysFetchFailed):
-            return  # a take answers only our own attempt, a fetch only the peer's
+        if p is None or ev.epoch != p.epoch or (
+                isinstance(ev, KeysTaken | KeysTakeFailed) != p.initiator and isinstance(
+                    ev, KeysTaken | KeysTakeFailed | KeysFetched | KeysFetchFailed)):
+            # A result for an abandoned exchange (a take answers only our own attempt, a fetch
+            # only the peer's).
+            if isinstance(ev, KeysTaken | KeysFetched):
+                self.orphan_keys(ev, now, sink)
+            return
         if isinstance(ev, KeysTaken | KeysFetched):
             self._on_keys(p, ev, now, sink)
         elif isinstance(ev, KeysTakeFailed | KeysFetchFailed):
@@ -293,9 +309,21 @@ class Tunnel(TunnelState):
             sink.act(Alarm("install_failed", self.peer, self.name, ev.reason))
             self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True)
 
+    def orphan_keys(self, ev: KeysTaken | KeysFetched, now: float, sink: Sink) -> None:
+        """Keys that arrived after their exchange ended. Taken ones were never announced to
+        anyone: kept as spares. Fetched ones were the peer's: reported as discarded."""
+        taken = isinstance(ev, KeysTaken)
+        good = [k for k in ev.keys if len(k.key) == QKD_KEY_LEN] if taken else []
+        for k in good:
+            self.keep_spare(ev.kms, (k.key_id, k.key, now))
+        if len(ev.keys) > len(good):
+            sink.act(KeysDiscarded(self.name, ev.epoch, ev.kms, len(ev.keys) - len(good),
+                                   "unusable" if taken else "late", taken))
+
     def _on_keys(self, p: Exchange, ev: KeysTaken | KeysFetched, now: float, sink: Sink) -> None:
         tag = f"kms:{ev.kms}"
         if tag not in p.waiting:
+            self.orphan_keys(ev, now, sink)  # a second answer for the same path
             return
         want = p.key_ids.get(ev.kms)
         ok = len(ev.keys) == 1 and len(ev.keys[0].key) == QKD_KEY_LEN and (
@@ -304,6 +332,8 @@ class Tunnel(TunnelState):
             sink.act(Alarm("qkd_key_invalid", self.peer, self.name,
                            f"kms {ev.kms} returned an unusable key (need one 256-bit key"
                            + ("" if want is None else f" with ID {want}") + ")"))
+            sink.act(KeysDiscarded(self.name, ev.epoch, ev.kms, len(ev.keys), "unusable",
+                                   isinstance(ev, KeysTaken)))
             self._abort(sink, AbortCode.FETCH_FAILED, now, tell_peer=not p.initiator)
             return
         p.waiting.discard(tag)

@@ -185,13 +185,14 @@ class Endpoint:
             self._listener.close()
         for t in list(self._tasks):
             t.cancel()
+        # Links first: a dialer whose cancel was lost (3.11's wait_for) waits on its link.
+        for transport in [lk.transport for lk in self._links.values() if lk.transport]:
+            transport.abort()
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for link in list(self._links.values()):
-            if link.transport is not None:
-                link.transport.abort()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._apply(self.node.shutdown(self._now))  # keys still held: reported, not lost
 
     # -- connections -------------------------------------------------------------------------
     def _accept_ready(self) -> None:
@@ -347,7 +348,7 @@ class Endpoint:
     async def _dialer(self, addr: PeerAddress) -> None:
         failures = 0
         gone = self._session_gone.setdefault(addr.peer, asyncio.Event())
-        while True:
+        while not self._closing:
             while self.node.session_conn(addr.peer) is not None:
                 gone.clear()  # a session exists (perhaps dialled by the peer): wait for its end
                 await gone.wait()
@@ -361,6 +362,9 @@ class Endpoint:
                          error=type(exc).__name__)
                 failures += 1
             else:
+                if self._closing and link.transport is not None:  # see aclose
+                    link.transport.abort()
+                    return
                 link.conn = next(self._ids)
                 self._links[link.conn] = link
                 started = self._now

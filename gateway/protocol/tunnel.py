@@ -15,7 +15,13 @@ The exchange transitions live in rekey.py (class Tunnel builds on this one). Kep
 * **Retries** back off 1 s doubling to 30 s; a session lost while our RekeyInit was out counts as
   a failure (an on-path attacker resetting TCP after each RekeyInit gains nothing), and the
   backoff survives the next session. It resets only when a key is activated.
-* **Spare keys**: QKD keys of an attempt the peer provably never fetched are kept for the next.
+* **Spare keys**: QKD keys whose IDs never left this host (the attempt was aborted while
+  gathering, lost a collision before its RekeyInit went out, or the take answered after the
+  attempt had ended) are kept for the next attempt. A key whose ID was sent to the peer is never
+  offered again, whatever the peer answers.
+* **Discarded keys**: every other QKD key that left the KMS for this tunnel and is not activated
+  is reported once, with a reason (``KeysDiscarded``), so a site's KME stock balances:
+  taken = activated + discarded + still held (spare or unfinished exchange).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import random
 
 from gateway.keymaterial import Secret
 from gateway.protocol.constants import SPARE_KEY_MAX_AGE, Timers
-from gateway.protocol.events import Activate, Alarm, Expire, Retire
+from gateway.protocol.events import Activate, Alarm, Expire, KeysDiscarded, Retire
 from gateway.protocol.exchange import Exchange, Sink
 from gateway.protocol.inner import (
     CHECK_ANSWER,
@@ -42,6 +48,8 @@ from gateway.protocol.policy import TunnelPolicy
 __all__ = ["TunnelState"]
 
 _NO_CHECK = bytes(CHECK_LEN)
+
+Spare = tuple[str, Secret, float]  # (key ID, key, taken at)
 
 
 class TunnelState:
@@ -66,6 +74,7 @@ class TunnelState:
         self.retry_at: float | None = None
         self.pending: Exchange | None = None
         self.waiting = False  # due, but the peer's exchange slots are full
+        self.hold_until: float | None = None  # standing by for the backup (see stand_by)
         self.queued = False  # in the node's queue of waiting tunnels
         self.unacked: int | None = None  # epoch we activated as initiator, not yet acknowledged
         self.unacked_at = 0.0
@@ -73,7 +82,7 @@ class TunnelState:
         self.diverged = False  # key_divergence raised, cleared by the next activation
         self.paths_dropped = False  # qkd_path_dropped raised (mode any), cleared when all back
         self.policy_changed = False  # reconfigured: rekey once both ends hold the new policy
-        self.spare: dict[str, tuple[str, Secret, float]] = {}  # kms -> (key ID, key, taken at)
+        self.spare: dict[str, list[Spare]] = {}  # kms -> keys whose IDs never left this host
         self._retire: list[tuple[float, int]] = []
         self.completed = 0
         self.sched: float | None = None  # the node's timer heap entry for this tunnel
@@ -85,7 +94,7 @@ class TunnelState:
     # -- session lifecycle -------------------------------------------------------------------
     def session_up(self, now: float) -> None:
         # failures/retry_at survive: a session lost mid-exchange must not reset the backoff.
-        self.enabled_at, self.pending, self.waiting = now, None, False
+        self.enabled_at, self.pending, self.waiting, self.hold_until = now, None, False, None
 
     def session_down(self, now: float, sink: Sink) -> None:
         p = self.pending
@@ -94,8 +103,10 @@ class TunnelState:
                 sink.act(Retire(self.name, p.epoch))  # the lost exchange's inbound SA may exist
             if p.initiator and p.stage == "gather":
                 self.salvage(p, now)  # the key IDs never left this host
-            elif p.initiator:
-                self._back_off(now)  # our RekeyInit was out: the peer may have fetched the keys
+            else:
+                self.discard(p, "session_lost", sink)
+                if p.initiator:
+                    self._back_off(now)  # our RekeyInit was out: the peer may have the keys
         if self.unacked is not None:
             self.unacked_stale = True
         self.enabled_at, self.pending, self.waiting = None, None, False
@@ -108,7 +119,19 @@ class TunnelState:
         for e in sorted(epochs - {0}):
             sink.act(Retire(self.name, e))
         self._retire.clear()
-        self.pending, self.enabled_at, self.spare = None, None, {}
+        self.drop_keys("removed", sink)
+        self.enabled_at = None
+
+    def drop_keys(self, reason: str, sink: Sink) -> None:
+        """Report and forget every QKD key this tunnel holds (spares, an unfinished exchange):
+        the tunnel is removed or the daemon stops."""
+        if self.pending is not None:
+            self.discard(self.pending, reason, sink)
+            self.pending = None
+        for kms, keys in sorted(self.spare.items()):
+            if keys:
+                sink.act(KeysDiscarded(self.name, 0, kms, len(keys), reason, True))
+        self.spare = {}
 
     # -- timers ------------------------------------------------------------------------------
     def due(self) -> float | None:
@@ -119,8 +142,33 @@ class TunnelState:
             return self.retry_at
         t = self.timers
         interval = t.rekey_after if self.preferred else t.rekey_after_backup
-        base = self.active_at if self.active_at is not None else self.enabled_at - t.rekey_after
-        return base + interval
+        due = self._base() + interval
+        return due if self.hold_until is None else max(due, self.hold_until)
+
+    def _base(self) -> float:
+        assert self.enabled_at is not None
+        return self.active_at if self.active_at is not None else (
+            self.enabled_at - self.timers.rekey_after)
+
+    def stand_by(self, now: float) -> bool:
+        """The preferred side, due but late (its start waited for an exchange slot): from
+        half a backup margin before the backup side's due time on, the backup steps in by its
+        own timer, and starting here too would make the two RekeyInits cross, a collision that
+        spends the loser's QKD key. So the late tunnel is the backup's: this side stands by
+        for its RekeyInit until halfway between rekey_after and reject_after (at least two
+        margins past the backup's due time: its timer is not jittered, ours may be up to 10 %
+        early), then starts all the same. Explicit requests (retries, repairs) never wait."""
+        if not self.preferred or self.retry_at is not None or self.enabled_at is None:
+            return False
+        t = self.timers
+        margin = t.rekey_after_backup - t.rekey_after
+        base = self._base()
+        backup = base + t.rekey_after_backup
+        until = max(backup + 2 * margin, base + (t.rekey_after + t.reject_after) / 2)
+        if margin > 0 and backup - margin / 2 <= now < until:
+            self.hold_until, self.waiting = until, False
+            return True
+        return False
 
     def wakeup(self) -> float | None:
         """The earliest time :meth:`tick` has something to do (called after every change)."""
@@ -145,9 +193,9 @@ class TunnelState:
                            f"epoch {self.active_epoch} older than {self.timers.reject_after:g} s"))
         p = self.pending
         if p is not None and now >= p.started + self.timers.rekey_timeout:
-            self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True)
+            self._abort(sink, AbortCode.TIMEOUT, now, tell_peer=True, reason="timeout")
         due = self.due()
-        if due is not None and now >= due:
+        if due is not None and now >= due and not self.stand_by(now):
             if sink.may_initiate():
                 self.start(now, sink)
             else:
@@ -167,6 +215,7 @@ class TunnelState:
         self.active_epoch, self.active_at, self.expired = p.epoch, now, False
         self.active_check = p.keys.key_check
         self.pending, self.failures, self.retry_at = None, 0, None
+        self.waiting, self.hold_until = False, None  # a queued start is moot: starts over
         self.synced, self.diverged, self.completed = True, False, self.completed + 1
         if p.initiator:
             self.unacked, self.unacked_at, self.unacked_stale = p.epoch, now, False
@@ -235,7 +284,7 @@ class TunnelState:
 
     # -- failures and spare keys -------------------------------------------------------------
     def _abort(self, sink: Sink, code: AbortCode, now: float, *, tell_peer: bool,
-               salvage: bool = False) -> None:
+               reason: str = "abort") -> None:
         p = self.pending
         if p is None:
             return
@@ -244,8 +293,10 @@ class TunnelState:
         if p.keys is not None and p.stage != "gather":
             sink.act(Retire(self.name, p.epoch))  # an inbound SA may be installed already
         self.pending = None
-        if p.initiator and (salvage or p.stage == "gather"):
-            self.salvage(p, now)
+        if p.initiator and p.stage == "gather":
+            self.salvage(p, now)  # no RekeyInit went out: nobody knows these key IDs
+        else:
+            self.discard(p, reason, sink)
         if p.initiator:  # only the side that started it retries: no self-inflicted collisions
             self._back_off(now)
 
@@ -257,17 +308,39 @@ class TunnelState:
         self.retry_at = now + backoff
 
     def salvage(self, p: Exchange, now: float) -> None:
-        """Keep the exchange's QKD keys for the next attempt (the peer never fetched them)."""
+        """Keep the exchange's QKD keys for the next attempt. Only for an attempt whose
+        RekeyInit never went out: a key ID the peer has seen is never offered again."""
+        assert p.initiator and p.init is None, "salvaging keys whose IDs were sent"
         for kms, key in p.qkd.items():
             if key is not None and kms in p.key_ids:
-                self.spare[kms] = (p.key_ids[kms], key, p.since.get(kms, now))
+                self.keep_spare(kms, (p.key_ids[kms], key, p.since.get(kms, now)))
+
+    def keep_spare(self, kms: str, spare: Spare) -> None:
+        self.spare.setdefault(kms, []).append(spare)
+
+    def discard(self, p: Exchange, reason: str, sink: Sink) -> None:
+        """Report the QKD keys ``p`` holds as discarded (they are not used any more)."""
+        for kms in sorted(k for k, key in p.qkd.items() if key is not None):
+            sink.act(KeysDiscarded(self.name, p.epoch, kms, 1, reason, p.initiator))
+        p.qkd.clear()
 
     def spare_ids(self) -> list[str]:
-        return [kid for kid, _, _ in self.spare.values()]
+        return [kid for keys in self.spare.values() for kid, _, _ in keys]
 
-    def take_spare(self, kms: str, now: float) -> tuple[str, Secret, float] | None:
-        got = self.spare.pop(kms, None)
-        if got is None or now - got[2] > SPARE_KEY_MAX_AGE:
-            return None
+    def take_spare(self, kms: str, now: float, sink: Sink) -> Spare | None:
+        """The oldest spare key of ``kms`` still young enough (older ones are discarded)."""
+        keys = self.spare.get(kms)
+        expired = 0
+        got = None
+        while keys and got is None:
+            first = keys.pop(0)
+            if now - first[2] > SPARE_KEY_MAX_AGE:
+                expired += 1
+            else:
+                got = first
+        if not keys:
+            self.spare.pop(kms, None)
+        if expired:
+            sink.act(KeysDiscarded(self.name, 0, kms, expired, "expired", True))
         return got
 

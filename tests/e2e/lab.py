@@ -211,7 +211,10 @@ class Lab:
                 if p.returncode not in (None, -9):
                     raise AssertionError(f"{p.name} exited ({p.returncode}): {p.log_tail(20)}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                # The daemons' own account is what tells a slow machine from a bug: keep it.
+                tails = "\n".join(f"--- {p.name}:\n{p.log_tail(40)}"
+                                   for p in self.daemons.values())
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
             await asyncio.sleep(0.1)
 
     def pinger(self) -> Pinger:

@@ -24,6 +24,7 @@ from gateway.protocol import (
     FetchQkdKeys,
     Installed,
     InstallKeys,
+    KeysDiscarded,
     KeysFetched,
     KeysFetchFailed,
     KeysTakeFailed,
@@ -81,6 +82,11 @@ class Site:
     active: dict[str, int] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
     auto_install: bool = True
+    taken: list[str] = field(default_factory=list)  # key IDs this site took (as master)
+    activated: list[tuple[str, int]] = field(default_factory=list)
+    hold_takes: bool = False  # a slow KMS: take results wait in ``held`` until released
+    hold_tunnels: set[str] = field(default_factory=set)  # ... for these tunnels only
+    held: list[Event] = field(default_factory=list)
 
     def perform(self, action: Action) -> Event | None:
         self.actions.append(action)
@@ -88,7 +94,12 @@ class Site:
             k = self.links[action.kms].take()
             if k is None:
                 return KeysTakeFailed(action.tunnel, action.epoch, action.kms, "pool empty")
-            return KeysTaken(action.tunnel, action.epoch, action.kms, (k,))
+            self.taken.append(k.key_id)
+            ev = KeysTaken(action.tunnel, action.epoch, action.kms, (k,))
+            if self.hold_takes or action.tunnel in self.hold_tunnels:
+                self.held.append(ev)
+                return None
+            return ev
         if isinstance(action, FetchQkdKeys):
             got = [self.links[action.kms].fetch(i) for i in action.key_ids]
             if any(g is None for g in got):
@@ -104,7 +115,26 @@ class Site:
         if isinstance(action, Activate):
             assert action.epoch > self.active.get(action.tunnel, 0), "epochs must increase"
             self.active[action.tunnel] = action.epoch
+            self.activated.append((action.tunnel, action.epoch))
         return None
+
+    def discarded(self, *, taken: bool = True) -> dict[str, int]:
+        """Keys reported discarded, per reason (``taken``: this site's own, as master)."""
+        out: dict[str, int] = {}
+        for a in self.actions:
+            if isinstance(a, KeysDiscarded) and a.taken == taken:
+                out[a.reason] = out.get(a.reason, 0) + a.count
+        return out
+
+    def held_by_core(self) -> int:
+        """QKD keys this site's core still holds as master: spares and unfinished attempts."""
+        n = 0
+        for t in self.node.tunnels.values():
+            n += len(t.spare_ids())
+            p = t.pending
+            if p is not None and p.initiator:
+                n += sum(1 for k in p.qkd.values() if k is not None)
+        return n
 
     def keys(self, tunnel: str) -> TunnelKeys:
         return self.installed[(tunnel, self.active[tunnel])]
@@ -113,6 +143,24 @@ class Site:
 FAST = Timers(handshake_timeout=2.0, hello_timeout=0.8, rekey_after=1.0, rekey_after_backup=1.5, reject_after=3.0,
               rekey_timeout=1.0, retry_base=0.05, retry_cap=0.2, keepalive_interval=0.5,
               dead_after=2.0, retire_grace=0.5)
+
+
+def activated_ids(*sites: Site) -> set[str]:
+    """QKD key IDs of every epoch activated at any of ``sites``."""
+    return {i for s in sites for te in s.activated for i in s.installed[te].key_ids}
+
+
+def check_balance(*sites: Site) -> None:
+    """Every key a site took is activated (at either end), reported discarded, or still held
+    by its core (the pool's keys are the daemon's): the KME stock balances exactly."""
+    used = activated_ids(*sites)
+    for s in sites:
+        held = len(s.held)  # takes answered but not delivered yet (a slow KMS)
+        got = (len([k for k in s.taken if k in used]) + sum(s.discarded().values())
+               + s.held_by_core() + held)
+        assert len(s.taken) == got, (f"{s.node.sae_id}: took {len(s.taken)}, activated "
+                                     f"{len([k for k in s.taken if k in used])}, discarded "
+                                     f"{s.discarded()}, held {s.held_by_core()} + {held}")
 
 
 def make_pair(policies: list[TunnelPolicy], *, links: dict[str, KeyLink] | None = None,
@@ -156,6 +204,18 @@ class Wire:
         while self.queue:
             site, data = self.queue.pop(0)
             self._absorb(site, site.node.receive(1, data, now), now)
+
+    def feed(self, site: Site, out: Output, now: float) -> None:
+        """Perform what ``out`` (of a direct call into ``site``'s node) asks, deliver it."""
+        self._absorb(site, out, now)
+        self.run(now)
+
+    def release(self, site: Site, now: float) -> None:
+        """A slow KMS answers: deliver ``site``'s held take results."""
+        held, site.held = site.held, []
+        for ev in held:
+            self._absorb(site, site.node.handle(ev, now), now)
+        self.run(now)
 
     def tick(self, now: float) -> None:
         self._absorb(self.a, self.a.node.tick(now), now)

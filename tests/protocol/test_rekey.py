@@ -20,9 +20,11 @@ from gateway.protocol import (
     TakeQkdKeys,
     TunnelPolicy,
 )
-from tests.protocol.harness import FAST, KeyLink, Site, Wire, make_pair
+from tests.protocol.conftest import assert_ids_announced_once
+from tests.protocol.harness import FAST, KeyLink, Site, Wire, check_balance, make_pair
 
 Ids = tuple[SiteIdentity, SiteIdentity]
+Inits = list[tuple[str, str, int, tuple[str, ...]]]
 
 
 def _run(w: Wire, until: float, step: float = 0.25, start: float = 0.0) -> None:
@@ -200,7 +202,7 @@ def test_exact_modes_abort_when_a_path_cannot_be_fetched(ids: Ids, mode: Mode) -
 
 
 @pytest.mark.unit
-def test_rekey_collision_is_resolved_deterministically(ids: Ids) -> None:
+def test_rekey_collision_is_resolved_deterministically(ids: Ids, inits: Inits) -> None:
     # Equal timers on both sides: every rekey (the first one too) starts on both ends at once.
     timers = dataclasses.replace(FAST, rekey_after_backup=FAST.rekey_after)
     a, b = make_pair([TunnelPolicy("t", Mode.QKD_PQC, ("k1",))], ids=ids, timers=timers)
@@ -209,20 +211,21 @@ def test_rekey_collision_is_resolved_deterministically(ids: Ids) -> None:
     w.tick(1.0)  # both ticks run before either's RekeyInit is delivered
     # Both really started twice (A with odd epochs, B with even ones); A won both times.
     assert [x.epoch for x in a.actions if isinstance(x, TakeQkdKeys)] == [1, 3]
-    # B took a key for its first attempt only: A ignored that RekeyInit (it won the collision)
-    # and never fetched the key, so B's second attempt (epoch 4) reuses it instead of wasting
-    # another one (issue 9 item 8).
-    assert [x.epoch for x in b.actions if isinstance(x, TakeQkdKeys)] == [2]
     assert _activated(a) == _activated(b) == [1, 3]
     assert a.keys("t").wg_psk == b.keys("t").wg_psk
-    # sae-a < sae-b: A wins every collision; the key B took was never used by anyone.
+    # sae-a < sae-b: A wins every collision and never fetched B's keys; but B's RekeyInits
+    # had announced their key IDs, so B never offers those keys again (its second attempt
+    # takes a new one) and reports each as discarded.
+    assert [x.epoch for x in b.actions if isinstance(x, TakeQkdKeys)] == [2, 4]
+    assert b.discarded() == {"collision": 2} and a.discarded() == {}
+    assert b.node.tunnels["t"].spare_ids() == []
     used = {i for k in a.installed.values() for i in k.key_ids}
     assert used == {i for k in b.installed.values() for i in k.key_ids}
     b_fetched = {i for x in b.actions if isinstance(x, FetchQkdKeys) for i in x.key_ids}
     assert used == b_fetched
-    spare = set(a.links["k1"].issued) - used
-    assert len(spare) == 1 and set(b.node.tunnels["t"].spare_ids()) == spare
     assert not any(x for x in a.actions if isinstance(x, FetchQkdKeys))
+    assert_ids_announced_once(inits)
+    check_balance(a, b)
 
 
 @pytest.mark.unit

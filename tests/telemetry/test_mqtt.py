@@ -122,11 +122,11 @@ async def test_last_will_on_abrupt_close(broker: Broker, tmp_path: Path) -> None
     async with observe(broker) as obs:
         proc = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parents[2])
         try:
-            await obs.wait_for(topic, lambda m: m.payload == b"online", t=10)
+            await obs.wait_for(topic, lambda m: m.payload == b"online", t=60)
         finally:
             proc.send_signal(signal.SIGKILL)  # no DISCONNECT packet: the broker must use the will
             proc.wait(timeout=5)
-        will = await obs.wait_for(topic, lambda m: m.payload == b"offline", t=5)
+        will = await obs.wait_for(topic, lambda m: m.payload == b"offline", t=30)
         assert will.payload == b"offline"
     async with observe(broker) as late:
         assert (await late.wait_for(topic)).payload == b"offline"  # and it was retained
