@@ -249,7 +249,8 @@ async def scenario(lab: Lab, keys_seen: set[str]) -> tuple[str, set[str]]:
     assert pings.sent >= 250 and pings.lost == 0, (pings.sent, pings.lost)
     assert [neighbour(a), neighbour(b)] == foreign
 
-    note("3: soft expiry made a rekey; ping lost 0")
+    note(f"3: soft expiry made a rekey; pings through ESP {pings.sent} sent, {pings.lost} lost "
+         f"across {len(esp_epochs(lab, NAMES[1])) - start} rollovers")
 
     # 4. Policy unmet (KMS gone past reject_after): fail closed, nothing in clear.
     lab.pause_kms()
@@ -279,7 +280,7 @@ async def scenario(lab: Lab, keys_seen: set[str]) -> tuple[str, set[str]]:
     await matching_sas(a, b, (wan[0], wan[1]), keys_seen)
     assert [neighbour(a), neighbour(b)] == foreign
 
-    note("4: failed closed, capture clean, reopened")
+    note(f"4: failed closed, capture clean ({len(lines)} lines, {dropped} dropped), reopened")
 
     # 5. Shutdown with teardown: ours gone, the neighbour's untouched.
     psks = {lab.psk(n) for n in NAMES}
@@ -288,7 +289,8 @@ async def scenario(lab: Lab, keys_seen: set[str]) -> tuple[str, set[str]]:
     assert not ours(a) and not ours(b)
     assert our_policies(a) == our_policies(b) == 0
     assert [neighbour(a), neighbour(b)] == foreign
-    note("5: torn down, ours only")
+    note(f"5: torn down, ours only; ESP epochs {len(esp_epochs(lab, NAMES[0]))}, "
+         f"{len(keys_seen)} distinct ESP keys seen in `ip xfrm state`")
     logs = "".join(lab.plan.by_name[n].log_path.read_text(errors="replace") for n in NAMES)
     return logs, psks
 
