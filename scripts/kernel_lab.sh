@@ -143,7 +143,8 @@ main() {
     rm -rf "$RESULTS" && mkdir -p "$RESULTS"
     local guest_cmd exec_mode=0
     local setup="cd $(printf '%q' "$REPO") && modprobe -a $GUEST_MODULES && \
-PYTHONDONTWRITEBYTECODE=1 QKD_KERNEL_LAB=1 LAB_RESULTS=$(printf '%q' "$RESULTS")"
+PYTHONDONTWRITEBYTECODE=1 QKD_KERNEL_LAB=1 QKD_SLOW_TESTS=$(printf '%q' "${QKD_SLOW_TESTS:-0}") \
+LAB_RESULTS=$(printf '%q' "$RESULTS")"
     if [ "${1:-}" = "--exec" ]; then
         [ $# -eq 2 ] || die "--exec takes one argument: the command to run in the guest"
         exec_mode=1

@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "failsafe", help="fail closed every tunnel whose key expires soon (daemon not running)",
         description="For every tunnel whose state shows no key valid for HORIZON more seconds, "
-        "write a random WireGuard PSK and end the session. Does nothing while a daemon runs. "
+        "write a random WireGuard PSK and end the session, or delete the ESP SAs (the XFRM "
+        "policies stay, so nothing leaves in clear). Does nothing while a daemon runs. "
         "systemd runs it from qkd-gateway-failsafe.timer while the daemon is down.",
     )
     p.add_argument("--config", "-c", type=Path, required=True, metavar="FILE",

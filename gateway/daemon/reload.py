@@ -137,6 +137,12 @@ class ConfigReloader:
             await d.tunnels.remove(name)
             d.bus.tunnel_removed(name)
             d.rekey_due.pop(name, None)
+        kinds = {t.name: t.kind for t in new.tunnels}
+        for name in diff.changed:
+            if d.tunnels.configs[name].kind != kinds[name]:
+                # Another data plane (wireguard <-> xfrm): the old one goes down cleanly, the
+                # new one comes up below (closed until the rekey that follows).
+                await d.tunnels.remove(name)
         created = d.tunnels.build(new.tunnels)
         for iface in d.tunnels.take_dirty():
             await iface.reconcile()

@@ -19,15 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.demo.errors import ToolMissing
 from gateway.demo.mqttrelay import MQTT_PORT
-from gateway.demo.netns import run_ip
 from gateway.demo.processes import LabProcess, ProcessSet, gateway_argv
 from gateway.demo.report import DemoReport
 from gateway.demo.ronaqci import plan_ronaqci
 from gateway.demo.session import SessionSettings, StartSite, run_session
 from gateway.demo.siteconfig import materialize
 from gateway.demo.sites import CITY_NAMES, LabPlan, SitePlan, dataplane_of, plan_lab, site_names
+from gateway.demo.support import (
+    ESP_DATAPLANES,
+    EspProbe,
+    choose_backend,
+    in_kernel_lab,
+    ip_esp_probe,
+    ping_timeout,
+    prepare_esp_ends,
+    require_esp,
+)
 from gateway.demo.topology import KMS_ADDRESS, Topology, new_prefix
 
 __all__ = ["TOPOLOGIES", "DemoOptions", "StartSite", "detect_backend", "gateway_argv",
@@ -36,8 +44,6 @@ __all__ = ["TOPOLOGIES", "DemoOptions", "StartSite", "detect_backend", "gateway_
 TOPOLOGIES = ("ronaqci", "pair", "star")
 # Where the sites reach the MQTT relay on the KMS node (gateway.demo.mqttrelay).
 MQTT_URL_IN_LAB = f"mqtt://{KMS_ADDRESS.ip}:{MQTT_PORT}"
-# A throwaway, public test key for the ESP probe: 36 bytes as rfc4106 takes them.
-_ESP_PROBE_KEY = "0x" + "00" * 36
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class DemoOptions:
     sites: int = 2  # star/pair: number of sites
     duration: float | None = None  # None: until stopped (Ctrl-C)
     rekey_interval: float = 10.0
-    dataplane: str = "wireguard"  # wireguard | xfrm | mixed
+    dataplane: str = "wireguard"  # wireguard | kernel | xfrm | mixed
     lab_only: bool = False
     keep: bool = False  # keep the run directory (keys, configs, logs) for inspection
     topology: str = "star"  # ronaqci | pair | star (the CLI's default is ronaqci)
@@ -55,6 +61,7 @@ class DemoOptions:
     picture: Path | None = None  # where the ronaqci SVG goes (default /tmp/qkd-demo-<lab>.svg)
     seed: int = 0  # seed of the key-rate fluctuation
     live: bool = False  # the rich live view (the CLI turns it on when stdout is a terminal)
+    ping_timeout: float | None = None  # None: 1 s, or 5 s in the kernel lab (gateway.demo.support)
 
 
 async def start_daemon(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabProcess:
@@ -66,30 +73,7 @@ async def start_daemon(site: SitePlan, plan: LabPlan, procs: ProcessSet) -> LabP
 def detect_backend(netns: str, probe_name: str) -> str:
     """``kernel`` if a WireGuard link can be made in ``netns``, else ``userspace`` if
     wireguard-go is installed; else :class:`ToolMissing` with the install hint."""
-    try:
-        run_ip("-n", netns, "link", "add", probe_name, "type", "wireguard")
-    except Exception:
-        if shutil.which("wireguard-go") is None:
-            raise ToolMissing("no kernel WireGuard and no wireguard-go: "
-                              "apt-get install wireguard-go wireguard-tools") from None
-        return "userspace"
-    run_ip("-n", netns, "link", "del", probe_name, check=False)
-    return "kernel"
-
-
-def check_esp(netns: str) -> None:
-    """:class:`ToolMissing` unless the kernel can hold an AES-GCM ESP SA (the XFRM data plane)."""
-    state = ["-n", netns, "xfrm", "state"]
-    ends = ["src", "198.18.0.250", "dst", "198.18.0.251", "proto", "esp", "spi", "0x100"]
-    try:
-        run_ip(*state, "add", *ends, "mode", "tunnel", "aead", "rfc4106(gcm(aes))",
-               _ESP_PROBE_KEY, "128")
-    except Exception:
-        raise ToolMissing(
-            "--dataplane xfrm/mixed needs ESP with AES-GCM in the kernel, which this kernel "
-            "lacks; run the demo in the kernel lab (docs/kernel-lab.md), or use "
-            "--dataplane wireguard here") from None
-    run_ip(*state, "delete", *ends[:6], "spi", "0x100", check=False)
+    return choose_backend("wireguard", netns, probe_name)
 
 
 def names_of(options: DemoOptions) -> list[str]:
@@ -119,6 +103,7 @@ async def run_demo(
     start_site: StartSite = start_daemon,
     stop: asyncio.Event | None = None,
     say: Callable[[str], None] = lambda line: None,
+    esp_probe: EspProbe | None = None,
 ) -> DemoReport:
     """Run the demo; always tears everything down before returning or raising.
 
@@ -127,10 +112,15 @@ async def run_demo(
         start_site: starts one site's daemon (the lead's ``qkd-gateway run``).
         stop: set it (e.g. from a SIGINT handler) to end the run early with a report.
         say: receives one progress line at a time (the CLI prints them).
+        esp_probe: for ``xfrm``/``mixed``: None if the kernel takes an AES-GCM ESP SA, else why
+            not (the data plane's ``esp_unavailable``); run before anything is built. Without
+            one, or if it fails, ``ip xfrm state add`` is tried in the lab's WAN namespace.
     """
     stop = stop or asyncio.Event()
     names = names_of(options)
     dataplane_of(options.dataplane, 1)  # a bad choice fails before anything is built
+    esp = options.dataplane in ESP_DATAPLANES and not options.lab_only
+    esp_known = esp_probe is not None and esp and await require_esp(options.dataplane, esp_probe)
     prefix = new_prefix()
     root = Path(tempfile.mkdtemp(prefix=f"qkd-gateway-{prefix}-"))
     report = DemoReport(prefix, options.lab_only, options.topology)
@@ -138,19 +128,28 @@ async def run_demo(
         async with Topology(names, prefix) as topo:
             backend = "auto"
             if not options.lab_only:
-                backend = await asyncio.to_thread(detect_backend, topo.wan_netns, f"{prefix}wgp")
-                if options.dataplane != "wireguard":
-                    await asyncio.to_thread(check_esp, topo.wan_netns)
+                wan = topo.wan_netns
+                backend = await asyncio.to_thread(choose_backend, options.dataplane, wan,
+                                                  f"{prefix}wgp")
+                if esp and not esp_known:
+                    await require_esp(options.dataplane,
+                                      lambda: asyncio.to_thread(ip_esp_probe, wan))
             plan = plan_for(options, prefix, root, backend,
                             {n: node.netns for n, node in topo.sites.items()})
             report.rekey_interval, report.reject_after = plan.rekey_interval, plan.reject_after
             await asyncio.to_thread(materialize, plan, not options.lab_only)
+            if esp:
+                await asyncio.to_thread(prepare_esp_ends, plan)
             trusted = sum(1 for k in plan.kms.kmes if k.trusted_node)
             say(f"lab {prefix}: {len(names)} sites ({', '.join(names)}), "
                 f"{len(plan.kms.kmes)} KMEs ({trusted} trusted nodes), namespaces {prefix}-*, "
                 f"files in {root}")
+            timeout = options.ping_timeout or ping_timeout()
+            if in_kernel_lab():
+                say(f"kernel lab (QEMU TCG, 5-10x slower than a host): a ping answered within "
+                    f"{timeout:g} s counts, not 1 s; the emulator alone delays replies past 1 s")
             settings = SessionSettings(options.duration, options.lab_only, options.mqtt,
-                                       options.picture, options.live)
+                                       options.picture, options.live, timeout)
             async with ProcessSet() as procs:
                 await run_session(plan, settings, procs, start_site, stop, say, report)
     finally:

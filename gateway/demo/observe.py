@@ -10,6 +10,8 @@ Sources, each read the way an operator could read it:
 * the KME network's log (:class:`KmsLogReader`): every link's stock and rate once a second
   (``kms_link_stock``), and the KME path of every key issued (``kme_keys_issued``);
 * ``wg show IF latest-handshakes`` in the hub's namespace (:mod:`gateway.demo.handshakes`);
+* ``ip -s xfrm state`` in the hub's namespace of every ESP tunnel, once a second: the outbound
+  SPIs the kernel went through (:mod:`gateway.demo.espstate`);
 * the pingers' counters.
 
 Nothing here changes the lab; every read has a timeout, and a source that fails is shown as
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.demo.espstate import read_states
 from gateway.demo.handshakes import HandshakeLog, InUse, latest_handshake
 from gateway.demo.pinger import PingStats
 from gateway.demo.rotations import LogEvent, RotationReader
@@ -99,6 +102,7 @@ class TunnelState:
     hub_status: dict[str, Any] | None = None  # this tunnel's entry in the hub daemon's status
     in_use: InUse = field(default_factory=lambda: InUse(0, 0, None, None))
     low_stock: bool = False
+    esp_spis: list[int] = field(default_factory=list)  # ESP: hub's outbound SPIs, first seen first
 
     @property
     def trusted_nodes(self) -> dict[str, list[str]]:
@@ -169,6 +173,19 @@ class LabObserver:
         for t, when in zip(wg, times, strict=True):
             self.handshakes[t.name].observe(when)
 
+    async def _esp(self) -> None:
+        esp = [t for t in self.plan.tunnels if t.dataplane == "esp"]
+        hubs = sorted({t.hub for t in esp})
+        found = await asyncio.gather(*(read_states(self.plan.by_name[h].netns) for h in hubs))
+        states = dict(zip(hubs, found, strict=True))
+        for t in esp:
+            hub, spoke = self.plan.by_name[t.hub], self.plan.by_name[t.spoke]
+            seen = self.tunnels[t.name].esp_spis
+            for sa in states[t.hub] or []:
+                if (sa.keyed and sa.src == str(hub.wan.ip) and sa.dst == str(spoke.wan.ip)
+                        and sa.spi not in seen):
+                    seen.append(sa.spi)
+
     async def tick(self, now: float, *, daemons: bool = True, look_now: bool = False) -> None:
         """One look at every source (``now``: the event loop's clock); ``look_now`` also reads
         the handshakes even if the last look was less than :data:`HANDSHAKE_EVERY_S` ago."""
@@ -178,6 +195,7 @@ class LabObserver:
             if look_now or now - self._last_handshake_look >= HANDSHAKE_EVERY_S:
                 self._last_handshake_look = now
                 await self._handshakes()
+            await self._esp()
         for name, state in self.tunnels.items():
             t = state.plan
             both = self.both_ends(t)

@@ -3,7 +3,9 @@ keys in use, and for the link deliberately short of key, a rotation that stretch
 that cleared.
 
 The demo exits 0 only if every tunnel carried pings without losing one, rotated at least
-:data:`MIN_ROTATIONS` times and ends with the same preshared key on both ends; and, when the
+:data:`MIN_ROTATIONS` times and ends with the same keys at both ends (WireGuard: the preshared
+key, ``wg show``; ESP: per direction, the SA's SPI and key, ``ip xfrm state``, and the hub's
+kernel switched outbound SAs at least ``MIN_ROTATIONS - 1`` times); and, when the
 topology has a starved link (ronaqci), if that tunnel raised ``kms_low_stock``, rotated at
 intervals longer than :data:`STRETCH_FACTOR` times the configured one while the alarm stood, and
 cleared the alarm again. The clear needs time (the gateway re-reads KMS stock every 30 s,
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.demo.espstate import DirectionCheck
 from gateway.kms.pool import DEFAULT_STATUS_INTERVAL
 
 __all__ = ["KMS_STATUS_INTERVAL_S", "MIN_ROTATIONS", "STRETCH_FACTOR", "DemoReport",
@@ -57,6 +60,20 @@ class TunnelReport:
     alarm_raised: bool = False
     alarm_cleared: bool = False
     longest_low_gap_s: float | None = None  # longest gap between rotations while low
+    esp_directions: list[DirectionCheck] | None = None  # ESP: both directions compared
+    esp_outbound_sas: int | None = None  # ESP: outbound SAs the hub's kernel went through
+
+    @property
+    def keys_match(self) -> bool | None:
+        """Both ends hold the same keys (None: not compared)."""
+        if self.dataplane == "esp":
+            return None if not self.esp_directions else all(c.ok for c in self.esp_directions)
+        return self.psk_match
+
+    @property
+    def kernel_rollovers(self) -> int | None:
+        """ESP: outbound SA switches seen in the hub's kernel (the first SA is no rollover)."""
+        return None if self.esp_outbound_sas is None else max(0, self.esp_outbound_sas - 1)
 
     def problems(self, lab_only: bool, rekey_interval: float = 0.0,
                  clear_checked: bool = True) -> list[str]:
@@ -70,14 +87,23 @@ class TunnelReport:
         if self.rotations < MIN_ROTATIONS:
             found.append(f"{self.name}: {self.rotations} rotation(s) seen by both ends; "
                          f"need {MIN_ROTATIONS} (run longer than three --rekey-interval)")
-        if self.dataplane != "wireguard":
-            # ESP keys would be compared with `ip xfrm state` at both ends: not built yet (the
-            # XFRM data plane runs only in the kernel lab), and the report says so.
-            pass
+        if self.dataplane == "esp":
+            found += self._esp_problems()
         elif not self.psk_match:
             found.append(f"{self.name}: the two ends do not hold the same preshared key")
         if self.starved:
             found += self._starved_problems(rekey_interval, clear_checked)
+        return found
+
+    def _esp_problems(self) -> list[str]:
+        if not self.esp_directions:
+            return [f"{self.name}: the ESP keys were not compared"]
+        found = [f"{self.name}: ESP {c.name}: {c.detail}" for c in self.esp_directions
+                 if not c.ok]
+        rolled = self.kernel_rollovers or 0
+        if rolled < MIN_ROTATIONS - 1:
+            found.append(f"{self.name}: the hub's kernel switched its outbound SA {rolled} "
+                         f"time(s) (`ip xfrm state`); need {MIN_ROTATIONS - 1}")
         return found
 
     def _starved_problems(self, rekey_interval: float, clear_checked: bool) -> list[str]:
@@ -108,6 +134,7 @@ class DemoReport:
     reject_after: float = 0.0
     duration_s: float = 0.0
     kms_ready_s: float = 0.0
+    ping_timeout_s: float = 1.0  # a reply later than this counted as lost
     tunnels_ready_s: float = 0.0
     tunnels: list[TunnelReport] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # failures outside the tunnel checks
@@ -146,19 +173,17 @@ class DemoReport:
                 f"{'rtt ms':>7} {'rotations':>9}  keys   {'handshakes':>10}")
         lines = [head, "-" * len(head)]
         for t in self.tunnels:
-            keys = ("n/a" if t.dataplane != "wireguard" else "-" if t.psk_match is None
-                    else "match" if t.psk_match else "DIFFER")
+            match = t.keys_match
+            keys = "-" if match is None else "match" if match else "DIFFER"
             rot = "-" if self.lab_only else str(t.rotations)
             hs = "-" if t.handshakes is None else f"{t.fresh_handshakes}/{t.handshakes} fresh"
             lines.append(f"{t.name:<{width}}  {t.target:<15} {t.sent:>7} {t.lost:>6} "
                          f"{t.late:>5} {t.rtt_avg_ms:>7.2f} {rot:>9}  {keys:<6} {hs:>10}")
-        lines += self._paths() + self._starved()
-        if any(t.dataplane != "wireguard" for t in self.tunnels) and not self.lab_only:
-            lines.append("  ESP tunnels: keys not compared at both ends (ip xfrm state): not "
-                         "implemented yet; rotations and pings are checked")
+        lines += self._paths() + self._esp() + self._starved()
         mode = "lab only (no daemons)" if self.lab_only else "daemons"
-        lines.append(f"lab {self.prefix}, {mode}: pinged for {self.duration_s:.1f} s; KMS ready "
-                     f"after {self.kms_ready_s:.2f} s")
+        lines.append(f"lab {self.prefix}, {mode}: pinged for {self.duration_s:.1f} s (a reply "
+                     f"within {self.ping_timeout_s:g} s counts); KMS ready after "
+                     f"{self.kms_ready_s:.2f} s")
         if not self.lab_only:
             lines.append(f"tunnels keyed after {self.tunnels_ready_s:.2f} s")
         if self.cpu:
@@ -171,7 +196,38 @@ class DemoReport:
             lines.append(f"picture: {self.picture}")
         problems = self.problems
         lines += [f"FAIL {p}" for p in problems] if problems else ["PASS every check"]
+        lines.append(self.verdict())
         return "\n".join(lines)
+
+    def verdict(self) -> str:
+        """One line: PASS/FAIL, tunnels by kind, keys equal at both ends, pings lost,
+        rollovers (rotations both ends logged; ESP: also those the hub's kernel went through)."""
+        esp = [t for t in self.tunnels if t.dataplane == "esp"]
+        wg = [t for t in self.tunnels if t.dataplane != "esp"]
+        sent = sum(t.sent for t in self.tunnels)
+        lost = sum(t.lost for t in self.tunnels)
+        head = f"verdict: {'PASS' if self.ok else 'FAIL'}: {len(self.tunnels)} tunnel(s)"
+        kinds = ", ".join(k for k in (f"{len(esp)} ESP" if esp else "",
+                                      f"{len(wg)} WireGuard" if wg else "") if k)
+        parts = [f"{head} ({kinds or 'none'})"]
+        if not self.lab_only:
+            keys = []
+            if esp:
+                dirs = [c for t in esp for c in t.esp_directions or []]
+                keys.append(f"ESP {sum(c.ok for c in dirs)} of {2 * len(esp)} directions "
+                            "(ip xfrm state)")
+            if wg:
+                keys.append(f"WireGuard {sum(bool(t.psk_match) for t in wg)} of {len(wg)} "
+                            "(wg show)")
+            parts.append("keys equal at both ends: " + ", ".join(keys))
+        parts.append(f"{lost} of {sent} pings lost")
+        if not self.lab_only:
+            rollovers = f"{sum(t.rotations for t in self.tunnels)} rotations"
+            if esp:
+                rollovers += (f" ({sum(t.kernel_rollovers or 0 for t in esp)} ESP rollovers "
+                              "in the hubs' kernels)")
+            parts.append(rollovers)
+        return "; ".join(parts)
 
     def _paths(self) -> list[str]:
         lines = []
@@ -184,6 +240,16 @@ class DemoReport:
                              f"{t.handshakes} WireGuard handshake(s) ({t.fresh_handshakes} "
                              f"under a PSK no earlier handshake used), PSK in use: epoch "
                              f"{t.psk_in_use_epoch if t.psk_in_use_epoch is not None else '-'}")
+        return lines
+
+    def _esp(self) -> list[str]:
+        lines = []
+        for t in self.tunnels:
+            for c in t.esp_directions or []:
+                lines.append(f"  {t.name} ESP {c.name}: {'ok' if c.ok else 'FAIL'}: {c.detail}")
+            if t.esp_outbound_sas is not None:
+                lines.append(f"  {t.name}: {t.esp_outbound_sas} outbound SAs seen in "
+                             f"{t.source}'s kernel ({t.kernel_rollovers} rollovers)")
         return lines
 
     def _starved(self) -> list[str]:

@@ -20,11 +20,12 @@ from typing import TypeVar
 from gateway.demo import cpu
 from gateway.demo.consumer import Backup
 from gateway.demo.errors import Interrupted, LabProcessError
+from gateway.demo.espstate import esp_keys_match
 from gateway.demo.kmsprobe import wait_for_kme
 from gateway.demo.mqttrelay import MQTT_PORT, TcpRelay, parse_host_port
 from gateway.demo.observe import LabObserver, TunnelState
 from gateway.demo.picture import TunnelLine, write_picture
-from gateway.demo.pinger import Pinger
+from gateway.demo.pinger import DEFAULT_TIMEOUT_S, Pinger
 from gateway.demo.processes import LabProcess, ProcessSet, gateway_argv
 from gateway.demo.report import DemoReport, TunnelReport
 from gateway.demo.ronaqci import PLACES
@@ -39,10 +40,12 @@ StartSite = Callable[[SitePlan, LabPlan, ProcessSet], Awaitable[LabProcess]]
 T = TypeVar("T")
 
 # On the host the KME network answers after ~1 s and the daemons key their tunnels 1.5-3.5 s
-# later; in the kernel-lab VM (QEMU TCG) both took ~96 s (interpreter start-up dominates). A
-# process that dies ends the wait at once, so these only bound a hang.
-KMS_READY_TIMEOUT_S = 180.0
-TUNNELS_READY_TIMEOUT_S = 180.0
+# later; in the kernel-lab VM (QEMU TCG) both took ~96 s for two sites (interpreter start-up
+# dominates), more with three sites on a loaded host (kms-sim not listening after 300 s once, at
+# load average 11 on 2 cores). A process that dies ends the wait at once, so these only bound a
+# hang.
+KMS_READY_TIMEOUT_S = 600.0
+TUNNELS_READY_TIMEOUT_S = 600.0
 TICK_S = 1.0  # the observer looks at everything, and the live view redraws, once a second
 PROGRESS_EVERY_S = 10.0  # an open-ended run shows it is alive without flooding the terminal
 # The backup keeps draining the starved span this long after every tunnel is keyed: by then
@@ -59,6 +62,7 @@ class SessionSettings:
     mqtt: str | None
     picture: Path | None
     live: bool
+    ping_timeout: float = DEFAULT_TIMEOUT_S  # a reply later than this is lost
 
 
 async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
@@ -185,13 +189,14 @@ async def _ping(plan: LabPlan, settings: SessionSettings, procs: ProcessSet,
         hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
         target = str(spoke.wan.ip if settings.lab_only else t.address(t.spoke).ip)
         pingers.append((TunnelReport(t.name, t.hub, target, dataplane=t.dataplane),
-                        Pinger(hub.netns, target)))
+                        Pinger(hub.netns, target, timeout=settings.ping_timeout)))
     for (_, p), state in zip(pingers, observer.tunnels.values(), strict=True):
         state.ping = p.stats
     tasks = [asyncio.create_task(p.run(), name=f"ping-{r.name}") for r, p in pingers]
     say("pinging " + ", ".join(f"{r.name} ({r.target})" for r, _ in pingers) + " at 20/s"
         + ("" if settings.duration is None else f" for {settings.duration:g} s")
-        + "; Ctrl-C stops")
+        + f"; a reply within {settings.ping_timeout:g} s counts; Ctrl-C stops")
+    report.ping_timeout_s = settings.ping_timeout
     t2 = loop.time()
     before = await asyncio.to_thread(cpu.sample, namespaces, time.monotonic())
     backup_until = t2 + BACKUP_AFTER_KEYED_S
@@ -261,6 +266,11 @@ async def _finish_tunnel(plan: LabPlan, observer: LabObserver, state: TunnelStat
         hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
         tr.psk_match = await psk_matches(hub.netns, t.interface(t.hub),
                                          spoke.netns, t.interface(t.spoke))
+    else:
+        hub, spoke = plan.by_name[t.hub], plan.by_name[t.spoke]
+        tr.esp_directions = await esp_keys_match(((hub.name, hub.netns, str(hub.wan.ip)),
+                                                  (spoke.name, spoke.netns, str(spoke.wan.ip))))
+        tr.esp_outbound_sas = len(state.esp_spis)
     if t.name != plan.starved_tunnel:
         return
     tr.starved = True

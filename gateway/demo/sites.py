@@ -44,7 +44,9 @@ TUNNEL_NET = ipaddress.IPv4Network("10.77.0.0/16")
 # list different names (policy_mismatch). In pair/star every site reaches the one QKD backbone
 # through its own KME, so each site's single KMS entry carries this same name.
 KMS_PATH_NAME = "qkd-backbone"
-DATAPLANES = ("wireguard", "xfrm", "mixed")
+# wireguard: kernel WireGuard if the kernel has it, else wireguard-go; kernel: kernel WireGuard
+# (netlink) or a refusal; xfrm: ESP tunnels; mixed: ESP and WireGuard tunnels alternating.
+DATAPLANES = ("wireguard", "kernel", "xfrm", "mixed")
 
 
 def site_names(count: int) -> list[str]:
@@ -218,7 +220,7 @@ class LabPlan:
 
 def dataplane_of(dataplane: str, pair: int) -> str:
     """The data plane of tunnel ``pair`` under the ``--dataplane`` choice: ``mixed`` alternates
-    ESP (odd pairs) and WireGuard (even pairs)."""
+    ESP (odd pairs) and WireGuard (even pairs); ``kernel`` is WireGuard (on the kernel backend)."""
     if dataplane not in DATAPLANES:
         raise ValueError(f"--dataplane {dataplane!r}: choose one of {', '.join(DATAPLANES)}")
     if dataplane == "mixed":

@@ -115,11 +115,3 @@ def test_verdict_on_the_starved_link() -> None:
     assert short.ok and not short.clear_checked
     assert "clearing not checked: the run pinged 30 s" in short.table()
     assert "a clear needs >= 48 s" in short.table()
-
-
-@pytest.mark.unit
-def test_esp_tunnels_say_their_keys_were_not_compared() -> None:
-    esp = TunnelReport("t", "a", "x", sent=40, received=40, rotations=3, dataplane="esp")
-    report = DemoReport("qgd1a", lab_only=False, tunnels=[esp])
-    assert report.ok
-    assert "n/a" in report.table() and "ESP tunnels: keys not compared" in report.table()

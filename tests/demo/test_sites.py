@@ -170,5 +170,5 @@ def test_xfrm_and_mixed_data_planes_write_valid_esp_tunnels(tmp_path: Path) -> N
     assert str(x.remote_address) == "198.18.0.11"
     assert [str(n) for n in x.local_subnets] == ["10.77.1.1/32"]
     assert esp[0].interface == "qgd1ax1h"
-    with pytest.raises(ValueError, match="choose one of wireguard, xfrm, mixed"):
+    with pytest.raises(ValueError, match="choose one of wireguard, kernel, xfrm, mixed"):
         plan_for(DemoOptions(topology="pair", dataplane="ipsec"), "qgd1a", tmp_path, "auto")
