@@ -12,7 +12,7 @@
 #            (from the repository; $LAB_RESULTS is the guest's writable results folder, its
 #            exit status is the verdict), e.g. the XFRM benchmark:
 #            scripts/kernel_lab.sh --exec '.venv/bin/python -m bench.bench_xfrm'
-# Env:   LAB_DIR (default <repo>/.lab), LAB_MEMORY (1G), LAB_TIMEOUT seconds (900),
+# Env:   LAB_DIR (default <repo>/.lab), LAB_MEMORY (1G), LAB_TIMEOUT seconds (1800),
 #        LAB_SETUP_ONLY=1 to prepare everything without booting.
 set -euo pipefail
 
@@ -22,7 +22,7 @@ VENV="$REPO/.venv"
 PY="$VENV/bin/python"
 RESULTS="$LAB/results"
 MEMORY="${LAB_MEMORY:-1G}"
-TIMEOUT="${LAB_TIMEOUT:-900}"
+TIMEOUT="${LAB_TIMEOUT:-1800}"
 
 log() { printf 'kernel_lab: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
