@@ -7,6 +7,7 @@ reconciled once, not once per tunnel, and removed once at shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from gateway.dataplane import InterfaceNotFound, PeerNotFound
@@ -23,6 +24,9 @@ class WgInterface:
         self.backend, self.spec = backend, spec
         self._applied = False
         self._closed = False
+        # The tunnels of a hub start concurrently (gateway.daemon.startup): one apply at a
+        # time, or each would spawn its own wireguard-go for the same name ("TUN busy").
+        self._apply_lock = asyncio.Lock()
         self.blocked: set[str] = set()  # peers whose tunnel took the interface down (fail closed)
 
     @property
@@ -31,16 +35,18 @@ class WgInterface:
 
     async def ensure(self) -> None:
         """Create or adopt the interface once (the first tunnel on it to start does)."""
-        if not self._applied:
-            await self.backend.apply(self.spec)
-            self._applied = True
+        async with self._apply_lock:
+            if not self._applied:
+                await self.backend.apply(self.spec)
+                self._applied = True
 
     async def reconcile(self) -> list[str]:
         """Restore the declared state if someone changed the interface behind our back (a
         killed wireguard-go, a peer removed by hand). While a tunnel on it holds it down to
         fail closed, it is restored down: peers come back, traffic does not."""
-        spec = dataclasses.replace(self.spec, down=True) if self.blocked else self.spec
-        return await self.backend.apply(spec)
+        async with self._apply_lock:
+            spec = dataclasses.replace(self.spec, down=True) if self.blocked else self.spec
+            return await self.backend.apply(spec)
 
     async def handshakes(self) -> dict[str, float | None]:
         """Every peer's latest handshake (public key -> Unix time, None before the first) from

@@ -93,3 +93,30 @@ def test_start_in_batches_runs_each_batch_concurrently_and_syncs_once_each(
     assert order == names
     assert peak == 4
     assert syncs == [4, 4, 2]
+
+
+async def test_a_hub_interface_is_applied_once_when_its_tunnels_start_together() -> None:
+    """Concurrent starts of a hub's tunnels: one apply (one wireguard-go), not one per tunnel
+    (the second wireguard-go for the same name failed with "TUN busy" and the daemon exited)."""
+    from gateway.daemon.wg_installer import WgInterface
+    from gateway.dataplane.types import WgInterfaceSpec
+
+    class SlowBackend:
+        def __init__(self) -> None:
+            self.applies = 0
+            self.running = 0
+            self.most = 0
+
+        async def apply(self, spec: WgInterfaceSpec) -> list[str]:
+            self.applies += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+            await asyncio.sleep(0.01)
+            self.running -= 1
+            return []
+
+    backend = SlowBackend()
+    iface = WgInterface(backend, WgInterfaceSpec("wg-hub", None))  # type: ignore[arg-type]
+    await asyncio.gather(*(iface.ensure() for _ in range(3)), iface.reconcile())
+    assert backend.most == 1
+    assert backend.applies == 2  # the ensure once, the reconcile once
