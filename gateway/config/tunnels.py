@@ -150,18 +150,16 @@ class XfrmSettings(_Strict):
             raise fail("if_id", "if_id belongs to mode: route (an XFRM interface)",
                        "remove if_id, or set mode: route", "if_id")
         if self.mode == "policy":
-            for net in self.local_subnets:
-                if not any(r.version == net.version for r in self.remote_subnets):
-                    raise fail("family", f"local subnet {net} has no remote subnet of its IP "
-                               "version to pair with (policies pair subnets of one version)",
-                               "add a remote subnet of that version, or remove this one",
-                               "local_subnets")
-            for net in self.remote_subnets:
-                if not any(n.version == net.version for n in self.local_subnets):
-                    raise fail("family", f"remote subnet {net} has no local subnet of its IP "
-                               "version to pair with (policies pair subnets of one version)",
-                               "add a local subnet of that version, or remove this one",
-                               "remote_subnets")
+            sides = (("local", self.local_subnets, self.remote_subnets),
+                     ("remote", self.remote_subnets, self.local_subnets))
+            for side, mine, other in sides:
+                for net in mine:
+                    if not any(o.version == net.version for o in other):
+                        peer_side = "remote" if side == "local" else "local"
+                        raise fail("family", f"{side} subnet {net} has no {peer_side} subnet "
+                                   "of its IP version to pair with (policies pair subnets of "
+                                   "one version)", f"add a {peer_side} subnet of that version, "
+                                   "or remove this one", f"{side}_subnets")
         for net in self.remote_subnets:
             if net.version == self.remote_address.version and self.remote_address in net:
                 raise fail("subnet", f"remote subnet {net} contains remote_address "

@@ -15,11 +15,12 @@ new SPI is a rollover the kernel really went through, counted independently of t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
+
+from gateway.demo.netns import quiet_output
 
 __all__ = ["ESP_SUITE", "DirectionCheck", "EspSa", "compare_direction", "esp_keys_match",
            "parse_states", "read_states"]
@@ -94,20 +95,8 @@ def parse_states(text: str) -> list[EspSa]:
 
 async def read_states(netns: str) -> list[EspSa] | None:
     """The ESP SAs of namespace ``netns``; None if ``ip`` failed or hung."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "-n", netns, "-s", "xfrm", "state",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        stdin=asyncio.subprocess.DEVNULL)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), IP_XFRM_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):  # it may end just as the timer fires
-            proc.kill()
-        await proc.wait()
-        return None
-    if proc.returncode != 0:
-        return None
-    return parse_states(out.decode(errors="replace"))
+    out = await quiet_output(["ip", "-n", netns, "-s", "xfrm", "state"], IP_XFRM_TIMEOUT_S)
+    return None if out is None else parse_states(out)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ __all__ = [
     "list_netns",
     "netns_exists",
     "netns_pids",
+    "quiet_output",
     "run_ip",
     "socket_in_netns",
 ]
@@ -120,17 +121,23 @@ def socket_in_netns(
 WG_TIMEOUT_S = 20.0
 
 
-async def wg_show(netns: str, interface: str, what: str) -> str | None:
-    """``wg show INTERFACE WHAT`` inside ``netns``; None if it failed or hung."""
+async def quiet_output(argv: list[str], timeout: float) -> str | None:
+    """The standard output of ``argv`` if it succeeded within ``timeout``; None if it failed or
+    hung (then it is killed)."""
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", netns, "wg", "show", interface, what,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         stdin=asyncio.subprocess.DEVNULL)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), WG_TIMEOUT_S)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):  # it may end just as the timer fires
             proc.kill()
         await proc.wait()
         return None
-    return out.decode() if proc.returncode == 0 else None
+    return out.decode(errors="replace") if proc.returncode == 0 else None
+
+
+async def wg_show(netns: str, interface: str, what: str) -> str | None:
+    """``wg show INTERFACE WHAT`` inside ``netns``; None if it failed or hung."""
+    return await quiet_output(["ip", "netns", "exec", netns, "wg", "show", interface, what],
+                              WG_TIMEOUT_S)

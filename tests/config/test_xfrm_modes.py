@@ -9,21 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
+from gateway.config import load_config
 from gateway.daemon.build import esp_reqids, esp_spec
 from gateway.dataplane.xfrm import REQID_MAX, REQID_MIN, assign_reqids
 from tests.config.sitefiles import BASE
+from tests.config.test_errors import problems as errors
 from tests.config.test_rules import XFRM
 
 pytestmark = pytest.mark.unit
 
 Write = Callable[[str], Path]
 
-
-def errors(write_config: Write, text: str) -> str:
-    with pytest.raises(ConfigError) as err:
-        load_config(write_config(text))
-    return str(err.value)
 
 
 def test_route_mode_with_everything_set_loads_and_builds(write_config: Write) -> None:

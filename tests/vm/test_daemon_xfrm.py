@@ -42,7 +42,7 @@ from gateway.daemon.control import request
 from gateway.dataplane.xfrm import AEAD_ALGORITHM, reqid_for
 from tests.e2e.lab import Lab
 from tests.netns_harness import Namespace
-from tests.vm.xfrm_helpers import Wire, count, xfrm_states
+from tests.vm.xfrm_helpers import Wire, add_neighbour, count, neighbour, xfrm_states
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(3600)]
 
@@ -55,7 +55,6 @@ INTERVAL = 8.0
 REJECT_AFTER = 40.0
 # The normal ping sends ~80 packets per SA per rollover; the burst sends thousands.
 SOFT_PACKETS, HARD_PACKETS = 1000, 10_000_000
-FOREIGN_KEY = "0x" + "5a" * 36  # the neighbour's (public, fixed) key
 
 
 _RESULTS = os.environ.get("LAB_RESULTS")
@@ -105,23 +104,6 @@ def add_esp_tunnel(lab: Lab) -> None:
         ns.run("ip", "addr", "add", f"{inner(index)}/32", "dev", "lo")
         ns.run("ip", "route", "add", f"10.88.{peer_index + 1}.0/24", "via", str(peer.wan.ip),
                "src", inner(index))
-
-
-def add_neighbour(ns: Namespace, me: str, peer: str, spi_out: str, spi_in: str) -> str:
-    """SAs and a policy as strongSwan installs them (reqid 1, its own subnets), next to ours."""
-    for spi, src, dst in ((spi_out, me, peer), (spi_in, peer, me)):
-        ns.run("ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
-               "reqid", "1", "mode", "tunnel", "aead", AEAD_ALGORITHM, FOREIGN_KEY, "128",
-               timeout=300)  # the first GCM SA builds the cipher: slow under emulation
-    ns.run("ip", "xfrm", "policy", "add", "src", "10.91.0.0/24", "dst", "10.92.0.0/24", "dir",
-           "out", "priority", "375423", "tmpl", "src", me, "dst", peer, "proto", "esp", "reqid",
-           "1", "mode", "tunnel")
-    return neighbour(ns)
-
-
-def neighbour(ns: Namespace) -> str:
-    return ns.run("ip", "xfrm", "state", "list", "reqid", "1") + ns.run(
-        "ip", "xfrm", "policy", "list", "src", "10.91.0.0/24")
 
 
 def ours(ns: Namespace) -> dict[int, dict[str, str]]:
@@ -200,8 +182,11 @@ async def scenario(lab: Lab, keys_seen: set[str]) -> tuple[str, set[str]]:
     add_esp_tunnel(lab)
     a, b = (Namespace(lab.plan.by_name[n].netns) for n in NAMES)
     wan = tuple(str(lab.plan.by_name[n].wan.ip) for n in NAMES)
-    foreign = [add_neighbour(a, wan[0], wan[1], "0x91", "0x92"),
-               add_neighbour(b, wan[1], wan[0], "0x92", "0x91")]
+    # The first GCM SA of a boot builds the cipher: slow under emulation.
+    foreign = [add_neighbour(a, wan[0], wan[1], outbound_spi="0x91", inbound_spi="0x92",
+                             timeout=300),
+               add_neighbour(b, wan[1], wan[0], outbound_spi="0x92", inbound_spi="0x91",
+                             timeout=300)]
     note("lab up; daemons starting")
     await lab.start_daemons()
 

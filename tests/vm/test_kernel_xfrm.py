@@ -29,13 +29,16 @@ from gateway.dataplane.xfrm import (
     esp_unavailable,
     reqid_for,
 )
-from tests.netns_harness import Namespace, NetnsLab
+from tests.netns_harness import NetnsLab
 from tests.vm.xfrm_helpers import (
+    FOREIGN_KEY,
     Events,
     Keys,
     Site,
     Wire,
+    add_neighbour,
     count,
+    neighbour,
     ping,
     rollover,
     start_ping,
@@ -44,7 +47,6 @@ from tests.vm.xfrm_helpers import (
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(400)]
 
-FOREIGN_KEY = "0x" + "5a" * 36  # the neighbour's (public, fixed) key
 # Under QEMU TCG on a loaded host a netlink answer can take seconds; the daemon's 5 s budget is
 # for real machines.
 LAB_TIMEOUT = 30.0
@@ -63,24 +65,6 @@ def crypto_warm() -> Iterator[None]:
     yield
 SOFT_SECONDS = 5
 SOFT_PACKETS, HARD_PACKETS = 150, 200
-
-
-def add_neighbour(ns: Namespace, me: str, peer: str, *, inbound_spi: str,
-                  outbound_spi: str) -> str:
-    """SAs and policies as strongSwan installs them (reqid 1, its own subnets), next to ours."""
-    for spi, src, dst in ((outbound_spi, me, peer), (inbound_spi, peer, me)):
-        ns.run("ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
-               "reqid", "1", "mode", "tunnel", "aead", AEAD_ALGORITHM, FOREIGN_KEY, "128",
-               timeout=60)
-    ns.run("ip", "xfrm", "policy", "add", "src", "10.91.0.0/24", "dst", "10.92.0.0/24", "dir",
-           "out", "priority", "375423", "tmpl", "src", me, "dst", peer, "proto", "esp", "reqid",
-           "1", "mode", "tunnel")
-    return neighbour(ns)
-
-
-def neighbour(ns: Namespace) -> str:
-    return ns.run("ip", "xfrm", "state", "list", "reqid", "1") + ns.run(
-        "ip", "xfrm", "policy", "list", "src", "10.91.0.0/24")
 
 
 def both(lines: list[str], there: str, back: str, n: int) -> bool:

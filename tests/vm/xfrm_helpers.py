@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from gateway.dataplane.xfrm import EspTunnel, XfrmEvent, XfrmMonitor
+from gateway.dataplane.xfrm import AEAD_ALGORITHM, EspTunnel, XfrmEvent, XfrmMonitor
 from gateway.keymaterial import Secret
 from tests.netns_harness import Namespace, PingRun
 
@@ -207,3 +207,25 @@ class Events:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+FOREIGN_KEY = "0x" + "5a" * 36  # the strongSwan-like neighbour's (public, fixed) key
+
+
+def add_neighbour(ns: Namespace, me: str, peer: str, *, inbound_spi: str, outbound_spi: str,
+                  timeout: float = 60) -> str:
+    """SAs and a policy as strongSwan installs them (reqid 1, its own subnets), next to ours.
+    Returns :func:`neighbour`'s view of them, to compare after rollovers and shutdown."""
+    for spi, src, dst in ((outbound_spi, me, peer), (inbound_spi, peer, me)):
+        ns.run("ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", spi,
+               "reqid", "1", "mode", "tunnel", "aead", AEAD_ALGORITHM, FOREIGN_KEY, "128",
+               timeout=timeout)
+    ns.run("ip", "xfrm", "policy", "add", "src", "10.91.0.0/24", "dst", "10.92.0.0/24", "dir",
+           "out", "priority", "375423", "tmpl", "src", me, "dst", peer, "proto", "esp", "reqid",
+           "1", "mode", "tunnel")
+    return neighbour(ns)
+
+
+def neighbour(ns: Namespace) -> str:
+    return ns.run("ip", "xfrm", "state", "list", "reqid", "1") + ns.run(
+        "ip", "xfrm", "policy", "list", "src", "10.91.0.0/24")
