@@ -27,6 +27,11 @@ def register(sub: Any) -> None:
     where.add_argument("--socket", type=Path, metavar="PATH",
                        help="the control socket itself (e.g. while the file has an error)")
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    p.add_argument("--tunnel", action="append", metavar="NAME", dest="tunnels",
+                   help="only this tunnel (repeat for more); a big hub answers faster")
+    p.add_argument("--summary", action="store_true",
+                   help="counts instead of one line per tunnel (tunnels, failed closed, low "
+                        "stock, sessions up, keys installed), for sites with thousands")
     p.set_defaults(func=run)
 
 
@@ -36,14 +41,25 @@ def _render(st: dict[str, Any]) -> str:
              f"config generation {conf.get('generation', '?')}"]
     lines.append(f"{'tunnel':<16} {'epoch':>6} {'state':<8} {'key age':>8} {'expires':>8} "
                  f"{'rekeys':>6}  achieved")
-    for name, t in sorted(st["tunnels"].items()):
+    tunnels = st["tunnels"]
+    if "count" in tunnels and "failed_closed" in tunnels:  # --summary
+        closed = ", ".join(tunnels["failed_closed_names"]) or "none"
+        lines[1:] = [f"tunnels {tunnels['count']}  failed closed {tunnels['failed_closed']} "
+                     f"({closed})  low stock {tunnels['low_stock']}  sessions up "
+                     f"{tunnels['session_up']}  keys installed {tunnels['keys_installed']}"]
+        tunnels = {}
+    for name, t in sorted(tunnels.items()):
         state = "CLOSED" if t["closed"] else ("up" if t["session_up"] else "no-peer")
         age = "-" if t["key_age_s"] is None else f"{t['key_age_s']:.0f}s"
         exp = "-" if t["expires_in_s"] is None else f"{t['expires_in_s']:.0f}s"
         wg = t.get("wg") or {}
+        esp = t.get("esp") or {}
         in_use = "" if not wg.get("handshakes") else (
             f"  in use: epoch {wg['psk_in_use_epoch']}, fresh handshakes "
             f"{wg['fresh_handshakes']}/{wg['handshakes']}")
+        if esp.get("spi_out"):  # ESP: the outbound SA is in use the moment it is installed
+            in_use = (f"  in use: epoch {esp.get('key_in_use_epoch')}, SPI out "
+                      f"{esp['spi_out']} in {esp.get('spi_in')}")
         lines.append(f"{name:<16} {t['epoch']:>6} {state:<8} {age:>8} {exp:>8} "
                      f"{t['rekeys_completed']:>6}  {t['achieved'] or '-'}{in_use}")
     for name, p in sorted(st["pools"].items()):
@@ -79,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     if socket is None:
         return 2
     try:
-        answer = asyncio.run(request(socket, {"cmd": "status"}))
+        req: dict[str, Any] = {"cmd": "status", "summary": bool(args.summary)}
+        if args.tunnels:
+            req["tunnels"] = list(args.tunnels)
+        answer = asyncio.run(request(socket, req))
     except ControlError as exc:
         print(f"qkd-gateway status: {exc}", file=sys.stderr)
         return 1
