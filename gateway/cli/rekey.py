@@ -8,13 +8,10 @@ answers; the new epoch shows in `qkd-gateway status` and the `tunnel_rekeyed` ev
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.status import control_socket
-from gateway.daemon.control import ControlError, request
+from gateway.cli.status import ask, control_socket
 
 __all__ = ["register", "run"]
 
@@ -36,13 +33,8 @@ def run(args: argparse.Namespace) -> int:
     socket = control_socket(args)
     if socket is None:
         return 2
-    try:
-        answer = asyncio.run(request(socket, {"cmd": "rekey", "tunnel": args.tunnel}))
-    except ControlError as exc:
-        print(f"qkd-gateway rekey: {exc}", file=sys.stderr)
-        return 1
-    if not answer.get("ok"):
-        print(f"qkd-gateway rekey: {answer.get('error')}", file=sys.stderr)
+    answer = ask(socket, {"cmd": "rekey", "tunnel": args.tunnel})
+    if answer is None:
         return 1
     print(f"{args.tunnel}: rekey started (current epoch {answer.get('epoch')})")
     return 0

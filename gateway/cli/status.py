@@ -13,7 +13,7 @@ from gateway.config import ConfigError, GatewayConfig
 from gateway.config.loader import read_yaml
 from gateway.daemon.control import ControlError, request
 
-__all__ = ["control_socket", "register", "run"]
+__all__ = ["ask", "control_socket", "register", "run"]
 
 
 def register(sub: Any) -> None:
@@ -90,20 +90,30 @@ def control_socket(args: argparse.Namespace) -> Path | None:
     return (path.resolve().parent / value) if not Path(value).is_absolute() else Path(value)
 
 
+def ask(socket: Path, req: dict[str, Any]) -> dict[str, Any] | None:
+    """One control request; None (the reason printed) if the daemon cannot be reached or
+    refuses it."""
+    what = f"qkd-gateway {req['cmd']}"
+    try:
+        answer = asyncio.run(request(socket, req))
+    except ControlError as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        return None
+    if not answer.get("ok"):
+        print(f"{what}: {answer.get('error')}", file=sys.stderr)
+        return None
+    return answer
+
+
 def run(args: argparse.Namespace) -> int:
     socket = control_socket(args)
     if socket is None:
         return 2
-    try:
-        req: dict[str, Any] = {"cmd": "status", "summary": bool(args.summary)}
-        if args.tunnels:
-            req["tunnels"] = list(args.tunnels)
-        answer = asyncio.run(request(socket, req))
-    except ControlError as exc:
-        print(f"qkd-gateway status: {exc}", file=sys.stderr)
-        return 1
-    if not answer.get("ok"):
-        print(f"qkd-gateway status: {answer.get('error')}", file=sys.stderr)
+    req: dict[str, Any] = {"cmd": "status", "summary": bool(args.summary)}
+    if args.tunnels:
+        req["tunnels"] = list(args.tunnels)
+    answer = ask(socket, req)
+    if answer is None:
         return 1
     print(json.dumps(answer, indent=2) if args.json else _render(answer))
     return 0

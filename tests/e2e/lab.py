@@ -134,6 +134,10 @@ class Lab:
         argv = gateway_argv("kms-sim", *self.plan.kms_sim_args(), "--log-format", "json")
         self.kms = await self.procs.start("kms-sim", f"{self.prefix}-kms", argv,
                                           self.plan.kms_log_path)
+        await self.wait_kms_ready()
+
+    async def wait_kms_ready(self) -> None:
+        """Every site's KME answers its SAE, both directions of every tunnel."""
         ends = [(self.plan.by_name[t.spoke], self.plan.by_name[t.hub]) for t in self.plan.tunnels]
         ends += [(b, a) for a, b in ends]
         await asyncio.gather(*(

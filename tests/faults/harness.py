@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import KMS_ADDRESS, LabProcess, wait_for_kme
+from gateway.demo import LabProcess
 from tests.e2e.lab import Lab
 
 __all__ = ["NAMES", "FaultLab", "ping_window"]
@@ -53,15 +53,7 @@ class FaultLab(Lab):
         await self.wait_kms_ready()
 
     async def wait_kms_ready(self) -> None:
-        ends = [(self.plan.by_name[t.spoke], self.plan.by_name[t.hub]) for t in self.plan.tunnels]
-        ends += [(b, a) for a, b in ends]
-        await asyncio.gather(*(
-            wait_for_kme(s.netns, str(KMS_ADDRESS.ip), s.kme_port, deadline_s=self.kms_deadline,
-                         kme_id=s.kme_id,
-                         slave_sae_id=o.sae_id, ca_file=self.plan.pki_dir / "ca.crt",
-                         cert_file=self.plan.pki_dir / f"{s.sae_id}.crt",
-                         key_file=self.plan.pki_dir / f"{s.sae_id}.key")
-            for s, o in ends))
+        await super().wait_kms_ready()
         deadline = time.monotonic() + 10
         while not self.control.exists():
             assert time.monotonic() < deadline, "kmsctl control socket never appeared"
