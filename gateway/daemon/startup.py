@@ -90,28 +90,24 @@ class SaveBatch:
         self.syncs = 0
 
     def __enter__(self) -> SaveBatch:
-        # StateStore.save and save_used_key_ids end in StateStore._write(path, data); the
-        # instance attribute shadows the method for as long as the batch is open.
-        self._store._write = self._collect  # type: ignore[method-assign]
+        self._store.deferred = self._pending
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        del self._store._write
+        self._store.deferred = None
         if exc_type is None:
             self.flush()
         else:
             with contextlib.suppress(OSError):  # the exception in flight is the one to see
                 self.flush()
 
-    def _collect(self, path: Path, data: bytes) -> None:
-        self._pending[path] = data
-
     def flush(self) -> None:
         """Write the collected files: temporary files, one sync, renames, one directory sync
         per directory. Raises OSError (with every temporary file removed) if a write fails;
         files renamed before the failure are complete."""
-        items, self._pending = self._pending, {}
+        items = dict(self._pending)
+        self._pending.clear()  # the same mapping stays the store's collector while open
         if not items:
             return
         written: list[tuple[str, Path]] = []

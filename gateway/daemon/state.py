@@ -78,6 +78,9 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.root = directory
         self._dir = directory / "tunnels"
+        #: While a mapping (gateway.daemon.startup.SaveBatch), writes are collected here (the
+        #: last one per file wins) instead of written, for one sync per batch.
+        self.deferred: dict[Path, bytes] | None = None
 
     def prepare(self) -> None:
         try:
@@ -148,6 +151,9 @@ class StateStore:
 
     def _write(self, path: Path, data: bytes) -> None:
         """Atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
+        if self.deferred is not None:
+            self.deferred[path] = data
+            return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "wb") as f:

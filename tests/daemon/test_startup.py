@@ -35,6 +35,11 @@ def test_writes_wait_for_the_flush_then_land_whole(tmp_path: Path) -> None:
         assert a is not None and a.epoch == 2 and a.closed
         assert b is not None and b.activated_at == 3.0
         assert (batch.files_written, batch.syncs) == (2, 1)
+        store.save(TunnelState("a", 3, 4.0))  # after a flush, still collected, then written
+        again = store.load("a")
+        assert again is not None and again.epoch == 2
+    a = store.load("a")
+    assert a is not None and a.epoch == 3 and batch.syncs == 2
     # Closed: writes go straight to disk again.
     store.save(TunnelState("c", 5, 1.0))
     c = store.load("c")
