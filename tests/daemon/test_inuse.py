@@ -29,3 +29,17 @@ def test_a_handshake_before_any_known_psk_is_attributed_to_none() -> None:
     t.activated(4, 200.0)
     t.observe(150.0)
     assert t.handshakes == 1 and t.fresh == 0 and t.in_use_epoch is None
+
+
+def test_only_the_activations_a_later_handshake_can_use_are_kept() -> None:
+    """A tracker holds the PSK in use and those installed after it, not its whole history."""
+    t = HandshakeTracker()
+    for epoch in range(1, 51):
+        t.activated(epoch, 100.0 * epoch)
+    t.observe(4_000.0)  # under epoch 40's PSK
+    assert (t.fresh, t.in_use_epoch) == (1, 40)
+    assert list(t._epochs) == list(range(40, 51))
+    t.observe(4_050.0)  # still epoch 40: not fresh
+    t.observe(4_950.0)  # epoch 49: fresh
+    assert (t.handshakes, t.fresh, t.in_use_epoch) == (3, 2, 49)
+    assert list(t._epochs) == [49, 50] and t._used == {49}
