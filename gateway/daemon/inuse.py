@@ -42,7 +42,8 @@ class HandshakeTracker:
     # Each activation's wall time and epoch, oldest first (wall times in installation order).
     _walls: array[float] = field(default_factory=lambda: array("d"))
     _epochs: array[int] = field(default_factory=lambda: array("q"))
-    _used: set[int] = field(default_factory=set)
+    # Epochs among _epochs an observed handshake used (a few at most: a flat array, not a set).
+    _used: array[int] = field(default_factory=lambda: array("q"))
     in_use_epoch: int | None = None
     _in_use_since: float | None = None  # when the PSK in use was installed (wall)
 
@@ -52,7 +53,11 @@ class HandshakeTracker:
         self._epochs.append(epoch)
         if len(self._epochs) > _HISTORY:
             self._walls.pop(0)
-            self._used.discard(self._epochs.pop(0))
+            self._forget(self._epochs.pop(0))
+
+    def _forget(self, epoch: int) -> None:
+        if epoch in self._used:
+            self._used.remove(epoch)
 
     def observe(self, last_handshake: float | None) -> None:
         """The peer's latest-handshake time as WireGuard reports it now (None: never)."""
@@ -68,11 +73,11 @@ class HandshakeTracker:
         since, epoch = self._walls[i], self._epochs[i]
         self.in_use_epoch, self._in_use_since = epoch, since
         if epoch not in self._used:
-            self._used.add(epoch)
+            self._used.append(epoch)
             self.fresh += 1
         if i > 0:  # no later handshake can be attributed to an earlier PSK: forget them
             for gone in self._epochs[:i]:
-                self._used.discard(gone)
+                self._forget(gone)
             del self._walls[:i], self._epochs[:i]
 
     @property
