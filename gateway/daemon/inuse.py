@@ -14,15 +14,17 @@ handshakes between two looks count as one (looks happen at least every reconcili
 WireGuard's wall-clock seconds.
 
 Memory: the activations are two flat arrays (16 bytes each, not a tuple of two boxed numbers:
-~110), and those before the one the latest observed handshake used are forgotten at each
-observation (later handshakes are later): a tunnel whose handshakes are observed keeps one or
-two, one whose handshakes are not (no traffic) at most ``_HISTORY`` (~1 KB; as tuples that was
-~7 KB per tunnel, 70 MB at 10,000 tunnels).
+~110), and at each look those no later handshake can be attributed to are forgotten: the ones
+before the PSK the latest handshake used, and the ones before the last PSK installed before the
+look (a handshake reported later happened after the look). A tunnel keeps the activations since
+its last look, not up to ``_HISTORY`` (64 as tuples were ~7 KB per tunnel, 70 MB at 10,000
+tunnels, for a tunnel whose handshakes are never observed: no traffic, or the record backend).
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,9 @@ __all__ = ["HandshakeTracker"]
 #: Activations remembered to attribute handshakes (a handshake older than all of them is
 #: attributed to none: it predates this process's keys).
 _HISTORY = 64
+#: A handshake WireGuard reports after a look happened after it; its wall-clock time may read
+#: up to this much earlier than ours did (same clock, read at different moments: generous).
+_LOOK_SLACK = 5.0
 
 
 @dataclass(slots=True)
@@ -59,11 +64,18 @@ class HandshakeTracker:
         if epoch in self._used:
             self._used.remove(epoch)
 
-    def observe(self, last_handshake: float | None) -> None:
-        """The peer's latest-handshake time as WireGuard reports it now (None: never)."""
-        if last_handshake is None or (self._last_seen is not None
-                                      and last_handshake <= self._last_seen):
-            return
+    def observe(self, last_handshake: float | None, now_wall: float | None = None) -> None:
+        """The peer's latest-handshake time as WireGuard reports it now (None: never), read at
+        wall time ``now_wall`` (now when None)."""
+        if last_handshake is not None and (self._last_seen is None
+                                           or last_handshake > self._last_seen):
+            self._attribute(last_handshake)
+        # Every call is a look: a handshake reported later than this one happened after it,
+        # so it is attributed to the last PSK installed before the look, or a later one.
+        look = time.time() if now_wall is None else now_wall
+        self._keep_from(bisect.bisect_right(self._walls, look - _LOOK_SLACK) - 1)
+
+    def _attribute(self, last_handshake: float) -> None:
         self._last_seen = last_handshake
         self.handshakes += 1
         i = bisect.bisect_right(self._walls, last_handshake) - 1
@@ -75,7 +87,11 @@ class HandshakeTracker:
         if epoch not in self._used:
             self._used.append(epoch)
             self.fresh += 1
-        if i > 0:  # no later handshake can be attributed to an earlier PSK: forget them
+        self._keep_from(i)  # no later handshake can be attributed to an earlier PSK
+
+    def _keep_from(self, i: int) -> None:
+        """Forget the activations before index ``i``."""
+        if i > 0:
             for gone in self._epochs[:i]:
                 self._forget(gone)
             del self._walls[:i], self._epochs[:i]
