@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from gateway.config.crosscheck import cross_check
 from gateway.config.errors import ConfigError, Problem
+from gateway.config.fields import SHARED
 from gateway.config.loader import Document, read_yaml
 from gateway.config.models import GatewayConfig
-from gateway.config.sharing import SHARED
 from gateway.config.translate import translate
 
 __all__ = ["load_config", "validate_document"]

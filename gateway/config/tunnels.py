@@ -25,8 +25,9 @@ from gateway.config.fields import (
     WireGuardPublicKey,
     fail,
     longer_than_zero,
+    share_fields_set,
+    share_value,
 )
-from gateway.config.sharing import share_fields_set, share_value
 from gateway.config.sources import GeneratedKey
 
 __all__ = ["EspLifetime", "Policy", "Tunnel", "WireGuardSettings", "XfrmSettings"]
@@ -45,7 +46,7 @@ class _Strict(BaseModel):
 
     @model_validator(mode="after")
     def _share(self, info: ValidationInfo) -> _Strict:
-        share_fields_set(self, info)  # the same few sets for 10,000 tunnels (sharing.py)
+        share_fields_set(self, info)  # the same few sets for 10,000 tunnels (fields.py)
         return self
 
 

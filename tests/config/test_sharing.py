@@ -1,4 +1,4 @@
-"""Equal per-tunnel values held once (gateway.config.sharing): same values, fewer objects."""
+"""Equal per-tunnel values held once (gateway.config.fields, "equal values held once"): same values, fewer objects."""
 
 from collections.abc import Callable
 from pathlib import Path
