@@ -59,7 +59,7 @@ class Deadlines:
         self._heap: list[tuple[float, int, Due]] = []
         self._seq = itertools.count()
         self._entry: dict[Due, int] = {}  # keeper -> seq of its live entry (-1: none)
-        self._running: set[Due] = set()  # keepers whose on_due task runs
+        self._running: dict[Due, asyncio.Task[None]] = {}  # keepers whose on_due task runs
         self._wake = asyncio.Event()
         self._sleep_until = math.inf  # loop time the run task waits for
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,8 +73,19 @@ class Deadlines:
         self.arm(keeper)
 
     def discard(self, keeper: Due) -> None:
-        """Stop watching ``keeper`` (its heap entries become stale)."""
+        """Stop watching ``keeper`` (its heap entries become stale); an action in progress
+        finishes (see :meth:`remove`)."""
         self._entry.pop(keeper, None)
+
+    async def remove(self, keeper: Due) -> None:
+        """Stop watching ``keeper`` and cancel its action in progress, if any (a tunnel that
+        leaves the configuration: nothing of it may run on while it is taken down)."""
+        self.discard(keeper)
+        task = self._running.get(keeper)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def arm(self, keeper: Due) -> None:
         """``keeper``'s time to act may have changed: ask it and (re)place its entry."""
@@ -117,8 +128,8 @@ class Deadlines:
             while True:
                 self._wake.clear()
                 for keeper in self._pop_due(loop.time()):
-                    self._running.add(keeper)
-                    tg.create_task(self._act(keeper), name=f"keeper:{keeper.name}")
+                    self._running[keeper] = tg.create_task(self._act(keeper),
+                                                           name=f"keeper:{keeper.name}")
                 self._sleep_until = self._heap[0][0] if self._heap else math.inf
                 delay = None if math.isinf(self._sleep_until) else \
                     max(0.0, self._sleep_until - loop.time())
@@ -130,5 +141,5 @@ class Deadlines:
         try:
             await keeper.on_due()
         finally:
-            self._running.discard(keeper)
+            self._running.pop(keeper, None)
             self.arm(keeper)

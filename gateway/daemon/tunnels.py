@@ -151,6 +151,7 @@ class TunnelSet:
         instead: it is not ours to delete); a hub interface just loses the peer (at the next
         apply, by the caller); an XFRM tunnel's SAs and policies go; its state file goes."""
         keeper = self.keepers.pop(name)
+        await self.deadlines.remove(keeper)  # a fail-closed in progress is cancelled
         keeper.detach()
         self.configs.pop(name)
         esp = self.esp.pop(name, None)

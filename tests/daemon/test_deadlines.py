@@ -87,7 +87,7 @@ async def test_a_slow_keeper_does_not_delay_another() -> None:
     task = asyncio.create_task(d.run())
     try:
         await _until(lambda: fast.acted)
-        assert slow.acted and d._running == {slow}
+        assert slow.acted and set(d._running) == {slow}
         slow.at = loop.time()  # due again while acting: re-armed when its action ends
         d.arm(slow)
         assert len(slow.acted) == 1
@@ -138,3 +138,18 @@ async def test_cancelled_with_a_wake_up_pending_ends() -> None:
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
         assert done and task.cancelled()
+
+
+async def test_removing_a_keeper_cancels_its_action_in_progress() -> None:
+    loop = asyncio.get_running_loop()
+    d = Deadlines()
+    k = Timed("k", loop.time(), hold=asyncio.Event())  # its action never ends by itself
+    d.add(k)
+    task = asyncio.create_task(d.run())
+    try:
+        await _until(lambda: k.acted)
+        await asyncio.wait_for(d.remove(k), 5)
+        assert not d._running and len(d) == 0 and not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
