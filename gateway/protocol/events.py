@@ -168,6 +168,8 @@ DISCARD_REASONS = {
     "expired": "an unused key kept for the next attempt grew older than SPARE_KEY_MAX_AGE",
     "removed": "the tunnel was removed from the configuration",
     "shutdown": "the daemon stopped with the key unused",
+    "peer_shutdown": "the peer announced its clean stop, then closed the session while the "
+                     "exchange was running",
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.identity import SiteIdentity
 from gateway.protocol.channel import Channel
-from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, Timers
+from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, STOP_NOTICE_TUNNEL, Timers
 from gateway.protocol.errors import ProtocolError, StateError
 from gateway.protocol.events import Close, Job, Output, Send, SessionUp
 from gateway.protocol.handshake import (
@@ -27,10 +27,12 @@ from gateway.protocol.handshake import (
     ResponderHandshake,
 )
 from gateway.protocol.inner import (
+    AbortCode,
     InnerMessage,
     Keepalive,
     KeyCheck,
     PolicyUpdate,
+    RekeyAbort,
     decode_inner,
     encode_inner,
     policy_update_chunks,
@@ -63,6 +65,7 @@ class Conn:
     on_job: Finisher | None = None
     view: PolicyView | None = None  # the peer's policy list (sessions only)
     cursor: int = 0  # round-robin position of the key checks
+    stop_notice: float | None = None  # when the peer said it stops (cut after dead_after)
     sched: float | None = None
 
 
@@ -101,7 +104,7 @@ class SessionLayer:
     def _view_changed(self, peer: str, names: set[str], now: float, out: Output) -> None:
         raise NotImplementedError
 
-    def _session_gone(self, peer: str, now: float, out: Output) -> None:
+    def _session_gone(self, peer: str, now: float, out: Output, peer_stopped: bool) -> None:
         raise NotImplementedError
 
     def _key_checks(self, peer: str, c: Conn) -> list[KeyCheck]:
@@ -178,6 +181,16 @@ class SessionLayer:
     def pending_connections(self) -> int:
         return sum(1 for c in self._conns.values() if c.established is None)
 
+    def peer_stopping(self, peer: str) -> bool:
+        """The peer announced its clean stop in the current session (see Node.drain)."""
+        c = self._conns.get(self._session.get(peer, -1))
+        return c is not None and c.stop_notice is not None
+
+    def _send_stop_notices(self, now: float, out: Output) -> None:
+        for conn in self._session.values():
+            self._seal(self._conns[conn], RekeyAbort(STOP_NOTICE_TUNNEL, 0, AbortCode.SHUTDOWN, 0),
+                       now, out)
+
     # -- handshake ---------------------------------------------------------------------------
     def _frame(self, c: Conn, f: Frame, now: float, wall: float | None, out: Output) -> None:
         if c.job is not None:
@@ -190,6 +203,8 @@ class SessionLayer:
             if c.peer is not None and self._session.get(c.peer) == c.conn:
                 if isinstance(msg, PolicyUpdate):
                     self._on_policy_update(c, msg, now, out)
+                elif isinstance(msg, RekeyAbort) and msg.code is AbortCode.SHUTDOWN:
+                    c.stop_notice = now if c.stop_notice is None else c.stop_notice
                 else:
                     self._inner(c.peer, msg, now, out)
             return
@@ -281,6 +296,8 @@ class SessionLayer:
                 limit = min(limit, c.created + tm.hello_timeout)
             return limit
         times = [c.last_rx + tm.dead_after, c.last_tx + tm.keepalive_interval]
+        if c.stop_notice is not None:  # a peer that said it stops but stays is cut then
+            times.append(c.stop_notice + tm.dead_after)
         if c.initiator_sae == self.sae_id:
             times.append(c.established + tm.reauth_interval)
         return min(times)
@@ -299,6 +316,9 @@ class SessionLayer:
                 return
         elif now >= c.last_rx + tm.dead_after:
             self._drop(c, "peer_silent", out, now)
+            return
+        elif c.stop_notice is not None and now >= c.stop_notice + tm.dead_after:
+            self._drop(c, "peer_stop_overdue", out, now)
             return
         elif c.initiator_sae == self.sae_id and now >= c.established + tm.reauth_interval:
             self._drop(c, "reauthenticate", out, now)
@@ -331,7 +351,7 @@ class SessionLayer:
         c.job = c.on_job = None
         if c.peer is not None and self._session.get(c.peer) == c.conn:
             del self._session[c.peer]
-            self._session_gone(c.peer, now, out)
+            self._session_gone(c.peer, now, out, c.stop_notice is not None)
 
 
 def _capture(work: Callable[[], object]) -> object:
