@@ -17,7 +17,6 @@ import dataclasses
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from gateway.identity import SiteIdentity
 from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
@@ -29,6 +28,7 @@ from gateway.protocol.events import (
     KeysFetched,
     KeysTaken,
     Output,
+    TunnelStatus,
 )
 from gateway.protocol.exchange import Sink
 from gateway.protocol.handshake import PeerInfo
@@ -50,22 +50,6 @@ from gateway.protocol.sync import PolicyView
 from gateway.protocol.timers import TimerHeap
 
 __all__ = ["Node", "PeerConfig", "TunnelStatus", "validate_peers"]
-
-
-@dataclass(frozen=True, slots=True)
-class TunnelStatus:
-    """A tunnel's protocol state for status displays and metrics (times are core ``now``)."""
-
-    tunnel: str
-    peer: str
-    mode: str
-    session_up: bool  # a session with the peer exists and both ends configured it identically
-    active_epoch: int  # 0: no key yet
-    active_since: float | None
-    expired: bool
-    rekeys_completed: int
-    rekey_in_progress: int | None  # epoch of the unfinished exchange
-    diverged: bool = False  # the ends were seen running different keys; a rekey repairs it
 
 
 class _PeerSink:
@@ -346,8 +330,12 @@ class Node(SessionLayer):
         return c.view if c is not None else None
 
     def _halted(self, peer: str) -> bool:
-        """No exchange starts towards ``peer``: this node or the peer is stopping."""
-        return self.draining or self.peer_stopping(peer)
+        """No exchange starts towards ``peer`` while this node or the peer is stopping, or
+        while a handshake is under way whose session will replace the current one."""
+        return self.draining or self.peer_stopping(peer) or self._superseded_soon(peer)
+
+    def _handshake_gone(self, peer: str, now: float, out: Output) -> None:
+        self._start_queued(peer, now, out)  # a start it held back may go now
 
     def _sink(self, out: Output, peer: str, now: float) -> Sink:
         return _PeerSink(self, out, peer, now)
@@ -365,10 +353,13 @@ class Node(SessionLayer):
             self._unacked[peer].add(name)
         elif name in self._unacked[peer]:
             self._unacked[peer].discard(name)
-        queue = self._queue[peer]
         if t.waiting and not t.queued:
             t.queued = True
-            queue.append(name)
+            self._queue[peer].append(name)
+        self._start_queued(peer, now, out)
+
+    def _start_queued(self, peer: str, now: float, out: Output) -> None:
+        queue, running = self._queue.get(peer), self._initiating.get(peer, set())
         while queue and len(running) < MAX_CONCURRENT_EXCHANGES and not self._halted(peer):
             nxt = self.tunnels.get(queue.popleft())
             if nxt is None:

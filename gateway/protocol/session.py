@@ -107,6 +107,9 @@ class SessionLayer:
     def _session_gone(self, peer: str, now: float, out: Output, peer_stopped: bool) -> None:
         raise NotImplementedError
 
+    def _handshake_gone(self, peer: str, now: float, out: Output) -> None:
+        raise NotImplementedError
+
     def _key_checks(self, peer: str, c: Conn) -> list[KeyCheck]:
         raise NotImplementedError
 
@@ -185,6 +188,24 @@ class SessionLayer:
         """The peer announced its clean stop in the current session (see Node.drain)."""
         c = self._conns.get(self._session.get(peer, -1))
         return c is not None and c.stop_notice is not None
+
+    def _superseded_soon(self, peer: str) -> bool:
+        """A handshake with ``peer`` is under way whose session will replace the current one
+        (the rule of _established: both ends dialled at once, the session dialled by the lower
+        SAE ID stays): an exchange started now would be cut short with the current session."""
+        cur = self._conns.get(self._session.get(peer, -1))
+        if cur is None:
+            return False
+        sae = self._peer_info(peer)[0]
+        for c in self._conns.values():
+            if c.established is None:
+                rs = c.responder
+                started_by = self.sae_id if c.initiator is not None and c.peer == peer else (
+                    rs.peer_sae if rs is not None and rs.peer_sae == sae else None)
+                if started_by is not None and started_by in (cur.initiator_sae,
+                                                             min(self.sae_id, sae)):
+                    return True
+        return False
 
     def _send_stop_notices(self, now: float, out: Output) -> None:
         for conn in self._session.values():
@@ -352,6 +373,11 @@ class SessionLayer:
         if c.peer is not None and self._session.get(c.peer) == c.conn:
             del self._session[c.peer]
             self._session_gone(c.peer, now, out, c.stop_notice is not None)
+            return
+        sae = c.responder.peer_sae if c.responder is not None else None
+        peer = c.peer or (self._by_sae_name(sae) if sae is not None else None)
+        if peer is not None and peer in self._session:
+            self._handshake_gone(peer, now, out)  # it may have held exchanges back
 
 
 def _capture(work: Callable[[], object]) -> object:
