@@ -173,12 +173,16 @@ class PingLoop:
         self._stop.set()
 
 
+def reactions(lab: Lab) -> tuple[int, int]:
+    """Site 0's reactions to a lost ESP SA so far: (packets met the policy without an SA: the
+    kernel's acquire, the reconcile pass found the SA missing)."""
+    return (len(esp_events(lab, NAMES[0], "esp_packets_without_sa")),
+            len([e for e in esp_events(lab, NAMES[0], "tunnel_key_drift")
+                 if str(e.get("slot", "")).endswith("SA missing")]))
+
+
 def deletion_noticed(lab: Lab) -> int:
-    """Site 0's reactions to a lost ESP SA so far: packets met the policy without an SA (the
-    kernel's acquire), or the reconcile pass found the SA missing."""
-    return (len(esp_events(lab, NAMES[0], "esp_packets_without_sa"))
-            + len([e for e in esp_events(lab, NAMES[0], "tunnel_key_drift")
-                   if str(e.get("slot", "")).endswith("SA missing")]))
+    return sum(reactions(lab))
 
 
 async def sa_deleted_by_hand(lab: Lab, a: Namespace, b: Namespace, wan: tuple[str, ...],
@@ -187,8 +191,9 @@ async def sa_deleted_by_hand(lab: Lab, a: Namespace, b: Namespace, wan: tuple[st
     pings = PingLoop(a, inner(0), inner(1))
     ping_task = asyncio.create_task(pings.run())
     deleted: dict[str, str] = {}
-    for _attempt in range(3):  # a scheduled rollover may replace the SA first: try again
-        noticed = deletion_noticed(lab)
+    deleted_keys: list[str] = []
+    for attempt in range(3):  # a scheduled rollover may replace the SA first: try again
+        noticed, before = deletion_noticed(lab), reactions(lab)
         counts = [len(esp_epochs(lab, n)) for n in NAMES]
         out: dict[int, dict[str, str]] = {}
         for _ in range(60):  # between rollovers: exactly one outbound SA
@@ -197,26 +202,31 @@ async def sa_deleted_by_hand(lab: Lab, a: Namespace, b: Namespace, wan: tuple[st
                 break
             await asyncio.sleep(0.2)
         ((spi, deleted),) = out.items()
+        deleted_keys.append(deleted["key"])
         a.run("ip", "xfrm", "state", "delete", "src", wan[0], "dst", wan[1], "proto", "esp",
               "spi", f"0x{spi:08x}")
         note(f"4: deleted outbound SA 0x{spi:08x} at {NAMES[0]}")
         await lab.wait_for(lambda n=noticed, c=counts[0]: deletion_noticed(lab) > n
                            or len(esp_epochs(lab, NAMES[0])) > c + 1, 120,
                            "the daemon noticing the deleted SA (or two rollovers)")
+        after = reactions(lab)
+        note(f"4: attempt {attempt + 1}: acquire events +{after[0] - before[0]}, reconcile "
+             f"'SA missing' +{after[1] - before[1]}, ESP rekeys at {NAMES[0]} "
+             f"+{len(esp_epochs(lab, NAMES[0])) - counts[0]}")
         if deletion_noticed(lab) > noticed:
             break
     else:
         raise AssertionError("three deleted SAs, each replaced by a rollover before noticed")
     requested = [e.get("by") for e in esp_events(lab, NAMES[0], "rekey_requested")]
     assert {"packets met the policy without an SA", "the outbound SA is gone"} & set(requested)
-    # A rekey gives both ends new SAs; the deleted SA's key is in none of them (only the peer's
+    # A rekey gives both ends new SAs; no deleted SA's key is in any of them (only the peer's
     # inbound SA, the original one, holds it until its retire grace ends).
     await lab.wait_for(lambda: all(len(esp_epochs(lab, n)) > c for n, c in zip(NAMES, counts,
                                                                                strict=True)),
                        120, "a rekey at both ends")
-    await lab.wait_for(lambda: all(sa["key"] != deleted["key"]
+    await lab.wait_for(lambda: all(sa["key"] not in deleted_keys
                                    for sa in (*ours(a).values(), *ours(b).values())), 120,
-                       "the deleted SA's key gone from both ends")
+                       "the deleted SAs' keys gone from both ends")
     await matching_sas(a, b, (wan[0], wan[1]), keys_seen)
     await matching_sas(b, a, (wan[1], wan[0]), keys_seen)
     assert spi not in {s for s, sa in ours(a).items() if sa["src"] == wan[0]}
