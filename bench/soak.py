@@ -19,13 +19,13 @@ Pass criteria, printed at the end (exit 1 if one fails):
   stock before minus after) went into exactly one activation, or was reported by the daemon that
   took it as discarded (`keys_discarded`, role master, with a reason), or was still in a prefetch
   pool at the clean SIGTERM (`daemon_stopped.keys_wasted`; the pool is sized small, n/2 keys).
-  A clean stop wastes nothing in the normal case: the stopping daemon starts no exchange, tells
-  its peer (which then starts none either) and lets the exchanges in flight finish (bounded, see
-  Endpoint.drain). Keys a daemon still held when it stopped are reported with reason `shutdown`,
-  an exchange of the peer's cut short by that stop with `peer_shutdown`; both count as "at the
-  stop" only if logged after the SIGTERM. Any other reason, or a stop reason logged before the
-  SIGTERM, is a key wasted while running. drawn - activated - discarded - left in pools must be
-  0.
+  A clean stop wastes nothing in the normal case once the daemon drains at a stop
+  (Endpoint.drain: it starts no exchange, tells its peer, which then starts none either, and
+  lets the exchanges in flight finish, bounded). Keys a daemon still held when it stopped are
+  reported with reason `shutdown`, an exchange of the peer's cut short by that stop with
+  `peer_shutdown`; both count as "at the stop" only if logged after the SIGTERM. Any other
+  reason, or a stop reason logged before the SIGTERM, is a key wasted while running.
+  drawn - activated - discarded - left in pools must be 0.
 
 The plot (RSS and fds of both daemons over time) is an SVG written by hand, no plotting
 library needed.

@@ -116,9 +116,9 @@ class Node(SessionLayer):
     def drain(self, now: float) -> Output:
         """A clean stop begins: no exchange starts from now on (those in flight, ours and the
         peers', run on), and every peer is told (RekeyAbort SHUTDOWN), so it starts none towards
-        us either and reports what the session's end still cuts short as ``peer_shutdown``. The
-        transport closes the sessions when :meth:`exchanges_running` is 0 or after
-        ``timers.shutdown_drain``; what is cut short here is reported as ``shutdown``."""
+        us either and reports what the session's end still cuts short as ``peer_shutdown``.
+        Endpoint.drain waits until :meth:`exchanges_running` is 0 or ``timers.shutdown_drain``
+        has passed, then the daemon closes; what is cut short here is reported ``shutdown``."""
         out = Output.empty()
         self.draining = True
         self._send_stop_notices(now, out)

@@ -194,9 +194,12 @@ class SessionLayer:
         (the rule of _established: both ends dialled at once, the session dialled by the lower
         SAE ID stays): an exchange started now would be cut short with the current session."""
         cur = self._conns.get(self._session.get(peer, -1))
-        if cur is None:
+        if cur is None or len(self._conns) == len(self._session):
+            return False  # (no handshake under way at all: the common case, O(1))
+        try:
+            sae = self._peer_info(peer)[0]
+        except ValueError:  # removed by a reload: its session is on its way out
             return False
-        sae = self._peer_info(peer)[0]
         for c in self._conns.values():
             if c.established is None:
                 rs = c.responder
