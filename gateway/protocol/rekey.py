@@ -84,6 +84,8 @@ _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 class Tunnel(TunnelState):
     """One tunnel towards one peer: the exchange transitions."""
 
+    __slots__ = ()  # a subclass without slots would bring back a dict per tunnel
+
     # -- initiator ---------------------------------------------------------------------------
     def start(self, now: float, sink: Sink) -> None:
         epoch = next_epoch(max(self.highest, self.last_attempt), preferred=self.preferred)
