@@ -218,6 +218,7 @@ class Daemon:
         """Run until ``stop`` is set; then leave tunnels per their ``on_shutdown``."""
         self.store.prepare()
         await self._lock()
+        self.store.start(self._state_write_reported)
         self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
                       tunnels=[t.name for t in self.cfg.tunnels],
                       backends={k: b.kind for k, b in self.tunnels.backends.items()})
@@ -286,6 +287,15 @@ class Daemon:
     def _state_save_failed(self, exc: OSError) -> None:
         self.bus.emit("state_save_failed", level="error", what="tunnels", error=str(exc))
 
+    def _state_write_reported(self, exc: OSError | None) -> None:
+        """The store's committer: a batch of state files could not be written (until one can,
+        saves are refused: activations fail as ``tunnel_activate_failed``), or it can again."""
+        if exc is not None:
+            self.bus.emit("state_save_failed", level="error", what="state_dir", error=str(exc),
+                          pending=self.store.commit.pending)
+        else:
+            self.bus.emit("state_save_recovered", what="state_dir")
+
     def request_reload(self) -> None:
         """SIGHUP: re-read the configuration file and apply the difference."""
         if self._tg is not None:
@@ -319,6 +329,11 @@ class Daemon:
                 self.metrics.add_keys_wasted(kms, wasted)
         for source in self.sources.values():
             await source.aclose()
+        try:
+            await self.store.close()  # every pending state write, before the lock goes
+        except OSError as exc:  # each file is old or new: a restart starts those tunnels closed
+            self.bus.emit("state_save_failed", level="error", what="state_dir",
+                          error=str(exc), pending=self.store.commit.pending)
         self.bus.emit("daemon_stopped", keys_wasted=sum(p.stats().wasted
                                                          for p in self.pools.values()))
         self.lock.release()

@@ -1,7 +1,11 @@
 """The daemon's state directory: what a restarted daemon needs to resume without a flap.
 
 One JSON file per tunnel, ``<state_dir>/tunnels/<name>.json``, written atomically (temp file,
-fsync, rename) with mode 0600 in a 0700 directory. It records epochs, QKD key IDs and times,
+sync, rename) with mode 0600 in a 0700 directory. While the store's committer runs (a daemon:
+:meth:`StateStore.start`), a save only notes the file and returns; the committer writes the noted
+files in batches in a worker thread, one sync per batch (gateway.daemon.commit: group commit),
+and :meth:`StateStore.close` writes what is left. Without it (``qkd-gateway failsafe``, tools)
+each save is written before it returns. It records epochs, QKD key IDs and times,
 **never keys**: a restarted daemon cannot and must not recover key material; it resumes the epoch
 counter (so epochs never repeat) and knows how long the installed key has left before
 ``reject_after`` (on the boot clock, see gateway.daemon.clock). It also records a one-way
@@ -20,10 +24,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gateway.daemon.commit import GroupCommit
 from gateway.keymaterial import Secret
 
 __all__ = ["StateError", "StateLock", "StateStore", "TunnelState", "fingerprint"]
@@ -78,9 +83,25 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.root = directory
         self._dir = directory / "tunnels"
-        #: While a mapping (gateway.daemon.startup.SaveBatch), writes are collected here (the
-        #: last one per file wins) instead of written, for one sync per batch.
-        self.deferred: dict[Path, bytes] | None = None
+        #: The pending writes and their committer (its counters: saves, batches, syncs, ...).
+        self.commit = GroupCommit()
+
+    # -- the committer ----------------------------------------------------------------------------
+    def start(self, report: Callable[[OSError | None], None] | None = None) -> None:
+        """From now on (on the running loop) saves return at once and are written in batches.
+        ``report(exc)`` hears of each batch that failed (``exc``) and of the recovery (None):
+        a batch that failed is retried; until one succeeds, :meth:`save` raises that error."""
+        self.commit.report = report
+        self.commit.start()
+
+    async def flush(self) -> None:
+        """Everything saved so far durable (raises OSError if that write fails)."""
+        await self.commit.flush()
+
+    async def close(self) -> None:
+        """Stop the committer after writing everything pending (raises OSError if that last
+        write fails); later saves are written synchronously again."""
+        await self.commit.close()
 
     def prepare(self) -> None:
         try:
@@ -123,9 +144,12 @@ class StateStore:
         return state
 
     def remove(self, tunnel: str) -> None:
-        """Forget a tunnel that left the configuration (idempotent)."""
+        """Forget a tunnel that left the configuration (idempotent; a pending save of its file
+        is dropped)."""
+        path = self._path(tunnel)
+        self.commit.discard(path)
         with contextlib.suppress(FileNotFoundError):
-            self._path(tunnel).unlink()
+            path.unlink()
 
     def load_used_key_ids(self) -> dict[str, dict[str, list[str]]]:
         """The protocol's memory of used QKD key IDs ({peer: {kms: [ids]}}), {} if none or
@@ -150,26 +174,18 @@ class StateStore:
         self._write(path, json.dumps({"version": _VERSION, **fields}, sort_keys=True).encode())
 
     def _write(self, path: Path, data: bytes) -> None:
-        """Atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
-        if self.deferred is not None:
-            self.deferred[path] = data
+        """Atomically (gateway.daemon.commit.write_durably): noted for the committer's next batch
+        while it runs, else written now. While the committer's last batch has failed, refused
+        with its error (OSError, as a write of its own would have failed), not noted."""
+        commit = self.commit
+        if commit.running:
+            err = commit.error
+            if err is not None:
+                raise OSError(err.errno, err.strerror or str(err), str(path))
+            commit.put(path, data)
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        commit.put(path, data)
+        commit.write_now()
 
 
 def _check_types(st: TunnelState, tunnel: str) -> None:
