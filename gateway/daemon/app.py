@@ -31,7 +31,7 @@ from gateway.daemon.control import ControlServer
 from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
 from gateway.daemon.startup import settle_memory, start_in_batches
-from gateway.daemon.state import StateError, StateLock, StateStore
+from gateway.daemon.state import StateError, StateLock, StateStore, UsedKeyIdsSaver
 from gateway.daemon.status import daemon_status
 from gateway.daemon.tunnels import TunnelSet
 from gateway.protocol import Endpoint, Node, Timers
@@ -106,7 +106,9 @@ class Daemon:
         self.low_stock: dict[str, bool] = {}
         self.rekey_due: dict[str, float] = {}
         self._wall_due: dict[str, float | None] = {}
-        self._used_generation = -1
+        self.used_key_ids = UsedKeyIdsSaver(
+            self.store, self.node.export_used_key_ids,
+            lambda: self.node.used_key_ids_generation, self._used_key_ids_failed)
         self.endpoint = Endpoint(self.node, self.runner.submit, peers=self._addresses)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
@@ -168,7 +170,7 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self._observe_handshake(name)
         self.schedule(name)
-        self._save_used_key_ids()
+        self.used_key_ids.moved()
 
     def _rekey_now(self, name: str, why: str) -> None:
         """A data plane asks for new keys at once (ESP: a soft lifetime, a lost SA)."""
@@ -179,16 +181,8 @@ class Daemon:
             return
         self.bus.emit("rekey_requested", tunnel=name, by=why)
 
-    def _save_used_key_ids(self) -> None:
-        """The protocol's used-QKD-key-ID memory survives restarts (only when it moved)."""
-        gen = self.node.used_key_ids_generation
-        if gen != self._used_generation:
-            self._used_generation = gen
-            try:
-                self.store.save_used_key_ids(self.node.export_used_key_ids())
-            except OSError as exc:
-                self.bus.emit("state_save_failed", level="error", what="used_key_ids",
-                              error=str(exc))
+    def _used_key_ids_failed(self, exc: OSError) -> None:
+        self.bus.emit("state_save_failed", level="error", what="used_key_ids", error=str(exc))
 
     def schedule(self, name: str) -> None:
         """The next rotation's interval (jittered; stretched while the KMS runs low on keys,
@@ -329,6 +323,7 @@ class Daemon:
                 self.metrics.add_keys_wasted(kms, wasted)
         for source in self.sources.values():
             await source.aclose()
+        self.used_key_ids.save()  # what moved since its last save
         try:
             await self.store.close()  # every pending state write, before the lock goes
         except OSError as exc:  # each file is old or new: a restart starts those tunnels closed

@@ -18,6 +18,7 @@ directory refuses to start, and ``qkd-gateway failsafe`` acts only while no daem
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -31,13 +32,23 @@ from pathlib import Path
 from gateway.daemon.commit import GroupCommit
 from gateway.keymaterial import Secret
 
-__all__ = ["StateError", "StateLock", "StateStore", "TunnelState", "fingerprint"]
+__all__ = ["USED_KEY_IDS_INTERVAL", "StateError", "StateLock", "StateStore", "TunnelState",
+           "UsedKeyIdsSaver", "fingerprint"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION = 2
 # Version 1 files (no boot clock, no fingerprint) still load; they can never be resumed from.
 _READABLE = (1, 2)
 _FINGERPRINT_LABEL = b"qkd-gateway/1 state-dir key fingerprint"
+#: The used-QKD-key-ID memory is written at most this often (and at a clean stop). It is the
+#: whole memory each time (at least 4,096 IDs per peer and KMS, 4 per tunnel: ~0.16 MB of JSON,
+#: ~1.6 MB at 10,000 tunnels) and it changes at every rekey: written at every activation it cost
+#: more CPU than the rest of the rekey. A crash forgets at most the IDs of the last interval,
+#: which the KMS refuses to deliver a second time anyway (the memory only stops a peer that
+#: re-offers an ID before any KMS call).
+USED_KEY_IDS_INTERVAL = 5.0
+
+UsedKeyIds = dict[str, dict[str, list[str]]]
 
 
 def fingerprint(tunnel: str, epoch: int, key: Secret) -> str:
@@ -151,7 +162,7 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
-    def load_used_key_ids(self) -> dict[str, dict[str, list[str]]]:
+    def load_used_key_ids(self) -> UsedKeyIds:
         """The protocol's memory of used QKD key IDs ({peer: {kms: [ids]}}), {} if none or
         unreadable (the KMS refuses a second delivery anyway; this catches a peer re-offering
         an ID before any KMS call)."""
@@ -165,7 +176,7 @@ class StateStore:
                             for k, ids in kms.items() if isinstance(ids, list)}
                 for peer, kms in raw.items() if isinstance(kms, dict)}
 
-    def save_used_key_ids(self, data: dict[str, dict[str, list[str]]]) -> None:
+    def save_used_key_ids(self, data: UsedKeyIds) -> None:
         self._write(self.root / "used_key_ids.json", json.dumps(data, sort_keys=True).encode())
 
     def save(self, state: TunnelState) -> None:
@@ -212,6 +223,50 @@ def _check_types(st: TunnelState, tunnel: str) -> None:
         value = getattr(st, name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
             raise ValueError(f"{name} is not an SPI (a whole number below 2^32)")
+
+
+class UsedKeyIdsSaver:
+    """Saves the protocol's used-QKD-key-ID memory when it moved (``generation()`` changed), at
+    most every USED_KEY_IDS_INTERVAL: a timer on the running loop saves what moved meanwhile.
+    ``failed(exc)`` hears of a save the store refused."""
+
+    def __init__(self, store: StateStore, export: Callable[[], UsedKeyIds],
+                 generation: Callable[[], int], failed: Callable[[OSError], None]) -> None:
+        self._store, self._export, self._generation, self._failed = \
+            store, export, generation, failed
+        self._saved = generation()  # the generation written last (at first: nothing new)
+        self._saved_at = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self.saves = 0
+
+    def moved(self) -> None:
+        """After an activation: save now, or when the interval since the last save is over."""
+        if self._generation() == self._saved or self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._saved_at + USED_KEY_IDS_INTERVAL - loop.time()
+        if wait > 0:
+            self._timer = loop.call_later(wait, self.save)
+        else:
+            self.save()
+
+    def save(self) -> None:
+        """Save now if the memory moved since the last save (a clean stop calls this)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        gen = self._generation()
+        if gen == self._saved:
+            return
+        self._saved = gen
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to time
+            self._saved_at = asyncio.get_running_loop().time()
+        try:
+            self._store.save_used_key_ids(self._export())
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.saves += 1
 
 
 class StateLock:
