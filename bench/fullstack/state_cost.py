@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.fullstack.state_cost [--saves 400] [--tunnels 10000] [--dir DIR]
 
-* **Tunnel state files** (gateway.daemon.commit): ``--saves`` activations' saves, 8 per loop
-  iteration with a 5 ms pause between iterations (1,600 saves/s offered, a hub's burst after a
-  restart), in a directory on the disk under test (default: a temporary directory under the
+* **Tunnel state files** (gateway.daemon.commit): ``--saves`` activations' saves, ``--burst`` per
+  loop iteration with ``--pause`` between iterations (default 8 and 5 ms: 1,600 saves/s offered,
+  a hub's burst after a restart; ``--burst 1 --pause 0.06``: 16 rekeys/s, one at a time), in a
+  directory on the disk under test (default: a temporary directory under the
   working directory, not /tmp, which may be a tmpfs). "sync" writes each file before the save
   returns (the old ``StateStore._write``: fsync, rename, directory fsync on the event loop);
   "group" is the store's committer. Reported: the time the event loop spent inside ``save()``
@@ -29,10 +30,9 @@ from typing import Any
 from gateway.daemon.state import StateStore, TunnelState, UsedKeyIdsSaver
 from gateway.protocol.keyids import KeyIdMemory
 
-BURST, PAUSE = 8, 0.005
 
-
-async def state_files(directory: Path, saves: int, mode: str) -> dict[str, Any]:
+async def state_files(directory: Path, saves: int, mode: str, burst: int = 8,
+                      pause: float = 0.005) -> dict[str, Any]:
     store = StateStore(directory)
     store.prepare()
     if mode == "group":
@@ -45,8 +45,8 @@ async def state_files(directory: Path, saves: int, mode: str) -> dict[str, Any]:
         s0 = time.perf_counter()
         store.save(st)  # "sync": no committer, written (fsync, rename, dir fsync) before return
         blocked += time.perf_counter() - s0
-        if i % BURST == BURST - 1:
-            await asyncio.sleep(PAUSE)
+        if i % burst == burst - 1:
+            await asyncio.sleep(pause)
     await store.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     syncs = store.commit.syncs
@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--tunnels", type=int, default=10_000)
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=Path.cwd())
+    ap.add_argument("--burst", type=int, default=8, help="saves per loop iteration")
+    ap.add_argument("--pause", type=float, default=0.005, help="seconds between bursts")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix=".bench-state-", dir=args.dir))
     try:
@@ -95,7 +97,7 @@ def main() -> int:
             res = {}
             for mode in ("sync", "group"):
                 d = root / f"{mode}{pair}"
-                res[mode] = asyncio.run(state_files(d, args.saves, mode))
+                res[mode] = asyncio.run(state_files(d, args.saves, mode, args.burst, args.pause))
                 print(json.dumps(res[mode]), flush=True)
             ratios["blocked"].append(res["group"]["loop_blocked_ms_per_save"]
                                      / res["sync"]["loop_blocked_ms_per_save"])

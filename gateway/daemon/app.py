@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ class Daemon:
         self._wall_due: dict[str, float | None] = {}
         self.used_key_ids = UsedKeyIdsSaver(
             self.store, self.node.export_used_key_ids,
-            lambda: self.node.used_key_ids_generation, self._used_key_ids_failed)
+            lambda: self.node.used_key_ids_generation,
+            functools.partial(self._state_saved, what="used_key_ids"))
         self.endpoint = Endpoint(self.node, self.runner.submit, peers=self._addresses)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
@@ -181,9 +183,6 @@ class Daemon:
             return
         self.bus.emit("rekey_requested", tunnel=name, by=why)
 
-    def _used_key_ids_failed(self, exc: OSError) -> None:
-        self.bus.emit("state_save_failed", level="error", what="used_key_ids", error=str(exc))
-
     def schedule(self, name: str) -> None:
         """The next rotation's interval (jittered; stretched while the KMS runs low on keys,
         see gateway.daemon.schedule; for WireGuard brought forward to just before the next
@@ -212,7 +211,7 @@ class Daemon:
         """Run until ``stop`` is set; then leave tunnels per their ``on_shutdown``."""
         self.store.prepare()
         await self._lock()
-        self.store.start(self._state_write_reported)
+        self.store.start(self._state_saved)
         self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
                       tunnels=[t.name for t in self.cfg.tunnels],
                       backends={k: b.kind for k, b in self.tunnels.backends.items()})
@@ -229,7 +228,8 @@ class Daemon:
                 for pool in self.pools.values():
                     await pool.start()
                 await start_in_batches(self.store, list(self.keepers), self._start_keeper,
-                                       self.attach_tunnel, self._state_save_failed)
+                                       self.attach_tunnel,
+                                       functools.partial(self._state_saved, what="tunnels"))
                 settle_memory()
                 tg.create_task(self.runner.run(), name="actions")
                 tg.create_task(self._reconcile_loop(), name="reconcile")
@@ -278,17 +278,15 @@ class Daemon:
         self.schedule(name)
         self.tunnels.watch(self._tg, name)
 
-    def _state_save_failed(self, exc: OSError) -> None:
-        self.bus.emit("state_save_failed", level="error", what="tunnels", error=str(exc))
-
-    def _state_write_reported(self, exc: OSError | None) -> None:
-        """The store's committer: a batch of state files could not be written (until one can,
-        saves are refused: activations fail as ``tunnel_activate_failed``), or it can again."""
-        if exc is not None:
-            self.bus.emit("state_save_failed", level="error", what="state_dir", error=str(exc),
-                          pending=self.store.commit.pending)
+    def _state_saved(self, exc: OSError | None, what: str = "state_dir") -> None:
+        """A state write failed (``what``: a batch of the store's committer, until one succeeds
+        saves are refused and activations fail as ``tunnel_activate_failed``; the start-up's;
+        the used-key-ID memory), or (None) the committer can write again."""
+        if exc is None:
+            self.bus.emit("state_save_recovered", what=what)
         else:
-            self.bus.emit("state_save_recovered", what="state_dir")
+            self.bus.emit("state_save_failed", level="error", what=what, error=str(exc),
+                          pending=self.store.commit.pending)
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the configuration file and apply the difference."""
@@ -327,8 +325,7 @@ class Daemon:
         try:
             await self.store.close()  # every pending state write, before the lock goes
         except OSError as exc:  # each file is old or new: a restart starts those tunnels closed
-            self.bus.emit("state_save_failed", level="error", what="state_dir",
-                          error=str(exc), pending=self.store.commit.pending)
+            self._state_saved(exc)
         self.bus.emit("daemon_stopped", keys_wasted=sum(p.stats().wasted
                                                          for p in self.pools.values()))
         self.lock.release()

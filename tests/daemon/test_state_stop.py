@@ -37,7 +37,7 @@ def _daemon(tmp_path: Path) -> tuple[Daemon, list[tuple[str, dict[str, Any]]]]:
         keeper.close = close  # type: ignore[method-assign]
     d.store.prepare()
     assert d.lock.try_acquire()
-    d.store.start(d._state_write_reported)
+    d.store.start(d._state_saved)
     return d, events
 
 
