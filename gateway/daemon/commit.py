@@ -5,7 +5,8 @@ event loop, with a file fsync and a directory fsync each, that blocked the loop 
 of two fsyncs per rekey (5-15 ms on a shared ext4): 73 % of the loop's time at 10,000 tunnels,
 and what bounded the rekey rate. Here saves only note the bytes (the last save of a file wins)
 and wake :class:`GroupCommit`'s task, which writes everything noted so far in a worker thread
-with :func:`write_durably`: temporary files, one sync, renames, one directory fsync. Saves made
+with :func:`write_durably`: temporary files, one sync (a ``syncfs`` for a big batch, an
+``fsync`` per file for a small one), renames, one directory fsync. Saves made
 while a batch is being written wait for the next one (classic group commit), so the batch grows
 with the load and the number of syncs does not; an idle store adds no delay (the task wakes as
 soon as something is noted).
@@ -28,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["RETRY_INTERVAL", "GroupCommit", "write_durably"]
+__all__ = ["RETRY_INTERVAL", "SYNCFS_FROM", "GroupCommit", "write_durably"]
 
 #: After a failed batch (disk full, read-only), the committer tries the files again this often:
 #: that is how the store notices that the directory is writable again (saves refuse meanwhile).
@@ -50,10 +51,18 @@ def _syncfs_function() -> Callable[[int], int] | None:
 _SYNCFS = _syncfs_function()
 
 
+#: From this many files on, a batch is made durable with one ``syncfs`` of their filesystem
+#: instead of one ``fsync`` each. ``syncfs`` also writes out every other dirty page of that
+#: filesystem, other programs' included, so its time depends on what they wrote; a few fsyncs
+#: depend only on our files. Start-up batches (256 files) take one syncfs; a running daemon's
+#: batches (a few activations each) take their fsyncs, all in the worker thread.
+SYNCFS_FROM = 8
+
+
 def _sync_files(paths: list[str], directory: Path) -> None:
-    """Every file in ``paths`` durable: one syncfs of their filesystem (Linux) for several, an
-    fsync for one (a syncfs would also write out every other dirty file of the filesystem)."""
-    if _SYNCFS is not None and len(paths) > 1:
+    """Every file in ``paths`` durable: one syncfs of their filesystem (Linux) for a batch of
+    SYNCFS_FROM files or more, else an fsync each."""
+    if _SYNCFS is not None and len(paths) >= SYNCFS_FROM:
         fd = os.open(directory, os.O_RDONLY)
         try:
             if _SYNCFS(fd) == 0:
@@ -70,9 +79,9 @@ def _sync_files(paths: list[str], directory: Path) -> None:
 
 def write_durably(items: Mapping[Path, bytes]) -> int:
     """Replace each file of ``items`` atomically: temporary files (mode 0600) in the files'
-    directory, one sync, renames, one fsync per directory. Returns the number of syncs made
-    (0 or 1). Raises OSError (every temporary file removed) if a step fails; files renamed
-    before the failure are complete."""
+    directory, made durable together (:func:`_sync_files`), renames, one fsync per directory.
+    Returns the number of batch syncs made (0 or 1). Raises OSError (every temporary file
+    removed) if a step fails; files renamed before the failure are complete."""
     if not items:
         return 0
     written: list[tuple[str, Path]] = []

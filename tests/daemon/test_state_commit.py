@@ -223,3 +223,27 @@ def test_write_durably_replaces_every_file_with_one_sync(
     assert syncs == [2] and sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
     assert (tmp_path / "a.json").read_bytes() == b"new"
     assert commit.write_durably({}) == 0 and syncs == [2]
+
+
+def test_a_big_batch_takes_one_syncfs_a_small_one_an_fsync_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if commit._SYNCFS is None:
+        pytest.skip("this libc has no syncfs")
+    calls: list[str] = []
+    real_syncfs, real_fsync = commit._SYNCFS, os.fsync
+
+    def syncfs(fd: int) -> int:
+        calls.append("syncfs")
+        return real_syncfs(fd)
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(commit, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    commit.write_durably({tmp_path / f"{i}.json": b"x" for i in range(3)})
+    assert calls == ["fsync"] * 3 + ["fsync"]  # each file, then the directory
+    calls.clear()
+    commit.write_durably({tmp_path / f"{i}.json": b"y" for i in range(commit.SYNCFS_FROM)})
+    assert calls == ["syncfs", "fsync"]  # the whole batch, then the directory
