@@ -5,8 +5,9 @@ A daemon starting 10,000 tunnels fails most of them closed (no key survives a re
 the data plane still holds it) and records that in each tunnel's state file. One at a time, with
 a file fsync and a directory fsync per tunnel, that took ~3 minutes on this machine's ext4
 before the daemon was ready. Here the keepers of a batch start concurrently (their data plane
-calls overlap), their state writes wait in the store's group commit (gateway.daemon.commit) and
-are flushed once per batch: temporary files, one ``syncfs``, renames, one directory fsync.
+calls overlap), and their state writes go through the store's group commit
+(gateway.daemon.commit): written in batches as they come, each batch with one sync (a
+``syncfs`` for a big one), and flushed before the keepers' batch is handed on.
 
 Crash safety is the same as one write at a time: every file is replaced by rename only after its
 content is on disk, so a crash leaves each tunnel's file either old or new, never partial. A
