@@ -96,11 +96,16 @@ class ActionRunner:
                           for name, src in sources.items()}
 
     def submit(self, action: Action) -> None:
-        """Called synchronously by the transport for every action the core emits."""
+        """Called synchronously by the transport for every action the core emits: straight into
+        its tunnel's lane (one task hand-off per action; a dispatcher task in between cost a
+        second one), or, before :meth:`run` has started, held until it does."""
         if isinstance(action, KeysDiscarded):
             self._discarded(action)  # at once: at shutdown the lanes have stopped already
             return
-        self._queue.put_nowait(action)
+        if self._tg is None:
+            self._queue.put_nowait(action)
+        else:
+            self._dispatch(action, self._tg)
 
     def _discarded(self, a: KeysDiscarded) -> None:
         """QKD keys the core dropped unused: one event (counted in qkd_gateway_events_total) and
@@ -113,20 +118,26 @@ class ActionRunner:
             self._bus.metrics.add_keys_wasted(a.kms, a.count)
 
     async def run(self) -> None:
-        """Long-running task: dispatch actions to one lane (task) per tunnel."""
+        """Long-running task: owns the lanes, one task per tunnel, until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            while True:
-                action = await self._queue.get()
-                tunnel = getattr(action, "tunnel", None)
-                if not isinstance(action, Alarm) and isinstance(tunnel, str):
-                    lane = self._lanes.get(tunnel)
-                    if lane is None:
-                        lane = self._lanes[tunnel] = asyncio.Queue()
-                        tg.create_task(self._lane(lane), name=f"actions:{tunnel}")
-                    lane.put_nowait(action)
-                else:
-                    self._session_action(action)
+            try:
+                while not self._queue.empty():
+                    self._dispatch(self._queue.get_nowait(), tg)
+                self._tg = tg
+                await asyncio.get_running_loop().create_future()  # the lanes do the work
+            finally:
+                self._tg = None  # stopping: later actions are held, never run
+
+    def _dispatch(self, action: Action, tg: asyncio.TaskGroup) -> None:
+        tunnel = getattr(action, "tunnel", None)
+        if not isinstance(action, Alarm) and isinstance(tunnel, str):
+            lane = self._lanes.get(tunnel)
+            if lane is None:
+                lane = self._lanes[tunnel] = asyncio.Queue()
+                tg.create_task(self._lane(lane), name=f"actions:{tunnel}")
+            lane.put_nowait(action)
+        else:
+            self._session_action(action)
 
     async def _lane(self, lane: asyncio.Queue[Action]) -> None:
         while True:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from gateway.daemon.control import ControlServer
 from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
 from gateway.daemon.startup import settle_memory, start_in_batches
-from gateway.daemon.state import StateError, StateLock, StateStore
+from gateway.daemon.state import StateError, StateLock, StateStore, UsedKeyIdsSaver
 from gateway.daemon.status import daemon_status
 from gateway.daemon.tunnels import TunnelSet
 from gateway.protocol import Endpoint, Node, Timers
@@ -106,7 +107,10 @@ class Daemon:
         self.low_stock: dict[str, bool] = {}
         self.rekey_due: dict[str, float] = {}
         self._wall_due: dict[str, float | None] = {}
-        self._used_generation = -1
+        self.used_key_ids = UsedKeyIdsSaver(
+            self.store, self.node.export_used_key_ids,
+            lambda: self.node.used_key_ids_generation,
+            functools.partial(self._state_saved, what="used_key_ids"))
         self.endpoint = Endpoint(self.node, self.runner.submit, peers=self._addresses)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
@@ -168,7 +172,7 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await self._observe_handshake(name)
         self.schedule(name)
-        self._save_used_key_ids()
+        self.used_key_ids.moved()
 
     def _rekey_now(self, name: str, why: str) -> None:
         """A data plane asks for new keys at once (ESP: a soft lifetime, a lost SA)."""
@@ -178,17 +182,6 @@ class Daemon:
             self.bus.emit("rekey_deferred", tunnel=name, reason=why, error=str(exc))
             return
         self.bus.emit("rekey_requested", tunnel=name, by=why)
-
-    def _save_used_key_ids(self) -> None:
-        """The protocol's used-QKD-key-ID memory survives restarts (only when it moved)."""
-        gen = self.node.used_key_ids_generation
-        if gen != self._used_generation:
-            self._used_generation = gen
-            try:
-                self.store.save_used_key_ids(self.node.export_used_key_ids())
-            except OSError as exc:
-                self.bus.emit("state_save_failed", level="error", what="used_key_ids",
-                              error=str(exc))
 
     def schedule(self, name: str) -> None:
         """The next rotation's interval (jittered; stretched while the KMS runs low on keys,
@@ -218,6 +211,7 @@ class Daemon:
         """Run until ``stop`` is set; then leave tunnels per their ``on_shutdown``."""
         self.store.prepare()
         await self._lock()
+        self.store.start(self._state_saved)
         self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
                       tunnels=[t.name for t in self.cfg.tunnels],
                       backends={k: b.kind for k, b in self.tunnels.backends.items()})
@@ -234,7 +228,8 @@ class Daemon:
                 for pool in self.pools.values():
                     await pool.start()
                 await start_in_batches(self.store, list(self.keepers), self._start_keeper,
-                                       self.attach_tunnel, self._state_save_failed)
+                                       self.attach_tunnel,
+                                       functools.partial(self._state_saved, what="tunnels"))
                 settle_memory()
                 tg.create_task(self.runner.run(), name="actions")
                 tg.create_task(self._reconcile_loop(), name="reconcile")
@@ -283,8 +278,15 @@ class Daemon:
         self.schedule(name)
         self.tunnels.watch(self._tg, name)
 
-    def _state_save_failed(self, exc: OSError) -> None:
-        self.bus.emit("state_save_failed", level="error", what="tunnels", error=str(exc))
+    def _state_saved(self, exc: OSError | None, what: str = "state_dir") -> None:
+        """A state write failed (``what``: a batch of the store's committer, until one succeeds
+        saves are refused and activations fail as ``tunnel_activate_failed``; the start-up's;
+        the used-key-ID memory), or (None) the committer can write again."""
+        if exc is None:
+            self.bus.emit("state_save_recovered", what=what)
+        else:
+            self.bus.emit("state_save_failed", level="error", what=what, error=str(exc),
+                          pending=self.store.commit.pending)
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the configuration file and apply the difference."""
@@ -319,6 +321,11 @@ class Daemon:
                 self.metrics.add_keys_wasted(kms, wasted)
         for source in self.sources.values():
             await source.aclose()
+        self.used_key_ids.save()  # what moved since its last save
+        try:
+            await self.store.close()  # every pending state write, before the lock goes
+        except OSError as exc:  # each file is old or new: a restart starts those tunnels closed
+            self._state_saved(exc)
         self.bus.emit("daemon_stopped", keys_wasted=sum(p.stats().wasted
                                                          for p in self.pools.values()))
         self.lock.release()
