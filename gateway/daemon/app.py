@@ -29,6 +29,7 @@ from gateway.config import GatewayConfig, Tunnel
 from gateway.daemon.actions import ActionRunner
 from gateway.daemon.build import build_kms, build_peers, build_pools, load_identity
 from gateway.daemon.control import ControlServer
+from gateway.daemon.periodic import observe_handshake, observe_handshakes, reconcile_loop
 from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
 from gateway.daemon.startup import settle_memory, start_in_batches
@@ -121,9 +122,9 @@ class Daemon:
         self.bus.emit(event, **fields)
         if event in ("tunnel_failed_closed", "tunnel_resumed") and fields.get("tunnel") in \
                 self._wall_due:
-            self._publish_status(fields["tunnel"])
+            self.publish_status(fields["tunnel"])
 
-    def _publish_status(self, name: str) -> None:
+    def publish_status(self, name: str) -> None:
         """The tunnel's retained MQTT status and gauges (published only when it changed)."""
         keeper, t = self.keepers[name], self.node.tunnel_status(name)
         st = keeper.status()
@@ -170,7 +171,7 @@ class Daemon:
             self.tunnels.handshakes[name].activated(self.keepers[name].epoch, time.time())
             if len(inst.interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
                 with contextlib.suppress(Exception):
-                    await self._observe_handshake(name)
+                    await observe_handshake(self, name)
         self.schedule(name)
         self.used_key_ids.moved()
 
@@ -204,7 +205,7 @@ class Daemon:
             self.low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
                            low_stock=low_water, next_rekey_s=round(plan.delay, 1))
-        self._publish_status(name)
+        self.publish_status(name)
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -232,7 +233,7 @@ class Daemon:
                                        functools.partial(self._state_saved, what="tunnels"))
                 settle_memory()
                 tg.create_task(self.runner.run(), name="actions")
-                tg.create_task(self._reconcile_loop(), name="reconcile")
+                tg.create_task(reconcile_loop(self), name="reconcile")
                 tg.create_task(self._pool_metrics_loop(), name="telemetry:pools")
                 wd = watchdog_interval()
                 if wd is not None:
@@ -245,6 +246,9 @@ class Daemon:
                 self.notifier.ready(f"listening on port {port}")
                 self.bus.emit("daemon_ready", port=port)
                 await stop.wait()
+                # A clean stop: start no exchange, tell the peers, and let the exchanges in
+                # flight finish (at most timers.shutdown_drain) while the action lanes run.
+                await self.endpoint.drain()
                 raise _Stopping
         except* _Stopping:
             pass
@@ -331,58 +335,6 @@ class Daemon:
         self.lock.release()
 
     # -- periodic tasks -----------------------------------------------------------------------
-    async def _reconcile_loop(self) -> None:
-        while True:
-            # Read at every pass: a reload that changes daemon.reconcile_interval takes effect
-            # after the current wait.
-            await asyncio.sleep(self.cfg.daemon.reconcile_interval)
-            for iface in list(self.tunnels.interfaces.values()):
-                try:
-                    fixed = await iface.reconcile()
-                except Exception as exc:
-                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
-                                  error=str(exc))
-                    continue
-                if fixed:
-                    self.bus.emit("tunnel_drift_corrected", level="warning",
-                                  interface=iface.name, corrections=fixed)
-            for name, keeper in list(self.keepers.items()):
-                try:
-                    # A peer re-added above has an empty PSK slot: the keeper puts back the key
-                    # it should hold (or fails closed), so a slot never silently reads empty.
-                    if await keeper.verify():
-                        self.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
-                except Exception as exc:
-                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
-            await self._observe_handshakes()
-            for name in self.keepers:
-                try:
-                    self._publish_status(name)  # a slow sweep: published only if it changed
-                except Exception as exc:
-                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
-
-    async def _observe_handshake(self, name: str) -> None:
-        self.tunnels.handshakes[name].observe(
-            await self.tunnels.installers[name].last_handshake())
-
-    async def _observe_handshakes(self) -> None:
-        """Every tunnel's last handshake from one peer dump per interface (asked per tunnel, a
-        hub's dump of N peers was read N times: N^2 work, minutes at 10,000 tunnels, with the
-        event loop blocked meanwhile)."""
-        dumps: dict[str, dict[str, float | None] | None] = {}
-        for name, inst in list(self.tunnels.installers.items()):
-            iface = inst.interface
-            if iface.name not in dumps:
-                try:
-                    dumps[iface.name] = await iface.handshakes()
-                except Exception as exc:
-                    dumps[iface.name] = None
-                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
-                                  error=str(exc))
-            seen = dumps[iface.name]
-            if seen is not None:
-                self.tunnels.handshakes[name].observe(inst.handshake_in(seen))
-
     async def _pool_metrics_loop(self) -> None:
         while True:
             for (kms, _slave), pool in self.pools.items():
@@ -399,7 +351,7 @@ class Daemon:
         cmd = req["cmd"]
         if cmd == "status":
             with contextlib.suppress(Exception):  # status must answer even if a peer is gone
-                await self._observe_handshakes()
+                await observe_handshakes(self)
             return {"ok": True, **daemon_status(self)}
         if cmd == "rekey":
             tunnel = req.get("tunnel")

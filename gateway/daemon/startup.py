@@ -73,7 +73,7 @@ async def start_in_batches(store: StateStore, names: list[str],
     """``start(name)`` for every tunnel, ``batch`` at a time concurrently, their state writes
     made durable once per batch (``store.flush()``: with the store's committer running, see
     :meth:`StateStore.start`, they wait for it; without, each was written as it was saved),
-    then ``started(name)`` for each of the batch (scheduling, watch task). A write that fails
+    then ``started(name)`` for each of the batch (scheduling, its deadline). A write that fails
     is reported through ``save_failed`` and does not stop the start: the keepers' fail-closed
     keys are in the data plane, which is what stops traffic (the same rule as a keeper's own
     failed save)."""
