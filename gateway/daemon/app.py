@@ -2,8 +2,12 @@
 
 Named tasks (visible in ``qkd-gateway status`` and in tracebacks):
 
-* ``actions`` and ``actions:<tunnel>`` - perform what the protocol core asks (keys, installs)
-* ``keeper:<tunnel>``                  - fail closed at ``reject_after`` without a new key
+* ``actions`` and ``actions:<tunnel>`` - perform what the protocol core asks (keys, installs);
+                                         a tunnel's lane exists while it has actions
+* ``keeper-deadlines``                 - every keeper's ``reject_after`` deadline and fail-closed
+                                         retries (gateway.daemon.deadlines); ``keeper:<tunnel>``
+                                         only while one fails closed
+* ``state-commit``                     - the state directory's group commit (gateway.daemon.commit)
 * ``xfrm-events``                      - the kernel's SA expiries for XFRM tunnels (when any)
 * ``reconcile``                        - restore tunnels changed behind the daemon's back
 * ``telemetry:pools``                  - key pool levels and KMS stock into metrics
