@@ -38,15 +38,23 @@ from bench.fullstack.gateways import (
 from gateway.demo.topology import KMS_ADDRESS, Topology
 from gateway.kms.sim.pki import ensure_pki
 
-__all__ = ["HUB_PORT", "Backend", "HubPair", "TunnelEnd"]
+__all__ = ["HUB_PORT", "Backend", "HubPair", "TunnelEnd", "ready_timeout"]
 
 Backend = Literal["userspace", "kernel"]
 #: UDP ports of the two hub interfaces (alpha listens, beta's interfaces dial it).
 HUB_PORT = {"alpha": 51820, "beta": 51821}
+#: Under QEMU TCG (the kernel lab sets QKD_KERNEL_LAB=1) a Python process takes a minute or more
+#: to import the gateway: the KME network gets this long to come up there.
+LAB_READY_TIMEOUT = 900.0
 #: ``wg show`` of one interface: a UAPI or netlink round trip, milliseconds even with 100 peers.
 WG_SHOW_TIMEOUT = 20.0
 
 TunnelEnd = tuple[str, str]  # (interface, peer public key) of one tunnel at one site
+
+
+def ready_timeout() -> float:
+    """How long processes get to come up: GatewayPair's bound, longer in the kernel lab."""
+    return LAB_READY_TIMEOUT if os.environ.get("QKD_KERNEL_LAB") == "1" else READY_TIMEOUT
 
 
 def _keypair() -> tuple[str, str]:
@@ -120,14 +128,16 @@ class HubPair(GatewayPair):
         for s in self.sites:
             argv += ["--kme", f"{s.kme_id}={KMS_ADDRESS.ip}:0", "--sae", f"{s.sae_id}@{s.kme_id}"]
         self.kms = _start(argv, self.root / "kms-sim.log")
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + ready_timeout()
         while time.monotonic() < deadline and self.kms.poll() is None:
             for rec in self.kms_log.read(frozenset({"kms_sim_ready"})):
                 self.kme_urls = dict(rec["kmes"])
                 return
             time.sleep(0.1)
         tail = (self.root / "kms-sim.log").read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"kms-sim did not become ready in the lab:\n{tail}")
+        state = "running" if self.kms.poll() is None else f"exit {self.kms.returncode}"
+        raise RuntimeError(f"kms-sim did not become ready in the lab ({state} after "
+                           f"{ready_timeout():g} s):\n{tail}")
 
     def _write_configs(self) -> None:
         a, b = self.sites
