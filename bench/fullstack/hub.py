@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -38,7 +39,7 @@ from bench.fullstack.gateways import SITES, GatewayPair
 from bench.fullstack.hubpair import Backend, HubPair, ready_timeout
 from bench.fullstack.ours import REKEYED, SETTLE_S, Window, _window, pct
 
-__all__ = ["main", "measure", "run_hub", "run_record"]
+__all__ = ["keyed_timeout", "main", "measure", "run_hub", "run_record"]
 
 #: The rotating phase of bench_fullstack.py: 1 s is the configuration's minimum interval, and
 #: a reject_after far beyond any queueing delay keeps an overloaded pair rekeying rather than
@@ -135,11 +136,19 @@ def _figures(pair: GatewayPair, w: Window, events: dict[str, list[dict[str, Any]
     }
 
 
+def keyed_timeout(n: int) -> float:
+    """Seconds for every tunnel's first key (QKD_HUB_KEYED_TIMEOUT overrides: a 100-peer kernel
+    hub under QEMU TCG needs more than 1,100 s)."""
+    override = os.environ.get("QKD_HUB_KEYED_TIMEOUT")
+    if override:
+        return float(override)
+    return max(KEYED_TIMEOUT_BASE_S, ready_timeout()) + n * KEYED_TIMEOUT_PER_TUNNEL_S
+
+
 def measure(pair: GatewayPair, seconds: float) -> dict[str, Any]:
     """Inside ``with pair``: wait until every tunnel is keyed, then one rotating window (with
     pings and the PSK read-back on a HubPair)."""
-    startup_s = pair.wait_keyed(timeout=max(KEYED_TIMEOUT_BASE_S, ready_timeout())
-                                + pair.n * KEYED_TIMEOUT_PER_TUNNEL_S)
+    startup_s = pair.wait_keyed(timeout=keyed_timeout(pair.n))
     time.sleep(SETTLE_S)
     for s in pair.sites:
         s.log.skip()
