@@ -54,40 +54,61 @@ def _window(pair: GatewayPair, seconds: float) -> Window:
     return Window(time.monotonic() - t0, before, after)
 
 
-def _qkd_accounting(pair: GatewayPair, rekeys: int) -> dict[str, Any]:
-    """Over the whole run, after both daemons stopped: link bits drawn per completed rekey and
-    keys drawn that no rekey used and no pool held at the end (aborted rekeys)."""
+#: Discard reasons of a clean stop (ours or the peer's): not waste of the steady state.
+STOP_REASONS = frozenset({"shutdown", "peer_shutdown"})
+
+
+def _qkd_accounting(pair: GatewayPair) -> dict[str, Any]:
+    """Over the whole run, after both daemons stopped, every key the KME network issued: used
+    by a rekey (its ID in a ``tunnel_rekeyed`` event), discarded by the master's core
+    (``keys_discarded`` with a reason), or left in a prefetch pool at the stop
+    (``daemon_stopped.keys_wasted``). Waste = discards for another reason than a clean stop,
+    plus keys in none of those (unaccounted). QKD bits per rekey: the bits of every key drawn
+    for rekeys (issued minus left in pools minus cut by the stop) over the rekeys completed
+    (distinct tunnel epochs activated at either end): exactly the key size when nothing is
+    wasted."""
     issued_bits = issued_keys = issue_reqs = deliver_reqs = 0
+    key_bits = 256
     for rec in JsonLog(pair.kms_log.path).read(KME_EVENTS):
         if rec["event"] == "kme_keys_issued":
             issued_keys += int(rec["number"])
-            issued_bits += int(rec["number"]) * int(rec["size"])
+            key_bits = int(rec["size"])
+            issued_bits += int(rec["number"]) * key_bits
             issue_reqs += 1
         else:
             deliver_reqs += 1
     used: set[str] = set()
+    epochs: set[tuple[str, int]] = set()
     left_in_pools = 0
-    per_site_rekeys = []
+    by_reason: dict[str, int] = {}
     for s in pair.sites:
-        recs = JsonLog(s.log.path).read(frozenset({"tunnel_rekeyed", "daemon_stopped"}))
-        n = 0
+        recs = JsonLog(s.log.path).read(
+            frozenset({"tunnel_rekeyed", "daemon_stopped", "keys_discarded"}))
         for rec in recs:
             if rec["event"] == "tunnel_rekeyed":
                 used.update(rec.get("key_ids") or ())
-                n += 1
+                epochs.add((str(rec.get("tunnel")), int(rec.get("epoch") or 0)))
+            elif rec["event"] == "keys_discarded":
+                if rec.get("role", "master") == "master":
+                    reason = str(rec.get("reason"))
+                    by_reason[reason] = by_reason.get(reason, 0) + int(rec.get("count") or 0)
             else:
                 left_in_pools += int(rec.get("keys_wasted") or 0)
-        per_site_rekeys.append(n)
-    total = max(per_site_rekeys) if per_site_rekeys else 0
-    drawn_for_rekeys = issued_keys - left_in_pools
+    at_stop = sum(v for k, v in by_reason.items() if k in STOP_REASONS)
+    while_running = sum(by_reason.values()) - at_stop
+    unaccounted = issued_keys - len(used) - sum(by_reason.values()) - left_in_pools
+    drawn_for_rekeys = issued_keys - left_in_pools - at_stop
     return {
-        "rekeys_total": total,
+        "rekeys_total": len(epochs),
         "keys_issued": issued_keys,
         "keys_used": len(used),
         "keys_left_in_pools_at_stop": left_in_pools,
-        "keys_wasted": drawn_for_rekeys - len(used),
-        "qkd_bits_per_rekey": (issued_bits * drawn_for_rekeys / issued_keys / total
-                               if total and issued_keys else None),
+        "keys_discarded_by_reason": by_reason,
+        "keys_discarded_at_stop": at_stop,
+        "keys_wasted": while_running + unaccounted,
+        "keys_unaccounted": unaccounted,
+        "qkd_bits_per_rekey": (key_bits * drawn_for_rekeys / len(epochs) if epochs else None),
+        "issued_bits": issued_bits,
         "enc_keys_requests": issue_reqs,
         "dec_keys_requests": deliver_reqs,
     }
@@ -155,7 +176,7 @@ def measure_rotating(n: int, seconds: float, rekey_interval: float = 1.0,
         time.sleep(SETTLE_S)  # events up to the second snapshot reach the logs
         qkd_window = _window_accounting(pair, pools0, pools1)
         pair.stop_daemons()
-        qkd = _qkd_accounting(pair, 0)
+        qkd = _qkd_accounting(pair)
     counts = [len(v) for v in events.values()]
     rekeys = statistics.mean(counts)
     lat = [float(e["rekey_ms"]) for v in events.values() for e in v

@@ -32,7 +32,8 @@ RESULTS = ROOT / "bench" / "results"
 #: (component, substrings of a frame); the innermost frame matching any wins.
 COMPONENTS = (
     ("crypto (ML-KEM, X25519, HKDF, AES-GCM)", ("cryptography/", "hashlib", "hmac.py")),
-    ("state file (json, mkstemp, rename)", ("daemon/state.py", "tempfile.py")),
+    ("state file (json, mkstemp, rename)", ("daemon/state.py", "daemon/commit.py",
+                                            "tempfile.py")),
     ("logging + telemetry", ("gateway/telemetry/", "structlog/", "logging/", "json/encoder")),
     ("KMS client (aiohttp, TLS, ETSI 014)", ("gateway/kms/", "aiohttp/", "sslproto.py",
                                             "ssl.py", "yarl/", "multidict/")),

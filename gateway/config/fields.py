@@ -5,6 +5,15 @@ message and a fix, so :mod:`gateway.config.translate` needs no guessing for our 
 File paths resolve against the configuration file's directory (``context["base_dir"]``), and
 referenced files are checked to exist at load time, so ``check-config`` catches a missing key file
 before ``run`` would.
+
+Equal per-tunnel values are held once (the end of this module): :func:`validate_document` puts a
+table into the context (``context["shared"]``) and validators hand out one object per distinct
+value instead of a copy per tunnel: :func:`share_fields_set` (a frozen model's set of given
+field names, pydantic's ``__pydantic_fields_set__``, ~200-730 bytes per model; frozen models
+never change it: assignment raises first, copies copy it) and :func:`share_value` (an equal
+frozen sub-model: the hub's WireGuard ``private_key`` in every tunnel, ~1.6 KB). Only identities
+change: values, messages and checks are the same (a model validated without the table, e.g. in
+a test, shares nothing).
 """
 
 from __future__ import annotations
@@ -17,9 +26,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, PlainSerializer, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from gateway.config.durations import format_duration, parse_duration
@@ -28,6 +37,7 @@ from gateway.config.loader import as_text
 
 __all__ = [
     "PASTED",
+    "SHARED",
     "Cidr",
     "Count",
     "Duration",
@@ -48,6 +58,8 @@ __all__ = [
     "fail",
     "longer_than_zero",
     "resolve_path",
+    "share_fields_set",
+    "share_value",
     "show",
 ]
 
@@ -320,3 +332,41 @@ MlDsa65PublicKey = Annotated[
 ]
 _WG = "`wg pubkey` or `qkd-gateway keygen --wireguard`"
 WireGuardPublicKey = Annotated[bytes, BeforeValidator(_public_key(32, "WireGuard", _WG)), _B64]
+
+
+# -- equal values held once (see the module docstring) -----------------------------------
+_T = TypeVar("_T")
+
+#: The validation context's key of the table.
+SHARED = "shared"
+
+def _table(info: ValidationInfo) -> dict[Any, Any] | None:
+    context = info.context
+    table = context.get(SHARED) if isinstance(context, dict) else None
+    return table if isinstance(table, dict) else None
+
+
+def share_fields_set(model: BaseModel, info: ValidationInfo) -> None:
+    """Replace ``model``'s set of given field names by the table's equal one (frozen models)."""
+    table = _table(info)
+    if table is None or not model.model_config.get("frozen"):
+        return
+    given = model.__pydantic_fields_set__
+    shared = table.setdefault(("fields_set", type(model), frozenset(given)), given)
+    if shared is not given:
+        object.__setattr__(model, "__pydantic_fields_set__", shared)
+
+
+def share_value(value: _T, info: ValidationInfo) -> _T:
+    """The table's object equal to ``value`` (a frozen model: same type, fields, private
+    attributes and given fields), or ``value`` itself, which then becomes that object."""
+    table = _table(info)
+    if table is None or not isinstance(value, BaseModel) or not value.model_config.get("frozen"):
+        return value
+    try:
+        key = ("value", type(value), frozenset(value.__pydantic_fields_set__), value,
+               tuple(sorted((value.__pydantic_private__ or {}).items())))
+        shared: _T = table.setdefault(key, value)
+    except TypeError:  # a field that cannot be hashed (a list): not shared
+        return value
+    return shared

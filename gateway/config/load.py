@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from gateway.config.crosscheck import cross_check
 from gateway.config.errors import ConfigError, Problem
+from gateway.config.fields import SHARED
 from gateway.config.loader import Document, read_yaml
 from gateway.config.models import GatewayConfig
 from gateway.config.translate import translate
@@ -28,7 +29,8 @@ def validate_document(
 ) -> GatewayConfig:
     """Validate an already parsed document (relative paths start at ``base_dir``)."""
     env = os.environ if environ is None else environ
-    context = {"base_dir": base_dir, "credentials_dir": env.get("CREDENTIALS_DIRECTORY", "")}
+    context = {"base_dir": base_dir, "credentials_dir": env.get("CREDENTIALS_DIRECTORY", ""),
+               SHARED: {}}
     problems: list[Problem] = list(doc.problems)
     config: GatewayConfig | None = None
     if doc.data is None:

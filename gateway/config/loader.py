@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ class Document:
 MAX_DEPTH = 32
 MAX_VALUES = 500_000
 MAX_BYTES = 8 << 20
+
+#: Text values up to this length are shared between equal occurrences (names, modes, files).
+_SHARED_TEXT = 64
 
 _STD = "tag:yaml.org,2002:"
 _MAP, _SEQ = _STD + "map", _STD + "seq"
@@ -141,6 +145,10 @@ class _Walker:
         self.open: set[int] = set()  # nodes being walked, to catch an alias to an ancestor
         self.count = 0
         self.outer_alias: tuple[Loc, yaml.Mark] | None = None
+        # One object per distinct short text (`bench0`, `qkd+pqc` in every tunnel): the copies
+        # die as soon as read, instead of living on scattered among the walk's temporaries,
+        # whose freed memory the allocator could then not give back.
+        self.texts: dict[str, str] = {}
 
     def _problem(self, loc: Loc, mark: yaml.Mark, message: str, fix: str) -> None:
         self.fatal.append(Problem(render_path(loc), mark.line + 1, message, fix, mark.column + 1))
@@ -223,6 +231,8 @@ class _Walker:
             value.text = str(node.value)
         if not isinstance(value, str):
             self.doc.raw[loc] = str(node.value)
+        elif type(value) is str and len(value) <= _SHARED_TEXT:
+            value = self.texts.setdefault(value, value)
         return value
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
@@ -236,7 +246,8 @@ class _Walker:
                 )
                 continue
             # The key's literal text, not its YAML 1.1 reading: `on:` stays "on", not True.
-            key = str(key_node.value)
+            # Interned: the same few names in every tunnel, one object each.
+            key = sys.intern(str(key_node.value))
             if key == "<<":
                 self.doc.problems.append(
                     Problem(render_path(loc), line, "merge keys (<<) are not supported",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gateway.config.durations import format_duration
 from gateway.config.fields import (
@@ -25,6 +25,8 @@ from gateway.config.fields import (
     WireGuardPublicKey,
     fail,
     longer_than_zero,
+    share_fields_set,
+    share_value,
 )
 from gateway.config.sources import GeneratedKey
 
@@ -42,6 +44,11 @@ DEFAULT_REJECT_AFTER = 180.0
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="after")
+    def _share(self, info: ValidationInfo) -> _Strict:
+        share_fields_set(self, info)  # the same few sets for 10,000 tunnels (fields.py)
+        return self
+
 
 class WireGuardSettings(_Strict):
     """The WireGuard interface and its one peer. With ``adopt: true`` the interface exists
@@ -57,6 +64,12 @@ class WireGuardSettings(_Strict):
     endpoint: HostPort | None = None
     allowed_ips: list[Cidr] = Field(default_factory=list)
     persistent_keepalive: Duration | None = None
+
+    @field_validator("private_key")
+    @classmethod
+    def _one_key_object(cls, value: GeneratedKey | None,
+                        info: ValidationInfo) -> GeneratedKey | None:
+        return share_value(value, info)  # the hub's one key file, not a copy per tunnel
 
     @model_validator(mode="after")
     def _rules(self) -> WireGuardSettings:

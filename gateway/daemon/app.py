@@ -2,8 +2,12 @@
 
 Named tasks (visible in ``qkd-gateway status`` and in tracebacks):
 
-* ``actions`` and ``actions:<tunnel>`` - perform what the protocol core asks (keys, installs)
-* ``keeper:<tunnel>``                  - fail closed at ``reject_after`` without a new key
+* ``actions`` and ``actions:<tunnel>`` - perform what the protocol core asks (keys, installs);
+                                         a tunnel's lane exists while it has actions
+* ``keeper-deadlines``                 - every keeper's ``reject_after`` deadline and fail-closed
+                                         retries (gateway.daemon.deadlines); ``keeper:<tunnel>``
+                                         only while one fails closed
+* ``state-commit``                     - the state directory's group commit (gateway.daemon.commit)
 * ``xfrm-events``                      - the kernel's SA expiries for XFRM tunnels (when any)
 * ``reconcile``                        - restore tunnels changed behind the daemon's back
 * ``telemetry:pools``                  - key pool levels and KMS stock into metrics
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +33,11 @@ from gateway.config import GatewayConfig, Tunnel
 from gateway.daemon.actions import ActionRunner
 from gateway.daemon.build import build_kms, build_peers, build_pools, load_identity
 from gateway.daemon.control import ControlServer
+from gateway.daemon.periodic import observe_handshake, observe_handshakes, reconcile_loop
 from gateway.daemon.reload import ConfigReloader
 from gateway.daemon.schedule import align_to_handshake, plan_rotation
 from gateway.daemon.startup import settle_memory, start_in_batches
-from gateway.daemon.state import StateError, StateLock, StateStore
+from gateway.daemon.state import StateError, StateLock, StateStore, UsedKeyIdsSaver
 from gateway.daemon.status import daemon_status
 from gateway.daemon.tunnels import TunnelSet
 from gateway.protocol import Endpoint, Node, Timers
@@ -106,7 +112,10 @@ class Daemon:
         self.low_stock: dict[str, bool] = {}
         self.rekey_due: dict[str, float] = {}
         self._wall_due: dict[str, float | None] = {}
-        self._used_generation = -1
+        self.used_key_ids = UsedKeyIdsSaver(
+            self.store, self.node.export_used_key_ids,
+            lambda: self.node.used_key_ids_generation,
+            functools.partial(self._state_saved, what="used_key_ids"))
         self.endpoint = Endpoint(self.node, self.runner.submit, peers=self._addresses)
         self.control = ControlServer(cfg.control_socket, self._control)
         self.notifier = SdNotifier()
@@ -117,9 +126,9 @@ class Daemon:
         self.bus.emit(event, **fields)
         if event in ("tunnel_failed_closed", "tunnel_resumed") and fields.get("tunnel") in \
                 self._wall_due:
-            self._publish_status(fields["tunnel"])
+            self.publish_status(fields["tunnel"])
 
-    def _publish_status(self, name: str) -> None:
+    def publish_status(self, name: str) -> None:
         """The tunnel's retained MQTT status and gauges (published only when it changed)."""
         keeper, t = self.keepers[name], self.node.tunnel_status(name)
         st = keeper.status()
@@ -166,9 +175,9 @@ class Daemon:
             self.tunnels.handshakes[name].activated(self.keepers[name].epoch, time.time())
             if len(inst.interface.spec.peers) <= HANDSHAKE_LOOK_MAX_PEERS:
                 with contextlib.suppress(Exception):
-                    await self._observe_handshake(name)
+                    await observe_handshake(self, name)
         self.schedule(name)
-        self._save_used_key_ids()
+        self.used_key_ids.moved()
 
     def _rekey_now(self, name: str, why: str) -> None:
         """A data plane asks for new keys at once (ESP: a soft lifetime, a lost SA)."""
@@ -178,17 +187,6 @@ class Daemon:
             self.bus.emit("rekey_deferred", tunnel=name, reason=why, error=str(exc))
             return
         self.bus.emit("rekey_requested", tunnel=name, by=why)
-
-    def _save_used_key_ids(self) -> None:
-        """The protocol's used-QKD-key-ID memory survives restarts (only when it moved)."""
-        gen = self.node.used_key_ids_generation
-        if gen != self._used_generation:
-            self._used_generation = gen
-            try:
-                self.store.save_used_key_ids(self.node.export_used_key_ids())
-            except OSError as exc:
-                self.bus.emit("state_save_failed", level="error", what="used_key_ids",
-                              error=str(exc))
 
     def schedule(self, name: str) -> None:
         """The next rotation's interval (jittered; stretched while the KMS runs low on keys,
@@ -211,13 +209,14 @@ class Daemon:
             self.low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
                            low_stock=low_water, next_rekey_s=round(plan.delay, 1))
-        self._publish_status(name)
+        self.publish_status(name)
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then leave tunnels per their ``on_shutdown``."""
         self.store.prepare()
         await self._lock()
+        self.store.start(self._state_saved)
         self.bus.emit("daemon_starting", version=__version__, site=self.cfg.site.name,
                       tunnels=[t.name for t in self.cfg.tunnels],
                       backends={k: b.kind for k, b in self.tunnels.backends.items()})
@@ -234,10 +233,11 @@ class Daemon:
                 for pool in self.pools.values():
                     await pool.start()
                 await start_in_batches(self.store, list(self.keepers), self._start_keeper,
-                                       self.attach_tunnel, self._state_save_failed)
+                                       self.attach_tunnel,
+                                       functools.partial(self._state_saved, what="tunnels"))
                 settle_memory()
                 tg.create_task(self.runner.run(), name="actions")
-                tg.create_task(self._reconcile_loop(), name="reconcile")
+                tg.create_task(reconcile_loop(self), name="reconcile")
                 tg.create_task(self._pool_metrics_loop(), name="telemetry:pools")
                 wd = watchdog_interval()
                 if wd is not None:
@@ -250,6 +250,9 @@ class Daemon:
                 self.notifier.ready(f"listening on port {port}")
                 self.bus.emit("daemon_ready", port=port)
                 await stop.wait()
+                # A clean stop: start no exchange, tell the peers, and let the exchanges in
+                # flight finish (at most timers.shutdown_drain) while the action lanes run.
+                await self.endpoint.drain()
                 raise _Stopping
         except* _Stopping:
             pass
@@ -283,8 +286,15 @@ class Daemon:
         self.schedule(name)
         self.tunnels.watch(self._tg, name)
 
-    def _state_save_failed(self, exc: OSError) -> None:
-        self.bus.emit("state_save_failed", level="error", what="tunnels", error=str(exc))
+    def _state_saved(self, exc: OSError | None, what: str = "state_dir") -> None:
+        """A state write failed (``what``: a batch of the store's committer, until one succeeds
+        saves are refused and activations fail as ``tunnel_activate_failed``; the start-up's;
+        the used-key-ID memory), or (None) the committer can write again."""
+        if exc is None:
+            self.bus.emit("state_save_recovered", what=what)
+        else:
+            self.bus.emit("state_save_failed", level="error", what=what, error=str(exc),
+                          pending=self.store.commit.pending)
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the configuration file and apply the difference."""
@@ -319,63 +329,16 @@ class Daemon:
                 self.metrics.add_keys_wasted(kms, wasted)
         for source in self.sources.values():
             await source.aclose()
+        self.used_key_ids.save()  # what moved since its last save
+        try:
+            await self.store.close()  # every pending state write, before the lock goes
+        except OSError as exc:  # each file is old or new: a restart starts those tunnels closed
+            self._state_saved(exc)
         self.bus.emit("daemon_stopped", keys_wasted=sum(p.stats().wasted
                                                          for p in self.pools.values()))
         self.lock.release()
 
     # -- periodic tasks -----------------------------------------------------------------------
-    async def _reconcile_loop(self) -> None:
-        while True:
-            # Read at every pass: a reload that changes daemon.reconcile_interval takes effect
-            # after the current wait.
-            await asyncio.sleep(self.cfg.daemon.reconcile_interval)
-            for iface in list(self.tunnels.interfaces.values()):
-                try:
-                    fixed = await iface.reconcile()
-                except Exception as exc:
-                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
-                                  error=str(exc))
-                    continue
-                if fixed:
-                    self.bus.emit("tunnel_drift_corrected", level="warning",
-                                  interface=iface.name, corrections=fixed)
-            for name, keeper in list(self.keepers.items()):
-                try:
-                    # A peer re-added above has an empty PSK slot: the keeper puts back the key
-                    # it should hold (or fails closed), so a slot never silently reads empty.
-                    if await keeper.verify():
-                        self.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
-                except Exception as exc:
-                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
-            await self._observe_handshakes()
-            for name in self.keepers:
-                try:
-                    self._publish_status(name)  # a slow sweep: published only if it changed
-                except Exception as exc:
-                    self.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
-
-    async def _observe_handshake(self, name: str) -> None:
-        self.tunnels.handshakes[name].observe(
-            await self.tunnels.installers[name].last_handshake())
-
-    async def _observe_handshakes(self) -> None:
-        """Every tunnel's last handshake from one peer dump per interface (asked per tunnel, a
-        hub's dump of N peers was read N times: N^2 work, minutes at 10,000 tunnels, with the
-        event loop blocked meanwhile)."""
-        dumps: dict[str, dict[str, float | None] | None] = {}
-        for name, inst in list(self.tunnels.installers.items()):
-            iface = inst.interface
-            if iface.name not in dumps:
-                try:
-                    dumps[iface.name] = await iface.handshakes()
-                except Exception as exc:
-                    dumps[iface.name] = None
-                    self.bus.emit("reconcile_failed", level="error", interface=iface.name,
-                                  error=str(exc))
-            seen = dumps[iface.name]
-            if seen is not None:
-                self.tunnels.handshakes[name].observe(inst.handshake_in(seen))
-
     async def _pool_metrics_loop(self) -> None:
         while True:
             for (kms, _slave), pool in self.pools.items():
@@ -392,7 +355,7 @@ class Daemon:
         cmd = req["cmd"]
         if cmd == "status":
             with contextlib.suppress(Exception):  # status must answer even if a peer is gone
-                await self._observe_handshakes()
+                await observe_handshakes(self)
             return {"ok": True, **daemon_status(self)}
         if cmd == "rekey":
             tunnel = req.get("tunnel")

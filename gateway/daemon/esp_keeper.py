@@ -167,7 +167,7 @@ class EspKeeper(KeyLifetime):
         corrected or closed."""
         async with self._write:
             if self._close_pending is not None:
-                return False  # watch() is already retrying
+                return False  # the deadline scheduler is already retrying
             fixed = bool(await self.tunnel.reconcile())
             st, active = self._state, self._active
             if self._closed or st is None or active is None:
@@ -182,7 +182,7 @@ class EspKeeper(KeyLifetime):
                            epoch=st.epoch, slot="another key")
                 await self._fail_closed_locked("an SA of the tunnel holds a key the gateway did "
                                                "not install", rewrite=True)
-                self._changed.set()
+                self._rearm()
                 return True
         # Never re-install the lost SA's key (nonce reuse, see the module doc): new keys now.
         self._emit("tunnel_key_drift", level="warning", tunnel=self.name, epoch=st.epoch,
@@ -245,8 +245,8 @@ class EspKeeper(KeyLifetime):
 
     async def _fail_closed_locked(self, reason: str, *, rewrite: bool = False) -> None:
         """Every SA of the tunnel goes; the policies stay (and are restored first), so packets
-        that match them are dropped. If the kernel refuses, the alarm says so and watch()
-        retries until it succeeds."""
+        that match them are dropped. If the kernel refuses, the alarm says so and the deadline
+        scheduler retries until it succeeds."""
         try:
             removed = await self.tunnel.fail_closed(reason,
                                                     ensure_policies=self._ensure_policies)

@@ -9,7 +9,7 @@ successful rotation clears it.
 
 Failing closed must itself not fail open. If the random key cannot be written, the keeper takes
 the interface down (``set_blocked``); if even that fails it raises ``tunnel_fail_closed_failed`` and
-retries with backoff for as long as the daemon runs. Nothing here raises out of :meth:`watch`.
+retries with backoff for as long as the daemon runs. Nothing here raises out of :meth:`on_due`.
 While the daemon does not run, ``qkd-gateway failsafe`` (a systemd timer) applies the same rule
 from the state directory (gateway.daemon.failsafe).
 
@@ -180,7 +180,7 @@ class TunnelKeeper(KeyLifetime):
         was re-added by reconciliation with an empty slot). True if something was restored."""
         async with self._write:
             if self._close_pending is not None:
-                return False  # watch() is already retrying
+                return False  # the deadline scheduler is already retrying
             held = await self._installer.read_key()
             if self._key is not None and held == self._key:
                 return False
@@ -194,7 +194,7 @@ class TunnelKeeper(KeyLifetime):
                     self._emit("tunnel_install_failed", level="error", tunnel=self.name,
                                epoch=self.epoch, error=str(exc))
             await self._fail_closed_locked("the data plane lost the tunnel's key", rewrite=True)
-        self._changed.set()
+        self._rearm()
         return True
 
     async def close(self, teardown: bool) -> None:
@@ -204,7 +204,7 @@ class TunnelKeeper(KeyLifetime):
         """A random key the peer cannot know, and the running session ended (WireGuard would
         otherwise keep the old session's keys for up to REJECT_AFTER_TIME, 180 s). If that
         cannot be written, the interface goes down (traffic stops) and the write is retried
-        (see watch) until the old key is really gone: only then is the state marked closed. If
+        (see due_in) until the old key is really gone: only then is the state marked closed. If
         even the interface cannot be taken down, the alarm says so and both are retried."""
         key = Secret.random(self._key_length)
         try:
@@ -223,13 +223,14 @@ class TunnelKeeper(KeyLifetime):
                     self._alarmed_close = True
                 self._emit("tunnel_fail_closed_error", level="error", tunnel=self.name,
                            step="interface down", error=str(exc2), retry=self._failures)
-            self._close_pending = reason  # retried by watch() until the key is written
+            self._close_pending = reason  # retried (due_in) until the key is written
             if self._blocked and not self._closed:
                 self._closed = True  # no traffic passes: closed, but not done
                 self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch,
                             reason=reason)
                 self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch,
                            reason=reason, interface_down=True)
+            self._rearm()
             return
         self._key = key
         self._closed_done(reason)

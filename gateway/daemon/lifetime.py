@@ -1,12 +1,14 @@
 """What every tunnel keeper shares, whatever its data plane: the key's lifetime.
 
 A tunnel never carries traffic under a key older than ``reject_after``. Every activation pushes
-the deadline forward; when it passes with no new key, :meth:`KeyLifetime.watch` fails the tunnel
-closed and raises ``tunnel_key_expired``; the next activation clears it. How a tunnel is failed
+the deadline forward; when it passes with no new key, :meth:`KeyLifetime.on_due` (called by the
+daemon's one deadline task, gateway.daemon.deadlines) fails the tunnel closed and raises
+``tunnel_key_expired``; the next activation clears it. How a tunnel is failed
 closed depends on its data plane (WireGuard: a random PSK, else the interface down, see
 gateway.daemon.keeper; ESP: the SAs go and the policies stay, see gateway.daemon.esp_keeper):
 subclasses implement :meth:`_fail_closed_locked` and call :meth:`_closed_done` once traffic is
-really stopped, or set ``_close_pending`` so that :meth:`watch` retries with backoff.
+really stopped, or set ``_close_pending`` (then :meth:`_rearm`) so that it is retried with
+backoff.
 
 The state directory (gateway.daemon.state) records each activation (never keys: a one-way
 fingerprint); :func:`refusal` says whether a recorded key may still be trusted after a restart.
@@ -20,6 +22,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from gateway.daemon.clock import BootClock, Clock
+from gateway.daemon.deadlines import Deadlines
 from gateway.daemon.state import StateError, StateStore, TunnelState
 
 __all__ = ["ALARM_CLOSE_FAILED", "ALARM_EXPIRED", "Alarm", "Emit", "FailClosedError",
@@ -45,7 +48,7 @@ class FailClosedError(RuntimeError):
 
 
 class KeyLifetime:
-    """The deadline, the alarms, the state file and the watch task of one tunnel."""
+    """The deadline, the alarms and the state file of one tunnel."""
 
     #: ``status()["dataplane"]`` and the daemon's dispatch: "wireguard" or "esp".
     kind = "wireguard"
@@ -65,8 +68,10 @@ class KeyLifetime:
         self._alarmed_close = False  # ALARM_CLOSE_FAILED is raised
         self._failures = 0
         self.keys_installed = 0  # keys installed by this process
-        self._changed = asyncio.Event()
-        # One data-plane write at a time: the watch task, an Expire from the protocol and an
+        self._deadlines: Deadlines | None = None  # the scheduler watching this keeper
+        self._retry_at = 0.0  # event loop time: next retry of a pending fail-closed
+        self._retry_for = 0  # the _failures count _retry_at was computed for
+        # One data-plane write at a time: the deadline, an Expire from the protocol and an
         # activation must never interleave (two fail-closed writes racing each other's
         # read-back was seen when the core's Expire coincided with the deadline).
         self._write = asyncio.Lock()
@@ -97,7 +102,7 @@ class KeyLifetime:
             if self._state is not None and self._state.activated_boot is not None \
                     and not self._closed:
                 self._deadline = self._state.activated_boot + value
-            self._changed.set()
+            self._rearm()
 
     @property
     def deadline(self) -> float:
@@ -156,7 +161,7 @@ class KeyLifetime:
             self._alarm(ALARM_CLOSE_FAILED, False, tunnel=self.name)
             self._alarmed_close = False
         self._closed, self._close_pending, self._failures = False, None, 0
-        self._changed.set()
+        self._rearm()
         self._emit("tunnel_rekeyed", tunnel=self.name, epoch=state.epoch,
                    key_ids=list(state.key_ids), achieved=state.achieved,
                    rekey_ms=None if rekey_s is None else round(rekey_s * 1000, 3))
@@ -182,51 +187,84 @@ class KeyLifetime:
     def _close_failed_text(self) -> str:
         return "its traffic could not be stopped"
 
-    async def _wait_changed(self, delay: float) -> None:
-        """Until the next change or ``delay`` seconds. Not ``asyncio.wait_for``: on Python 3.11
-        it loses a cancellation that arrives as the event is set, and this loop would then
-        outlive the daemon's TaskGroup (a SIGTERM that never finishes the stop)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._changed.wait()
+    # -- the deadline ------------------------------------------------------------------------
+    def attach(self, deadlines: Deadlines) -> None:
+        """Let ``deadlines`` (the daemon's one scheduler) act on this keeper's deadline and
+        retries from now on."""
+        self._deadlines = deadlines
+        deadlines.add(self)
+
+    def detach(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.discard(self)
+            self._deadlines = None
+
+    def _rearm(self) -> None:
+        """The time to act may have changed (activation, fail-closed, reload): tell the
+        scheduler. Cheap; called after every change of the state it depends on."""
+        if self._deadlines is not None:
+            self._deadlines.arm(self)
+
+    def due_in(self) -> float | None:
+        """Seconds until :meth:`on_due` must run: the deadline while open, the next retry of a
+        pending fail-closed (1 s doubling to 30 s after each failure), None while closed."""
+        if self._close_pending is not None:
+            # Backoff in the event loop's time (as the wait itself): a retry does not depend
+            # on the keeper's clock.
+            now = asyncio.get_running_loop().time()
+            if self._retry_for != self._failures:  # a new failure: back off from now
+                self._retry_for = self._failures
+                self._retry_at = now + min(_RETRY_CAP,
+                                           _RETRY_BASE * 2 ** min(self._failures - 1, 8))
+            return self._retry_at - now
+        if not self._closed:
+            return self._deadline - self._clock.now()
+        return None
+
+    async def on_due(self) -> None:
+        """Called by the scheduler when :meth:`due_in` has run out: retry a pending
+        fail-closed, or fail closed when the deadline has passed without a new key (checked
+        again on the keeper's clock). Never raises."""
+        try:
+            if self._close_pending is not None:
+                await self._fail_closed(self._close_pending)
+            elif not self._closed and self._deadline <= self._clock.now():
+                await self._fail_closed(f"no successful rekey within {self._reject_after:g} s")
+        except Exception as exc:  # a bug: keep it visible, the next due time retries
+            self._emit("tunnel_deadline_error", level="error", tunnel=self.name,
+                       error=f"{type(exc).__name__}: {exc}")
 
     async def watch(self) -> None:
-        """Long-running task: fail closed whenever the deadline passes without a new key, and
-        retry a fail-closed that did not succeed. Never raises."""
-        while True:
-            self._changed.clear()
-            if self._close_pending is not None:
-                delay = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures - 1, 8))
-                await self._wait_changed(delay)
-                if self._close_pending is not None:
-                    await self._fail_closed(self._close_pending)
-            elif not self._closed:
-                delay = self._deadline - self._clock.now()
-                if delay <= 0:
-                    await self._fail_closed(f"no successful rekey within {self._reject_after:g} s")
-                    continue
-                await self._wait_changed(delay)
-            else:
-                await self._changed.wait()
+        """Act on this keeper's deadline alone, with a scheduler of its own, until cancelled
+        (tests and single-tunnel tools; the daemon attaches every keeper to one scheduler)."""
+        deadlines = Deadlines()
+        self.attach(deadlines)
+        try:
+            await deadlines.run()
+        finally:
+            if self._deadlines is deadlines:
+                self.detach()
 
     async def expire(self, reason: str) -> None:
         """The protocol declared the current key expired: fail closed now (idempotent)."""
         if not self._closed:
             await self._fail_closed(reason)
-            self._changed.set()
 
     async def _fail_closed(self, reason: str, *, rewrite: bool = False) -> None:
         async with self._write:
             if self._closed and self._close_pending is None and not rewrite:
-                return  # another path (watch, Expire) closed it meanwhile
-            await self._fail_closed_locked(reason, rewrite=rewrite)
+                return  # another path (deadline, Expire) closed it meanwhile
+            try:
+                await self._fail_closed_locked(reason, rewrite=rewrite)
+            finally:
+                self._rearm()
 
     async def _fail_closed_locked(self, reason: str, *, rewrite: bool = False) -> None:
         raise NotImplementedError  # pragma: no cover - each data plane's own
 
     def _close_failed(self, reason: str, step: str, error: str, *, alarm: bool) -> None:
         """A fail-closed step failed: log it, count it, (``alarm``) raise ALARM_CLOSE_FAILED;
-        watch() retries until it succeeds."""
+        it is retried (see due_in) until it succeeds."""
         self._emit("tunnel_fail_closed_error", level="error", tunnel=self.name, step=step,
                    error=error, retry=self._failures + 1)
         self._failures += 1
@@ -234,6 +272,7 @@ class KeyLifetime:
             self._alarm(ALARM_CLOSE_FAILED, True, tunnel=self.name, reason=error)
             self._alarmed_close = True
         self._close_pending = reason
+        self._rearm()
 
     def _closed_done(self, reason: str, **fields: Any) -> None:
         """Traffic is stopped for good (``_write`` held): mark the state closed, settle alarms."""
@@ -251,6 +290,7 @@ class KeyLifetime:
             self._alarm(ALARM_EXPIRED, True, tunnel=self.name, epoch=self.epoch, reason=reason)
             self._emit("tunnel_failed_closed", tunnel=self.name, epoch=self.epoch,
                        reason=reason, **fields)
+        self._rearm()
 
 
 def refusal(st: TunnelState | None, clock: Clock, reject_after: float,

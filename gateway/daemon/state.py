@@ -1,7 +1,11 @@
 """The daemon's state directory: what a restarted daemon needs to resume without a flap.
 
 One JSON file per tunnel, ``<state_dir>/tunnels/<name>.json``, written atomically (temp file,
-fsync, rename) with mode 0600 in a 0700 directory. It records epochs, QKD key IDs and times,
+sync, rename) with mode 0600 in a 0700 directory. While the store's committer runs (a daemon:
+:meth:`StateStore.start`), a save only notes the file and returns; the committer writes the noted
+files in batches in a worker thread, one sync per batch (gateway.daemon.commit: group commit),
+and :meth:`StateStore.close` writes what is left. Without it (``qkd-gateway failsafe``, tools)
+each save is written before it returns. It records epochs, QKD key IDs and times,
 **never keys**: a restarted daemon cannot and must not recover key material; it resumes the epoch
 counter (so epochs never repeat) and knows how long the installed key has left before
 ``reject_after`` (on the boot clock, see gateway.daemon.clock). It also records a one-way
@@ -14,25 +18,37 @@ directory refuses to start, and ``qkd-gateway failsafe`` acts only while no daem
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gateway.daemon.commit import GroupCommit
 from gateway.keymaterial import Secret
 
-__all__ = ["StateError", "StateLock", "StateStore", "TunnelState", "fingerprint"]
+__all__ = ["USED_KEY_IDS_INTERVAL", "StateError", "StateLock", "StateStore", "TunnelState",
+           "UsedKeyIdsSaver", "fingerprint"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION = 2
 # Version 1 files (no boot clock, no fingerprint) still load; they can never be resumed from.
 _READABLE = (1, 2)
 _FINGERPRINT_LABEL = b"qkd-gateway/1 state-dir key fingerprint"
+#: The used-QKD-key-ID memory is written at most this often (and at a clean stop). It is the
+#: whole memory each time (at least 4,096 IDs per peer and KMS, 4 per tunnel: ~0.16 MB of JSON,
+#: ~1.6 MB at 10,000 tunnels) and it changes at every rekey: written at every activation it cost
+#: more CPU than the rest of the rekey. A crash forgets at most the IDs of the last interval,
+#: which the KMS refuses to deliver a second time anyway (the memory only stops a peer that
+#: re-offers an ID before any KMS call).
+USED_KEY_IDS_INTERVAL = 5.0
+
+UsedKeyIds = dict[str, dict[str, list[str]]]
 
 
 def fingerprint(tunnel: str, epoch: int, key: Secret) -> str:
@@ -78,9 +94,25 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.root = directory
         self._dir = directory / "tunnels"
-        #: While a mapping (gateway.daemon.startup.SaveBatch), writes are collected here (the
-        #: last one per file wins) instead of written, for one sync per batch.
-        self.deferred: dict[Path, bytes] | None = None
+        #: The pending writes and their committer (its counters: saves, batches, syncs, ...).
+        self.commit = GroupCommit()
+
+    # -- the committer ----------------------------------------------------------------------------
+    def start(self, report: Callable[[OSError | None], None] | None = None) -> None:
+        """From now on (on the running loop) saves return at once and are written in batches.
+        ``report(exc)`` hears of each batch that failed (``exc``) and of the recovery (None):
+        a batch that failed is retried; until one succeeds, :meth:`save` raises that error."""
+        self.commit.report = report
+        self.commit.start()
+
+    async def flush(self) -> None:
+        """Everything saved so far durable (raises OSError if that write fails)."""
+        await self.commit.flush()
+
+    async def close(self) -> None:
+        """Stop the committer after writing everything pending (raises OSError if that last
+        write fails); later saves are written synchronously again."""
+        await self.commit.close()
 
     def prepare(self) -> None:
         try:
@@ -123,11 +155,14 @@ class StateStore:
         return state
 
     def remove(self, tunnel: str) -> None:
-        """Forget a tunnel that left the configuration (idempotent)."""
+        """Forget a tunnel that left the configuration (idempotent; a pending save of its file
+        is dropped)."""
+        path = self._path(tunnel)
+        self.commit.discard(path)
         with contextlib.suppress(FileNotFoundError):
-            self._path(tunnel).unlink()
+            path.unlink()
 
-    def load_used_key_ids(self) -> dict[str, dict[str, list[str]]]:
+    def load_used_key_ids(self) -> UsedKeyIds:
         """The protocol's memory of used QKD key IDs ({peer: {kms: [ids]}}), {} if none or
         unreadable (the KMS refuses a second delivery anyway; this catches a peer re-offering
         an ID before any KMS call)."""
@@ -141,7 +176,7 @@ class StateStore:
                             for k, ids in kms.items() if isinstance(ids, list)}
                 for peer, kms in raw.items() if isinstance(kms, dict)}
 
-    def save_used_key_ids(self, data: dict[str, dict[str, list[str]]]) -> None:
+    def save_used_key_ids(self, data: UsedKeyIds) -> None:
         self._write(self.root / "used_key_ids.json", json.dumps(data, sort_keys=True).encode())
 
     def save(self, state: TunnelState) -> None:
@@ -150,26 +185,18 @@ class StateStore:
         self._write(path, json.dumps({"version": _VERSION, **fields}, sort_keys=True).encode())
 
     def _write(self, path: Path, data: bytes) -> None:
-        """Atomically: a temporary file in the same directory, fsync, rename, fsync the dir."""
-        if self.deferred is not None:
-            self.deferred[path] = data
+        """Atomically (gateway.daemon.commit.write_durably): noted for the committer's next batch
+        while it runs, else written now. While the committer's last batch has failed, refused
+        with its error (OSError, as a write of its own would have failed), not noted."""
+        commit = self.commit
+        if commit.running:
+            err = commit.error
+            if err is not None:
+                raise OSError(err.errno, err.strerror or str(err), str(path))
+            commit.put(path, data)
             return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        commit.put(path, data)
+        commit.write_now()
 
 
 def _check_types(st: TunnelState, tunnel: str) -> None:
@@ -196,6 +223,50 @@ def _check_types(st: TunnelState, tunnel: str) -> None:
         value = getattr(st, name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
             raise ValueError(f"{name} is not an SPI (a whole number below 2^32)")
+
+
+class UsedKeyIdsSaver:
+    """Saves the protocol's used-QKD-key-ID memory when it moved (``generation()`` changed), at
+    most every USED_KEY_IDS_INTERVAL: a timer on the running loop saves what moved meanwhile.
+    ``failed(exc)`` hears of a save the store refused."""
+
+    def __init__(self, store: StateStore, export: Callable[[], UsedKeyIds],
+                 generation: Callable[[], int], failed: Callable[[OSError], None]) -> None:
+        self._store, self._export, self._generation, self._failed = \
+            store, export, generation, failed
+        self._saved = generation()  # the generation written last (at first: nothing new)
+        self._saved_at = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self.saves = 0
+
+    def moved(self) -> None:
+        """After an activation: save now, or when the interval since the last save is over."""
+        if self._generation() == self._saved or self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._saved_at + USED_KEY_IDS_INTERVAL - loop.time()
+        if wait > 0:
+            self._timer = loop.call_later(wait, self.save)
+        else:
+            self.save()
+
+    def save(self) -> None:
+        """Save now if the memory moved since the last save (a clean stop calls this)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        gen = self._generation()
+        if gen == self._saved:
+            return
+        self._saved = gen
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to time
+            self._saved_at = asyncio.get_running_loop().time()
+        try:
+            self._store.save_used_key_ids(self._export())
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.saves += 1
 
 
 class StateLock:

@@ -2,25 +2,26 @@
 
 A WireGuard tunnel is its configuration, its
 :class:`~gateway.daemon.wg_installer.WireGuardInstaller` (the PSK slot of one peer), the
-:class:`~gateway.daemon.wg_installer.WgInterface` it sits on (shared by the tunnels of a hub),
-its :class:`~gateway.daemon.keeper.TunnelKeeper` and the keeper's watch task. An XFRM tunnel is
-its configuration, its :class:`~gateway.dataplane.xfrm.EspTunnel` (reqid from
-:func:`~gateway.daemon.build.esp_reqids`, kept across reloads), its
-:class:`~gateway.daemon.esp_keeper.EspKeeper` and watch task; the first one to start also starts
-the kernel-notification task (gateway.daemon.esp_events). :class:`TunnelSet` builds them from the
-configuration and, on a live reload, adds, removes and re-plans them without touching the others.
+:class:`~gateway.daemon.wg_installer.WgInterface` it sits on (shared by the tunnels of a hub)
+and its :class:`~gateway.daemon.keeper.TunnelKeeper`. An XFRM tunnel is its configuration, its
+:class:`~gateway.dataplane.xfrm.EspTunnel` (reqid from :func:`~gateway.daemon.build.esp_reqids`,
+kept across reloads) and its :class:`~gateway.daemon.esp_keeper.EspKeeper`; the first one to
+start also starts the kernel-notification task (gateway.daemon.esp_events). Every keeper's
+deadline is watched by one task (gateway.daemon.deadlines), started with the first tunnel.
+:class:`TunnelSet` builds them from the configuration and, on a live reload, adds, removes and
+re-plans them without touching the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.config import Tunnel
 from gateway.daemon.build import esp_reqids, esp_spec, wireguard_plans
 from gateway.daemon.clock import BootClock
+from gateway.daemon.deadlines import Deadlines
 from gateway.daemon.esp_events import watch_xfrm
 from gateway.daemon.esp_keeper import EspKeeper
 from gateway.daemon.inuse import HandshakeTracker
@@ -53,7 +54,8 @@ class TunnelSet:
         self.esp: dict[str, EspKeeper] = {}  # the XFRM tunnels' keepers (also in keepers)
         self.reqids: dict[str, int] = {}
         self.esp_reqids: set[int] = set()  # live: the notification task filters on it
-        self.watchers: dict[str, asyncio.Task[None]] = {}
+        self.deadlines = Deadlines()  # every keeper's deadline and fail-closed retries
+        self._deadline_task: asyncio.Task[None] | None = None
         self._dirty: set[str] = set()
         self._esp_dirty: set[str] = set()
         self._monitor: asyncio.Task[None] | None = None
@@ -115,7 +117,7 @@ class TunnelSet:
                     self._esp_dirty.add(t.name)
                 continue
             keeper = EspKeeper(t.name, t.reject_after, EspTunnel(spec), self._store,
-                               self._emit, self._alarm, rekey=self._rekey)
+                               self._emit, self._alarm, clock=self._clock, rekey=self._rekey)
             self.esp[t.name] = keeper
             self.keepers[t.name] = keeper
             created.append(t.name)
@@ -133,7 +135,11 @@ class TunnelSet:
         return out
 
     def watch(self, tg: asyncio.TaskGroup, name: str) -> None:
-        self.watchers[name] = tg.create_task(self.keepers[name].watch(), name=f"keeper:{name}")
+        """From now on, fail ``name`` closed when its deadline passes (and retry a failed
+        fail-closed): the keeper joins the one deadline task, started in ``tg`` if needed."""
+        if self._deadline_task is None or self._deadline_task.done():
+            self._deadline_task = tg.create_task(self.deadlines.run(), name="keeper-deadlines")
+        self.keepers[name].attach(self.deadlines)
         if name in self.esp and (self._monitor is None or self._monitor.done()):
             # One task for the kernel's XFRM notifications, from the first XFRM tunnel on.
             self._monitor = tg.create_task(watch_xfrm(self.esp, self.esp_reqids, self._emit),
@@ -144,12 +150,9 @@ class TunnelSet:
         interface is removed when no other tunnel uses it (an adopted one is failed closed
         instead: it is not ours to delete); a hub interface just loses the peer (at the next
         apply, by the caller); an XFRM tunnel's SAs and policies go; its state file goes."""
-        task = self.watchers.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         keeper = self.keepers.pop(name)
+        await self.deadlines.remove(keeper)  # a fail-closed in progress is cancelled
+        keeper.detach()
         self.configs.pop(name)
         esp = self.esp.pop(name, None)
         if esp is not None:

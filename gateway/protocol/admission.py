@@ -69,10 +69,21 @@ class Admission:
         self._reserved_used: dict[str, int] = {}
         self._unreserved = 0
         self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+        self._summary: dict[str, int] = {}  # refusals and closes since the last summary
+        self._summary_at = 0.0
 
     def set_peer_sources(self, addresses: Iterable[str]) -> None:
         """The configured peers' (resolved) addresses: their sources get reserved slots."""
         self._peers = frozenset(source_of(a) for a in addresses)
+
+    def note(self, what: str, now: float, interval: float) -> dict[str, int] | None:
+        """Count a refusal or close of an unauthenticated connection; every ``interval`` at
+        most, the counts since the last time are returned (to be logged as one line)."""
+        self._summary[what] = self._summary.get(what, 0) + 1
+        if now - self._summary_at < interval:
+            return None
+        counts, self._summary, self._summary_at = dict(sorted(self._summary.items())), {}, now
+        return counts
 
     @property
     def pending(self) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "RESERVED_PER_PEER",
     "SPARE_KEY_MAX_AGE",
     "SPI_MIN",
+    "STOP_NOTICE_TUNNEL",
     "SUITE_ID",
     "USED_KEY_ID_MEMORY",
     "WIRE_VERSION",
@@ -81,6 +82,11 @@ NONCE_LEN = 32
 QKD_KEY_LEN = 32
 # IPsec SPIs 0-255 are reserved by IANA (RFC 4303 section 2.1); the kernel's ALLOCSPI honours it.
 SPI_MIN = 256
+
+# The tunnel name of the stop notice (RekeyAbort SHUTDOWN, epoch 0) a stopping daemon sends each
+# peer: not a valid configured tunnel name (those start with a letter or digit), so it can never
+# be taken for a tunnel's abort.
+STOP_NOTICE_TUNNEL = "*"
 
 # -- pre-authentication limits (the transport's admission control) ---------------------------
 # Connections that have not finished their handshake, over all sources. Each costs a buffer of at
@@ -178,6 +184,12 @@ class Timers:
     # After Activate, the previous epoch's inbound SA is kept this long for packets in flight,
     # then Retire is emitted (make-before-break's "break").
     retire_grace: float = 10.0
+    # A clean stop (SIGTERM): the daemon starts no exchange, tells its peers so, and lets the
+    # exchanges in flight finish for at most this long before it closes its sessions (one
+    # exchange is two round trips and two KMS calls: ~50 ms on a LAN, a few seconds on a slow
+    # WAN or KMS; systemd waits 90 s for a stop). What is still running then is discarded with
+    # reason "shutdown" here and "peer_shutdown" at the peer.
+    shutdown_drain: float = 5.0
 
 
 class TransportLimits:

@@ -48,6 +48,7 @@ __all__ = [
     "SpiAllocated",
     "TakeQkdKeys",
     "TunnelKeys",
+    "TunnelStatus",
 ]
 
 
@@ -168,6 +169,8 @@ DISCARD_REASONS = {
     "expired": "an unused key kept for the next attempt grew older than SPARE_KEY_MAX_AGE",
     "removed": "the tunnel was removed from the configuration",
     "shutdown": "the daemon stopped with the key unused",
+    "peer_shutdown": "the peer announced its clean stop, then closed the session while the "
+                     "exchange was running",
 }
 
 
@@ -291,3 +294,19 @@ class Output:
     @classmethod
     def empty(cls) -> Output:
         return cls([], [])
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelStatus:
+    """A tunnel's protocol state for status displays and metrics (times are core ``now``)."""
+
+    tunnel: str
+    peer: str
+    mode: str
+    session_up: bool  # a session with the peer exists and both ends configured it identically
+    active_epoch: int  # 0: no key yet
+    active_since: float | None
+    expired: bool
+    rekeys_completed: int
+    rekey_in_progress: int | None  # epoch of the unfinished exchange
+    diverged: bool = False  # the ends were seen running different keys; a rekey repairs it

@@ -71,6 +71,7 @@ class AbortCode(enum.IntEnum):
     UNKNOWN_TUNNEL = 7
     KEY_REUSE = 8  # a key ID that was already used
     ACTIVATE_FAILED = 9  # the sender's data plane could not switch to this epoch
+    SHUTDOWN = 10  # the sender stops (tunnel STOP_NOTICE_TUNNEL, epoch 0): see machine.py
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,9 @@ import dataclasses
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from gateway.identity import SiteIdentity
 from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
-from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import (
     Action,
     Alarm,
@@ -30,6 +28,7 @@ from gateway.protocol.events import (
     KeysFetched,
     KeysTaken,
     Output,
+    TunnelStatus,
 )
 from gateway.protocol.exchange import Sink
 from gateway.protocol.handshake import PeerInfo
@@ -44,29 +43,13 @@ from gateway.protocol.inner import (
 )
 from gateway.protocol.keyids import KeyIdMemory
 from gateway.protocol.policy import TunnelPolicy, mismatch
-from gateway.protocol.reconfig import PeerConfig, apply_config
+from gateway.protocol.reconfig import PeerConfig, apply_config, validate_peers
 from gateway.protocol.rekey import Tunnel
 from gateway.protocol.session import Conn, SessionLayer
 from gateway.protocol.sync import PolicyView
 from gateway.protocol.timers import TimerHeap
 
 __all__ = ["Node", "PeerConfig", "TunnelStatus", "validate_peers"]
-
-
-@dataclass(frozen=True, slots=True)
-class TunnelStatus:
-    """A tunnel's protocol state for status displays and metrics (times are core ``now``)."""
-
-    tunnel: str
-    peer: str
-    mode: str
-    session_up: bool  # a session with the peer exists and both ends configured it identically
-    active_epoch: int  # 0: no key yet
-    active_since: float | None
-    expired: bool
-    rekeys_completed: int
-    rekey_in_progress: int | None  # epoch of the unfinished exchange
-    diverged: bool = False  # the ends were seen running different keys; a rekey repairs it
 
 
 class _PeerSink:
@@ -88,7 +71,8 @@ class _PeerSink:
         self._out.actions.append(action)
 
     def may_initiate(self) -> bool:
-        return len(self._node._initiating.get(self._peer, ())) < MAX_CONCURRENT_EXCHANGES
+        return not self._node._halted(self._peer) and len(
+            self._node._initiating.get(self._peer, ())) < MAX_CONCURRENT_EXCHANGES
 
 
 class Node(SessionLayer):
@@ -111,6 +95,7 @@ class Node(SessionLayer):
         self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
         self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
         self._digests: dict[str, bytes] = {}
+        self.draining = False  # a clean stop began (see drain)
         validate_peers(sae_id, peers)
         self._apply_config(peers, 0.0, Output.empty())
 
@@ -127,6 +112,20 @@ class Node(SessionLayer):
                                              len(event.keys), "removed",
                                              isinstance(event, KeysTaken)))
         return out
+
+    def drain(self, now: float) -> Output:
+        """A clean stop begins: no exchange starts from now on (those in flight, ours and the
+        peers', run on), and every peer is told (RekeyAbort SHUTDOWN), so it starts none towards
+        us either and reports what the session's end still cuts short as ``peer_shutdown``.
+        Endpoint.drain waits until :meth:`exchanges_running` is 0 or ``timers.shutdown_drain``
+        has passed, then the daemon closes; what is cut short here is reported ``shutdown``."""
+        out = Output.empty()
+        self.draining = True
+        self._send_stop_notices(now, out)
+        return out
+
+    def exchanges_running(self) -> int:
+        return sum(1 for t in self.tunnels.values() if t.pending is not None)
 
     def shutdown(self, now: float) -> Output:
         """The daemon stops: every QKD key a tunnel still holds (spares kept for the next
@@ -157,6 +156,8 @@ class Node(SessionLayer):
         if t.enabled_at is None:
             raise ValueError(f"tunnel {tunnel!r}: no session with peer {t.peer!r}, or the two "
                              "ends configure it differently; it rekeys as soon as both hold")
+        if self._halted(t.peer):
+            raise ValueError(f"tunnel {tunnel!r}: this daemon or peer {t.peer!r} is stopping")
         out = Output.empty()
         if t.pending is None:
             t.retry_at, t.waiting = now, False
@@ -296,11 +297,15 @@ class Node(SessionLayer):
             self._touch(t, now, out)
         self._send_checks(peer, answer, now, out)
 
-    def _session_gone(self, peer: str, now: float, out: Output) -> None:
+    def _session_gone(self, peer: str, now: float, out: Output, peer_stopped: bool) -> None:
         sink = self._sink(out, peer, now)
+        why = "shutdown" if self.draining else "peer_shutdown" if peer_stopped else None
         for name in self._order.get(peer, ()):
             t = self.tunnels[name]
             if t.enabled_at is not None or t.pending is not None:
+                p = t.pending
+                if why is not None and p is not None and not (p.initiator and p.stage == "gather"):
+                    t.discard(p, why, sink)  # a clean stop cut it short, not a lost session
                 t.session_down(now, sink)
                 self._touch(t, now, out)
 
@@ -324,6 +329,14 @@ class Node(SessionLayer):
         c = self._conns.get(conn) if conn is not None else None
         return c.view if c is not None else None
 
+    def _halted(self, peer: str) -> bool:
+        """No exchange starts towards ``peer`` while this node or the peer is stopping, or
+        while a handshake is under way whose session will replace the current one."""
+        return self.draining or self.peer_stopping(peer) or self._superseded_soon(peer)
+
+    def _handshake_gone(self, peer: str, now: float, out: Output) -> None:
+        self._start_queued(peer, now, out)  # a start it held back may go now
+
     def _sink(self, out: Output, peer: str, now: float) -> Sink:
         return _PeerSink(self, out, peer, now)
 
@@ -340,11 +353,14 @@ class Node(SessionLayer):
             self._unacked[peer].add(name)
         elif name in self._unacked[peer]:
             self._unacked[peer].discard(name)
-        queue = self._queue[peer]
         if t.waiting and not t.queued:
             t.queued = True
-            queue.append(name)
-        while queue and len(running) < MAX_CONCURRENT_EXCHANGES:
+            self._queue[peer].append(name)
+        self._start_queued(peer, now, out)
+
+    def _start_queued(self, peer: str, now: float, out: Output) -> None:
+        queue, running = self._queue.get(peer), self._initiating.get(peer, set())
+        while queue and len(running) < MAX_CONCURRENT_EXCHANGES and not self._halted(peer):
             nxt = self.tunnels.get(queue.popleft())
             if nxt is None:
                 continue
@@ -362,17 +378,3 @@ class Node(SessionLayer):
     def _apply_config(self, peers: Mapping[str, PeerConfig], now: float, out: Output) -> None:
         apply_config(self, peers, now, out)
 
-
-def validate_peers(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
-    """What :meth:`Node.reconfigure` refuses (PolicyError), checked without changing anything:
-    a live reload checks first, then prepares the added tunnels, then reconfigures."""
-    saes = {p.sae_id for p in peers.values()}
-    if len(saes) != len(peers) or sae_id in saes:
-        raise PolicyError("every peer needs its own SAE ID, different from this site's")
-    seen: set[str] = set()
-    for p in peers.values():
-        for pol in p.tunnels:
-            if pol.name in seen:
-                raise PolicyError(f"tunnel name {pol.name!r} is used twice; names must be "
-                                  "unique on a site")
-            seen.add(pol.name)

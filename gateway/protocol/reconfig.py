@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway.identity import PeerPublicKeys
 from gateway.protocol.constants import DEFAULT_PORT
+from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import Output
 from gateway.protocol.policy import TunnelPolicy, policy_digest
 from gateway.protocol.rekey import Tunnel
@@ -25,7 +26,7 @@ from gateway.protocol.rekey import Tunnel
 if TYPE_CHECKING:
     from gateway.protocol.machine import Node
 
-__all__ = ["PeerAddress", "PeerConfig", "apply_config"]
+__all__ = ["PeerAddress", "PeerConfig", "apply_config", "validate_peers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +106,18 @@ def apply_config(node: Node, peers: Mapping[str, PeerConfig], now: float, out: O
             node._view_changed(peer, {p.name for p in upserts} | set(removals), now, out)
     for t in tunnels.values():
         node._heap.schedule(t, t.wakeup())
+
+
+def validate_peers(sae_id: str, peers: Mapping[str, PeerConfig]) -> None:
+    """What :meth:`Node.reconfigure` refuses (PolicyError), checked without changing anything:
+    a live reload checks first, then prepares the added tunnels, then reconfigures."""
+    saes = {p.sae_id for p in peers.values()}
+    if len(saes) != len(peers) or sae_id in saes:
+        raise PolicyError("every peer needs its own SAE ID, different from this site's")
+    seen: set[str] = set()
+    for p in peers.values():
+        for pol in p.tunnels:
+            if pol.name in seen:
+                raise PolicyError(f"tunnel name {pol.name!r} is used twice; names must be "
+                                  "unique on a site")
+            seen.add(pol.name)

@@ -18,7 +18,8 @@ whose IDs never left this host (aborted while gathering, a collision lost before
 went out, a take answered after its attempt ended) are kept as spares for the next attempt.
 Every discarded key is reported (``KeysDiscarded`` with a reason). Only the initiator retries.
 Collisions: the side with the lower SAE ID wins once its RekeyInit is out; the other drops its
-attempt. A side still gathering yields to the peer's RekeyInit at no cost. Timers,
+attempt. A side still gathering yields to the peer's RekeyInit at no cost, and the preferred side
+whose gathering ends when the backup steps in keeps its keys and stands by (no crossing). Timers,
 activation, key checks, retries and the spares are in tunnel.py.
 """
 
@@ -82,6 +83,8 @@ _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
 class Tunnel(TunnelState):
     """One tunnel towards one peer: the exchange transitions."""
+
+    __slots__ = ()  # a subclass without slots would bring back a dict per tunnel
 
     # -- initiator ---------------------------------------------------------------------------
     def start(self, now: float, sink: Sink) -> None:
@@ -356,6 +359,13 @@ class Tunnel(TunnelState):
             except PolicyError as exc:
                 sink.act(Alarm("policy_unmet", self.peer, self.name, str(exc)))
                 self._abort(sink, AbortCode.POLICY, now, tell_peer=False)
+                return
+            if self.stand_by(now):
+                # Gathering outlasted the backup's margin (a mass start, a slow KMS): the backup
+                # steps in about now by its own timer, and our RekeyInit would cross its, which
+                # spends its key. Our key IDs never left: keep them, answer the backup instead.
+                self.salvage(p, now)
+                self.pending = None
                 return
             self._send_init(p, sink)
         else:

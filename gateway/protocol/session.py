@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.identity import SiteIdentity
 from gateway.protocol.channel import Channel
-from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, Timers
+from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, STOP_NOTICE_TUNNEL, Timers
 from gateway.protocol.errors import ProtocolError, StateError
 from gateway.protocol.events import Close, Job, Output, Send, SessionUp
 from gateway.protocol.handshake import (
@@ -27,10 +27,12 @@ from gateway.protocol.handshake import (
     ResponderHandshake,
 )
 from gateway.protocol.inner import (
+    AbortCode,
     InnerMessage,
     Keepalive,
     KeyCheck,
     PolicyUpdate,
+    RekeyAbort,
     decode_inner,
     encode_inner,
     policy_update_chunks,
@@ -63,6 +65,7 @@ class Conn:
     on_job: Finisher | None = None
     view: PolicyView | None = None  # the peer's policy list (sessions only)
     cursor: int = 0  # round-robin position of the key checks
+    stop_notice: float | None = None  # when the peer said it stops (cut after dead_after)
     sched: float | None = None
 
 
@@ -101,7 +104,10 @@ class SessionLayer:
     def _view_changed(self, peer: str, names: set[str], now: float, out: Output) -> None:
         raise NotImplementedError
 
-    def _session_gone(self, peer: str, now: float, out: Output) -> None:
+    def _session_gone(self, peer: str, now: float, out: Output, peer_stopped: bool) -> None:
+        raise NotImplementedError
+
+    def _handshake_gone(self, peer: str, now: float, out: Output) -> None:
         raise NotImplementedError
 
     def _key_checks(self, peer: str, c: Conn) -> list[KeyCheck]:
@@ -178,6 +184,37 @@ class SessionLayer:
     def pending_connections(self) -> int:
         return sum(1 for c in self._conns.values() if c.established is None)
 
+    def peer_stopping(self, peer: str) -> bool:
+        """The peer announced its clean stop in the current session (see Node.drain)."""
+        c = self._conns.get(self._session.get(peer, -1))
+        return c is not None and c.stop_notice is not None
+
+    def _superseded_soon(self, peer: str) -> bool:
+        """A handshake with ``peer`` is under way whose session will replace the current one
+        (the rule of _established: both ends dialled at once, the session dialled by the lower
+        SAE ID stays): an exchange started now would be cut short with the current session."""
+        cur = self._conns.get(self._session.get(peer, -1))
+        if cur is None or len(self._conns) == len(self._session):
+            return False  # (no handshake under way at all: the common case, O(1))
+        try:
+            sae = self._peer_info(peer)[0]
+        except ValueError:  # removed by a reload: its session is on its way out
+            return False
+        for c in self._conns.values():
+            if c.established is None:
+                rs = c.responder
+                started_by = self.sae_id if c.initiator is not None and c.peer == peer else (
+                    rs.peer_sae if rs is not None and rs.peer_sae == sae else None)
+                if started_by is not None and started_by in (cur.initiator_sae,
+                                                             min(self.sae_id, sae)):
+                    return True
+        return False
+
+    def _send_stop_notices(self, now: float, out: Output) -> None:
+        for conn in self._session.values():
+            self._seal(self._conns[conn], RekeyAbort(STOP_NOTICE_TUNNEL, 0, AbortCode.SHUTDOWN, 0),
+                       now, out)
+
     # -- handshake ---------------------------------------------------------------------------
     def _frame(self, c: Conn, f: Frame, now: float, wall: float | None, out: Output) -> None:
         if c.job is not None:
@@ -190,6 +227,8 @@ class SessionLayer:
             if c.peer is not None and self._session.get(c.peer) == c.conn:
                 if isinstance(msg, PolicyUpdate):
                     self._on_policy_update(c, msg, now, out)
+                elif isinstance(msg, RekeyAbort) and msg.code is AbortCode.SHUTDOWN:
+                    c.stop_notice = now if c.stop_notice is None else c.stop_notice
                 else:
                     self._inner(c.peer, msg, now, out)
             return
@@ -281,6 +320,8 @@ class SessionLayer:
                 limit = min(limit, c.created + tm.hello_timeout)
             return limit
         times = [c.last_rx + tm.dead_after, c.last_tx + tm.keepalive_interval]
+        if c.stop_notice is not None:  # a peer that said it stops but stays is cut then
+            times.append(c.stop_notice + tm.dead_after)
         if c.initiator_sae == self.sae_id:
             times.append(c.established + tm.reauth_interval)
         return min(times)
@@ -299,6 +340,9 @@ class SessionLayer:
                 return
         elif now >= c.last_rx + tm.dead_after:
             self._drop(c, "peer_silent", out, now)
+            return
+        elif c.stop_notice is not None and now >= c.stop_notice + tm.dead_after:
+            self._drop(c, "peer_stop_overdue", out, now)
             return
         elif c.initiator_sae == self.sae_id and now >= c.established + tm.reauth_interval:
             self._drop(c, "reauthenticate", out, now)
@@ -331,7 +375,12 @@ class SessionLayer:
         c.job = c.on_job = None
         if c.peer is not None and self._session.get(c.peer) == c.conn:
             del self._session[c.peer]
-            self._session_gone(c.peer, now, out)
+            self._session_gone(c.peer, now, out, c.stop_notice is not None)
+            return
+        sae = c.responder.peer_sae if c.responder is not None else None
+        peer = c.peer or (self._by_sae_name(sae) if sae is not None else None)
+        if peer is not None and peer in self._session:
+            self._handshake_gone(peer, now, out)  # it may have held exchanges back
 
 
 def _capture(work: Callable[[], object]) -> object:

@@ -3,11 +3,10 @@
 It owns sockets, the clocks, a worker thread and nothing else: bytes read go into
 ``node.receive``, the node's sends are written back, its handshake jobs (signatures, ML-KEM) run
 in a worker thread so the loop keeps serving rekeys, and every other action goes to the daemon
-through ``on_action``, whose results come back through :meth:`Endpoint.handle`.
-
-Timers: one loop timer armed at ``node.next_deadline()`` and re-armed after every input, so an
-idle endpoint sleeps until its next keepalive or rekey (no polling). Dialers wait on an event
-that the end of their peer's session sets.
+through ``on_action``, whose results come back through :meth:`Endpoint.handle`. Timers: one loop
+timer armed at ``node.next_deadline()`` after every input (an idle endpoint sleeps until its next
+keepalive or rekey). Dialers wait on an event that the end of their peer's session sets. A clean
+stop is :meth:`Endpoint.drain` (in-flight exchanges finish, bounded), then :meth:`~Endpoint.aclose`.
 
 Pre-authentication limits (see admission.py): per-source and global caps on unauthenticated
 connections, reserved slots for configured peer addresses, a per-source token bucket on new
@@ -15,15 +14,13 @@ connections, checked on the raw accepted socket: a refused connection is reset b
 builds anything for it. The core cuts a connection without a Hello after ``hello_timeout`` and
 any handshake after ``handshake_timeout``. A peer that does not read what we write is cut.
 Refusals and closes of never-authenticated connections are summed up in one log line per 10 s
-(a flood must not become a log flood) and are not passed to ``on_action``.
-"""
+(a flood must not become a log flood) and are not passed to ``on_action``."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import itertools
 import random
 import socket
@@ -52,8 +49,7 @@ class _Link(asyncio.Protocol):
 
     def __init__(self, ep: Endpoint, peer: str | None = None, source: str = "",
                  reserved: bool = False) -> None:
-        self.ep, self.peer = ep, peer
-        self.conn = 0
+        self.ep, self.peer, self.conn = ep, peer, 0
         self.transport: asyncio.Transport | None = None
         self.source, self.reserved, self.counted = source, reserved, peer is None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -74,15 +70,12 @@ class _Link(asyncio.Protocol):
 
 
 class Endpoint:
-    """Runs one Node over TCP.
-
-    ``on_action`` receives every action in order (Close and SessionUp too, for logging). It must
-    not block; it performs actions in its own tasks and reports their results with
-    :meth:`handle` later (not from inside the callback), e.g. via ``loop.call_soon``.
+    """Runs one Node over TCP. ``on_action`` receives every action in order (Close and SessionUp
+    too, for logging). It must not block; it performs actions in its own tasks and reports their
+    results with :meth:`handle` later (not from inside the callback), e.g. via ``call_soon``.
     ``peers``: the configured peers' addresses (each :meth:`dial` adds its own too); connections
     from them get reserved pre-authentication slots. ``max_pending`` caps unauthenticated
-    connections from all other sources together.
-    """
+    connections from all other sources together."""
 
     def __init__(self, node: Node, on_action: Callable[[Action], None], *,
                  max_pending: int = MAX_PENDING_UNAUTHENTICATED,
@@ -101,10 +94,8 @@ class Endpoint:
         self._timer: asyncio.TimerHandle | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "qkd-handshake")
         self._closing = False
-        self._summary: dict[str, int] = {}  # pre-auth refusals and closes since the last log
-        self._summary_at = 0.0
-        self.rejected = 0  # connections refused by admission control
-        self.wakeups = 0  # timer firings (for the idle benchmark)
+        self._drained: asyncio.Event | None = None  # set once a drain finds nothing running
+        self.rejected = self.wakeups = 0  # refused connections; timer firings (idle benchmark)
 
     @property
     def _now(self) -> float:
@@ -176,7 +167,21 @@ class Endpoint:
                 self.dial(addr)
         self._spawn(self._resolve_peers(), "protocol-resolve")
 
+    async def drain(self, timeout: float | None = None) -> int:
+        """A clean stop's first step, while the daemon still performs actions: Node.drain, then
+        wait for the exchanges in flight, at most ``timeout`` (``timers.shutdown_drain``)."""
+        self._drained = asyncio.Event()
+        self._apply(self.node.drain(self._now))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout or self.node.timers.shutdown_drain):
+                await self._drained.wait()
+        return self.node.exchanges_running()  # still running: aclose reports their keys
+
     async def aclose(self) -> None:
+        if self._closing:
+            return
+        if not self.node.draining:  # the peers learn of the stop (see Node.drain) all the same
+            self._apply(self.node.drain(self._now))
         self._closing = True
         if self._timer is not None:
             self._timer.cancel()
@@ -232,12 +237,9 @@ class Endpoint:
 
     def _note(self, what: str) -> None:
         """Count a pre-authentication refusal or close; log the sums every 10 s at most."""
-        self._summary[what] = self._summary.get(what, 0) + 1
-        now = self._now
-        if now - self._summary_at >= _L.SUMMARY_INTERVAL:
-            log.warning("unauthenticated_connections_refused_or_closed",
-                        counts=dict(sorted(self._summary.items())))
-            self._summary, self._summary_at = {}, now
+        counts = self.admission.note(what, self._now, _L.SUMMARY_INTERVAL)
+        if counts is not None:
+            log.warning("unauthenticated_connections_refused_or_closed", counts=counts)
 
     def _data(self, link: _Link, data: bytes) -> None:
         if link.conn in self._links:
@@ -301,6 +303,8 @@ class Endpoint:
                 self._session_links[a.conn] = a.peer
                 self._session_gone.setdefault(a.peer, asyncio.Event()).clear()
             self._on_action(a)
+        if self._drained is not None and not self.node.exchanges_running():
+            self._drained.set()
         self._arm()
 
     def _job_done(self, job: Job, fut: asyncio.Future[object]) -> None:
@@ -333,8 +337,7 @@ class Endpoint:
         try:
             self._apply(self.node.tick(self._now))
         except Exception:
-            # A failing action handler must not stop the protocol's timers (timeouts, expiry):
-            # log it and keep going. Exceptions never carry key bytes.
+            # A failing action handler must not stop the timers; exceptions carry no key bytes.
             log.exception("tick_failed")
             self._arm()
 
@@ -356,7 +359,7 @@ class Endpoint:
             link = _Link(self, addr.peer)
             try:
                 await asyncio.wait_for(loop.create_connection(
-                    functools.partial(_same, link), addr.host, addr.port), _L.CONNECT_TIMEOUT)
+                    lambda: link, addr.host, addr.port), _L.CONNECT_TIMEOUT)  # noqa: B023
             except (OSError, TimeoutError) as exc:
                 log.info("dial_failed", peer=addr.peer, host=addr.host, port=addr.port,
                          error=type(exc).__name__)
@@ -395,6 +398,3 @@ class Endpoint:
             found.update(str(i[4][0]) for i in infos)
         self.admission.set_peer_sources(found)
 
-
-def _same(link: _Link) -> _Link:
-    return link

@@ -8,40 +8,29 @@ dashboard in docs/grafana/ uses them (tests/telemetry/test_dashboard.py keeps bo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.telemetry.metrics import Registry
+from gateway.telemetry.tunnel_series import (
+    EPOCH,
+    FAILED_CLOSED,
+    FAMILIES,
+    INSTALLED,
+    KMS_STOCK,
+    NEXT_REKEY,
+    UP,
+    TunnelSeries,
+)
 
 __all__ = ["PREFIX", "GatewayMetrics"]
 
 PREFIX = "qkd_gateway"
-_KEY_AGE = f"{PREFIX}_tunnel_key_age_seconds"
 # The per-tunnel status keys mirrored as gauges (see GatewayMetrics.tunnel_status).
 STATE_UP = "up"
 STATE_FAILED_CLOSED = "failed_closed"
-
-
-class _KeyAges(Collector):
-    """``qkd_gateway_tunnel_key_age_seconds`` computed at scrape time from install times."""
-
-    def __init__(self, installed_at: Mapping[str, float], clock: Callable[[], float]) -> None:
-        self._installed_at = installed_at
-        self._clock = clock
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            _KEY_AGE, "Seconds since the tunnel's current key was installed.", labels=["tunnel"]
-        )
-        now = self._clock()
-        # A copy: scrapes render in a worker thread while the event loop updates the dict.
-        for tunnel, at in list(self._installed_at.items()):
-            family.add_metric([tunnel], max(0.0, now - at))
-        yield family
+_STATUS_GAUGES = (("epoch", EPOCH), ("next_rekey_at", NEXT_REKEY), ("kms_stock", KMS_STOCK))
 
 
 class GatewayMetrics:
@@ -58,15 +47,12 @@ class GatewayMetrics:
     ) -> None:
         self.registry = Registry(process=True) if registry is None else registry
         self._clock = clock
-        self._installed_at: dict[str, float] = {}
         r = self.registry
         self.info = r.gauge(f"{PREFIX}_info", "Build information; always 1.", ["version"])
         self.info.set(1, version=__version__)
-        self.rekeys = r.counter(
-            f"{PREFIX}_rekeys_total",
-            "Rekey attempts by tunnel and result (ok, kms_error, peer_error, install_error...).",
-            ["tunnel", "result"],
-        )
+        # Every per-tunnel family (rekeys_total, tunnel_*): numbers, sampled at scrape time.
+        self.tunnels = TunnelSeries(clock)
+        r.register(self.tunnels, FAMILIES)
         self.rekey_duration = r.histogram(
             f"{PREFIX}_rekey_duration_seconds",
             "Wall time of a rekey from start to the new key being installed.",
@@ -78,35 +64,6 @@ class GatewayMetrics:
             f"{PREFIX}_keys_wasted_total",
             "QKD keys fetched from a KMS but never used (expired, rejected by the peer).",
             ["kms"],
-        )
-        r.register(_KeyAges(self._installed_at, clock), [_KEY_AGE])
-        self.key_installed_at = r.gauge(
-            f"{PREFIX}_tunnel_key_installed_timestamp_seconds",
-            "Unix time the tunnel's current key was installed (age = time() - this).",
-            ["tunnel"],
-        )
-        self.tunnel_up = r.gauge(
-            f"{PREFIX}_tunnel_up",
-            "1 while the tunnel carries traffic under a valid key, else 0.",
-            ["tunnel"],
-        )
-        self.tunnel_failed_closed = r.gauge(
-            f"{PREFIX}_tunnel_failed_closed",
-            "1 while the tunnel is failed closed (random key installed, traffic stopped).",
-            ["tunnel"],
-        )
-        self.tunnel_epoch = r.gauge(
-            f"{PREFIX}_tunnel_epoch", "Key epoch of the tunnel (one more per rekey).", ["tunnel"]
-        )
-        self.tunnel_next_rekey = r.gauge(
-            f"{PREFIX}_tunnel_next_rekey_timestamp_seconds",
-            "Unix time of the tunnel's next scheduled rekey.",
-            ["tunnel"],
-        )
-        self.tunnel_kms_stock = r.gauge(
-            f"{PREFIX}_tunnel_kms_stock_keys",
-            "Keys the KMS reports in stock (stored_key_count) for the tunnel's QKD link.",
-            ["tunnel"],
         )
         self.alarms = r.gauge(
             f"{PREFIX}_alarms_active",
@@ -123,19 +80,10 @@ class GatewayMetrics:
         self.mqtt_connected = r.gauge(
             f"{PREFIX}_mqtt_connected", "1 while connected to the MQTT broker."
         )
-        self._per_tunnel = (
-            self.rekeys,
-            self.key_installed_at,
-            self.tunnel_up,
-            self.tunnel_failed_closed,
-            self.tunnel_epoch,
-            self.tunnel_next_rekey,
-            self.tunnel_kms_stock,
-        )
 
     def rekey(self, tunnel: str, result: str, duration_s: float | None = None) -> None:
         """Count a rekey attempt; a successful one also resets the tunnel's key age."""
-        self.rekeys.inc(tunnel=tunnel, result=result)
+        self.tunnels.count_rekey(tunnel, result)
         if duration_s is not None:
             self.rekey_duration.observe(duration_s)
         if result == "ok":
@@ -143,9 +91,7 @@ class GatewayMetrics:
 
     def key_installed(self, tunnel: str, at: float | None = None) -> None:
         """The tunnel's key was installed at Unix time ``at`` (now when ``None``)."""
-        when = self._clock() if at is None else float(at)
-        self.key_installed_at.set(when, tunnel=tunnel)  # checks the label value first
-        self._installed_at[tunnel] = when
+        self.tunnels.set(tunnel, INSTALLED, self._clock() if at is None else float(at))
 
     def tunnel_status(self, tunnel: str, status: Mapping[str, Any]) -> None:
         """Mirror the numbers of a per-tunnel status (see TelemetryBus.tunnel_status) as gauges.
@@ -155,29 +101,24 @@ class GatewayMetrics:
         times), ``kms_stock`` (an int, or None when unknown). Other keys are ignored here.
         """
         state = status.get("state")
+        t = self.tunnels
         if isinstance(state, str):
-            self.tunnel_up.set(1 if state == STATE_UP else 0, tunnel=tunnel)
-            self.tunnel_failed_closed.set(1 if state == STATE_FAILED_CLOSED else 0, tunnel=tunnel)
-        for key, gauge in (("epoch", self.tunnel_epoch), ("next_rekey_at", self.tunnel_next_rekey),
-                           ("kms_stock", self.tunnel_kms_stock)):  # fmt: skip
+            t.set(tunnel, UP, 1 if state == STATE_UP else 0)
+            t.set(tunnel, FAILED_CLOSED, 1 if state == STATE_FAILED_CLOSED else 0)
+        for key, slot in _STATUS_GAUGES:
             value = status.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                gauge.set(value, tunnel=tunnel)
+                t.set(tunnel, slot, value)
             elif key in status:  # present but None: unknown now, so no stale number
-                gauge.remove(tunnel=tunnel)
+                t.set(tunnel, slot, None)
         at = status.get("activated_at")
-        if (
-            isinstance(at, int | float)
-            and not isinstance(at, bool)
-            and (self._installed_at.get(tunnel) != at)
-        ):
+        if isinstance(at, int | float) and not isinstance(at, bool) \
+                and t.get(tunnel, INSTALLED) != at:
             self.key_installed(tunnel, at)
 
     def tunnel_removed(self, tunnel: str) -> None:
         """Forget every series of a tunnel that is no longer configured."""
-        self._installed_at.pop(tunnel, None)
-        for family in self._per_tunnel:
-            family.remove_where("tunnel", tunnel)
+        self.tunnels.remove(tunnel)
 
     def set_key_pool(self, kms: str, keys: int) -> None:
         self.key_pool.set(keys, kms=kms)

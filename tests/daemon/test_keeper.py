@@ -335,7 +335,9 @@ async def test_watch_ends_when_cancelled_as_a_change_arrives(tmp_path: Path) -> 
         task = asyncio.create_task(keeper.watch())
         for _ in range(3):
             await asyncio.sleep(0)  # parked in its wait for a change
-        keeper._changed.set()  # the change and the cancel in one loop iteration
+        keeper._deadline -= 1  # the change (an earlier time: a wake-up) and the cancel together
+        keeper._rearm()
+        assert keeper._deadlines is not None and keeper._deadlines._wake.is_set()
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
         assert done, "the watch loop survived its cancellation"

@@ -44,7 +44,7 @@ def test_a_mixed_site_runs_both_kinds_side_by_side(tmp_path: Path) -> None:
     published: dict[str, dict[str, Any]] = {}
     d.bus.tunnel_status = lambda name, status: published.setdefault(name, dict(status))  # type: ignore[method-assign]
     for name in d.keepers:
-        d._publish_status(name)
+        d.publish_status(name)
     assert published["esp-buc-clj"]["dataplane"] == "esp"
     assert "key_in_use_epoch" in published["esp-buc-clj"]
     assert "psk_in_use_epoch" not in published["esp-buc-clj"]

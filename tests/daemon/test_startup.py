@@ -1,4 +1,5 @@
-"""Batched start-up: state writes collected and made durable once per batch, atomically."""
+"""Batched start-up: keepers started concurrently, their state writes durable before each batch
+is handed on (the store's group commit), atomically."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon import startup
-from gateway.daemon.startup import SaveBatch, start_in_batches
+from gateway.daemon import commit
+from gateway.daemon.startup import start_in_batches
 from gateway.daemon.state import StateStore, TunnelState
 
 pytestmark = pytest.mark.unit
@@ -21,60 +22,10 @@ def _store(tmp_path: Path) -> StateStore:
     return store
 
 
-def test_writes_wait_for_the_flush_then_land_whole(tmp_path: Path) -> None:
+async def test_start_in_batches_runs_each_batch_concurrently_and_hands_on_durable_state(
+        tmp_path: Path) -> None:
     store = _store(tmp_path)
-    store.save(TunnelState("a", 1, 1.0))
-    with SaveBatch(store) as batch:
-        store.save(TunnelState("a", 2, 2.0, closed=True))
-        store.save(TunnelState("b", 0, 2.0, closed=True))
-        store.save(TunnelState("b", 0, 3.0, closed=True))  # the last write to a file wins
-        old = store.load("a")
-        assert old is not None and old.epoch == 1 and store.load("b") is None
-        batch.flush()
-        a, b = store.load("a"), store.load("b")
-        assert a is not None and a.epoch == 2 and a.closed
-        assert b is not None and b.activated_at == 3.0
-        assert (batch.files_written, batch.syncs) == (2, 1)
-        store.save(TunnelState("a", 3, 4.0))  # after a flush, still collected, then written
-        again = store.load("a")
-        assert again is not None and again.epoch == 2
-    a = store.load("a")
-    assert a is not None and a.epoch == 3 and batch.syncs == 2
-    # Closed: writes go straight to disk again.
-    store.save(TunnelState("c", 5, 1.0))
-    c = store.load("c")
-    assert c is not None and c.epoch == 5
-    names = sorted(os.listdir(tmp_path / "state" / "tunnels"))
-    assert names == ["a.json", "b.json", "c.json"]  # no temporary file left
-    assert all((tmp_path / "state" / "tunnels" / n).stat().st_mode & 0o777 == 0o600
-               for n in names)
-
-
-def test_a_failed_flush_leaves_old_files_and_no_temporary_ones(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = _store(tmp_path)
-    store.save(TunnelState("a", 1, 1.0))
-
-    def broken(paths: list[str], directory: Path) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(startup, "_sync_files", broken)
-    batch = SaveBatch(store)
-    with pytest.raises(OSError), batch:
-        store.save(TunnelState("a", 2, 2.0))
-        batch.flush()
-    a = store.load("a")
-    assert a is not None and a.epoch == 1
-    assert os.listdir(tmp_path / "state" / "tunnels") == ["a.json"]
-
-
-def test_start_in_batches_runs_each_batch_concurrently_and_syncs_once_each(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = _store(tmp_path)
-    syncs: list[int] = []
-    real = startup._sync_files
-    monkeypatch.setattr(startup, "_sync_files",
-                        lambda paths, d: (syncs.append(len(paths)), real(paths, d)))
+    store.start()
     running = 0
     peak = 0
     order: list[str] = []
@@ -94,10 +45,38 @@ def test_start_in_batches_runs_each_batch_concurrently_and_syncs_once_each(
         order.append(name)
 
     names = [f"t{i}" for i in range(10)]
-    asyncio.run(start_in_batches(store, names, start, started, lambda e: None, batch=4))
+    await start_in_batches(store, names, start, started, lambda e: None, batch=4)
     assert order == names
     assert peak == 4
-    assert syncs == [4, 4, 2]
+    # Group commit: never more syncs than saves, and at least one per batch of starts.
+    assert 3 <= store.commit.syncs <= store.commit.batches <= 10
+    assert store.commit.files_written == 10
+    await store.close()
+
+
+async def test_a_failed_flush_is_reported_and_the_start_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    store.save(TunnelState("t0", 1, 1.0))
+
+    def broken(paths: list[str], directory: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(commit, "_sync_files", broken)
+    store.start()
+    failed: list[OSError] = []
+    order: list[str] = []
+
+    async def start(name: str) -> None:
+        store.save(TunnelState(name, 2, 1.0, closed=True))
+
+    await start_in_batches(store, ["t0", "t1"], start, order.append, failed.append, batch=2)
+    assert order == ["t0", "t1"] and failed and "No space" in str(failed[0])
+    t0 = store.load("t0")
+    assert t0 is not None and t0.epoch == 1  # old, never partial
+    assert os.listdir(tmp_path / "state" / "tunnels") == ["t0.json"]
+    monkeypatch.undo()
+    await store.close()
 
 
 async def test_a_hub_interface_is_applied_once_when_its_tunnels_start_together() -> None:

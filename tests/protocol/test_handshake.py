@@ -234,6 +234,8 @@ def test_simultaneous_dials_keep_the_same_session_on_both_ends(ids: Ids, order: 
         queue.reverse()
     while queue:
         idx = len(queue) // 2 if order == "interleaved" else 0
+        # Interleave the connections, never the messages of one (TCP keeps their order).
+        idx = next(i for i, q in enumerate(queue) if q[:2] == queue[idx][:2])
         site, conn, data = queue.pop(idx)
         if (("a" if site is a else "b"), conn) in closed:
             continue  # that end already closed the connection

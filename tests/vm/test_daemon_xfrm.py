@@ -12,11 +12,15 @@ SPIs, installed with `ip xfrm`). One scenario, in order (QEMU TCG is 5-10x slowe
    kinds (ESP: the outbound SA is the key in use);
 3. a burst of pings crosses the SAs' soft packet limit: the kernel's soft expiry makes the
    daemons rekey;
-4. the KMS stops: past reject_after the ESP tunnel fails closed at both ends (SAs gone, policies
+4. the current outbound SA deleted by hand (`ip xfrm state delete`) under a ping: the daemon
+   notices (the kernel's acquire for packets meeting the policy without an SA, or the reconcile
+   pass) and rekeys; new SPIs and keys at both ends, the deleted SA's key never installed again
+   (AES-GCM: an SA re-added with its key repeats nonces), the ping through ESP resumes;
+5. the KMS stops: past reject_after the ESP tunnel fails closed at both ends (SAs gone, policies
    kept); a capture of what both ends send shows no inner packet in clear while the inner ping
    is lost (a ping between the outer addresses shows up, so the capture works); the KMS comes
    back and the tunnel reopens;
-5. shutdown with on_shutdown: teardown removes our SAs and policies, and only ours.
+6. shutdown with on_shutdown: teardown removes our SAs and policies, and only ours.
 
 Throughout: the neighbour's SAs and policy are unchanged, and no ESP key or PSK appears in the
 daemons' output.
@@ -169,6 +173,73 @@ class PingLoop:
         self._stop.set()
 
 
+def reactions(lab: Lab) -> tuple[int, int]:
+    """Site 0's reactions to a lost ESP SA so far: (packets met the policy without an SA: the
+    kernel's acquire, the reconcile pass found the SA missing)."""
+    return (len(esp_events(lab, NAMES[0], "esp_packets_without_sa")),
+            len([e for e in esp_events(lab, NAMES[0], "tunnel_key_drift")
+                 if str(e.get("slot", "")).endswith("SA missing")]))
+
+
+def deletion_noticed(lab: Lab) -> int:
+    return sum(reactions(lab))
+
+
+async def sa_deleted_by_hand(lab: Lab, a: Namespace, b: Namespace, wan: tuple[str, ...],
+                             keys_seen: set[str]) -> None:
+    """Step 4: delete site 0's current outbound SA under a 10/s ping through ESP."""
+    pings = PingLoop(a, inner(0), inner(1))
+    ping_task = asyncio.create_task(pings.run())
+    deleted: dict[str, str] = {}
+    deleted_keys: list[str] = []
+    for attempt in range(3):  # a scheduled rollover may replace the SA first: try again
+        noticed, before = deletion_noticed(lab), reactions(lab)
+        counts = [len(esp_epochs(lab, n)) for n in NAMES]
+        out: dict[int, dict[str, str]] = {}
+        for _ in range(60):  # between rollovers: exactly one outbound SA
+            out = {spi: sa for spi, sa in ours(a).items() if sa["src"] == wan[0]}
+            if len(out) == 1:
+                break
+            await asyncio.sleep(0.2)
+        ((spi, deleted),) = out.items()
+        deleted_keys.append(deleted["key"])
+        a.run("ip", "xfrm", "state", "delete", "src", wan[0], "dst", wan[1], "proto", "esp",
+              "spi", f"0x{spi:08x}")
+        note(f"4: deleted outbound SA 0x{spi:08x} at {NAMES[0]}")
+        await lab.wait_for(lambda n=noticed, c=counts[0]: deletion_noticed(lab) > n
+                           or len(esp_epochs(lab, NAMES[0])) > c + 1, 120,
+                           "the daemon noticing the deleted SA (or two rollovers)")
+        after = reactions(lab)
+        note(f"4: attempt {attempt + 1}: acquire events +{after[0] - before[0]}, reconcile "
+             f"'SA missing' +{after[1] - before[1]}, ESP rekeys at {NAMES[0]} "
+             f"+{len(esp_epochs(lab, NAMES[0])) - counts[0]}")
+        if deletion_noticed(lab) > noticed:
+            break
+    else:
+        raise AssertionError("three deleted SAs, each replaced by a rollover before noticed")
+    requested = [e.get("by") for e in esp_events(lab, NAMES[0], "rekey_requested")]
+    assert {"packets met the policy without an SA", "the outbound SA is gone"} & set(requested)
+    # A rekey gives both ends new SAs; no deleted SA's key is in any of them (only the peer's
+    # inbound SA, the original one, holds it until its retire grace ends).
+    await lab.wait_for(lambda: all(len(esp_epochs(lab, n)) > c for n, c in zip(NAMES, counts,
+                                                                               strict=True)),
+                       120, "a rekey at both ends")
+    await lab.wait_for(lambda: all(sa["key"] not in deleted_keys
+                                   for sa in (*ours(a).values(), *ours(b).values())), 120,
+                       "the deleted SAs' keys gone from both ends")
+    await matching_sas(a, b, (wan[0], wan[1]), keys_seen)
+    await matching_sas(b, a, (wan[1], wan[0]), keys_seen)
+    assert spi not in {s for s, sa in ours(a).items() if sa["src"] == wan[0]}
+    pings.stop()
+    await ping_task
+    # Traffic resumed: a fresh run of pings through ESP, every one answered.
+    done = await a.arun("ping", "-n", "-q", "-I", inner(0), "-c", "10", "-i", "0.2", "-W", "5",
+                        inner(1), check=False, timeout=120)
+    assert re.search(r"10 packets transmitted, 10 received", done), done
+    note(f"4: SA deletion noticed and repaired by a rekey; {pings.lost} of {pings.sent} pings "
+         "lost meanwhile, then 10 of 10 answered")
+
+
 async def status(lab: Lab, name: str) -> dict[str, Any]:
     """What `qkd-gateway status --json` prints, asked over the control socket from this process
     (a Python start per CLI call costs a minute under emulation)."""
@@ -237,7 +308,10 @@ async def scenario(lab: Lab, keys_seen: set[str]) -> tuple[str, set[str]]:
     note(f"3: soft expiry made a rekey; pings through ESP {pings.sent} sent, {pings.lost} lost "
          f"across {len(esp_epochs(lab, NAMES[1])) - start} rollovers")
 
-    # 4. Policy unmet (KMS gone past reject_after): fail closed, nothing in clear.
+    # 4. An SA deleted by hand: noticed, replaced by a rekey, its key never installed again.
+    await sa_deleted_by_hand(lab, a, b, wan, keys_seen)
+
+    # 5. Policy unmet (KMS gone past reject_after): fail closed, nothing in clear.
     lab.pause_kms()
     await lab.wait_for(lambda: all(esp_events(lab, n, "tunnel_failed_closed")
                                    for n in NAMES), REJECT_AFTER + 120, "fail closed")
@@ -265,16 +339,16 @@ async def scenario(lab: Lab, keys_seen: set[str]) -> tuple[str, set[str]]:
     await matching_sas(a, b, (wan[0], wan[1]), keys_seen)
     assert [neighbour(a), neighbour(b)] == foreign
 
-    note(f"4: failed closed, capture clean ({len(lines)} lines, {dropped} dropped), reopened")
+    note(f"5: failed closed, capture clean ({len(lines)} lines, {dropped} dropped), reopened")
 
-    # 5. Shutdown with teardown: ours gone, the neighbour's untouched.
+    # 6. Shutdown with teardown: ours gone, the neighbour's untouched.
     psks = {lab.psk(n) for n in NAMES}
     for name in NAMES:
         assert await lab.daemons[name].stop(grace=180) == 0
     assert not ours(a) and not ours(b)
     assert our_policies(a) == our_policies(b) == 0
     assert [neighbour(a), neighbour(b)] == foreign
-    note(f"5: torn down, ours only; ESP epochs {len(esp_epochs(lab, NAMES[0]))}, "
+    note(f"6: torn down, ours only; ESP epochs {len(esp_epochs(lab, NAMES[0]))}, "
          f"{len(keys_seen)} distinct ESP keys seen in `ip xfrm state`")
     logs = "".join(lab.plan.by_name[n].log_path.read_text(errors="replace") for n in NAMES)
     return logs, psks

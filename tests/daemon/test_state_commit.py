@@ -1,0 +1,249 @@
+"""Group commit of the state directory (gateway.daemon.commit): while the committer runs, a save
+returns at once and the files are written in batches, one sync each, in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from gateway.daemon import commit
+from gateway.daemon.state import StateStore, TunnelState
+
+pytestmark = pytest.mark.unit
+
+#: Generous bound for conditions on a loaded 2-core machine (never a "long enough" sleep).
+WAIT = 30.0
+
+
+def _store(tmp_path: Path) -> StateStore:
+    store = StateStore(tmp_path / "state")
+    store.prepare()
+    return store
+
+
+def _files(tmp_path: Path) -> list[str]:
+    return sorted(os.listdir(tmp_path / "state" / "tunnels"))
+
+
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(WAIT):
+        while not cond():
+            await asyncio.sleep(0.01)
+    assert cond(), what
+
+
+class Gate:
+    """Wraps write_durably: records each batch, and can hold a batch in the worker thread."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.batches: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.fail: OSError | None = None
+        real = commit.write_durably
+
+        def gated(items: Mapping[Path, bytes]) -> int:
+            self.batches.append(sorted(p.stem for p in items))
+            self.entered.set()
+            assert self.release.wait(WAIT)
+            if self.fail is not None:
+                raise self.fail
+            return real(items)
+
+        monkeypatch.setattr(commit, "write_durably", gated)
+
+
+async def test_a_save_returns_before_any_sync_and_the_committer_writes_it(
+        tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    # Nothing written on the caller's path: no sync, no file, only noted.
+    assert (store.commit.saves, store.commit.syncs, store.commit.batches) == (1, 0, 0)
+    assert store.commit.pending == 1 and _files(tmp_path) == []
+    await _until(lambda: store.commit.batches == 1, "the committer wrote the batch")
+    st = store.load("a")
+    assert st is not None and st.epoch == 1 and store.commit.syncs == 1
+    await store.close()
+    assert _files(tmp_path) == ["a.json"]
+    assert (tmp_path / "state" / "tunnels" / "a.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_the_last_save_of_a_file_wins_and_a_batch_syncs_once(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    store.save(TunnelState("b", 1, 1.0))
+    store.save(TunnelState("a", 2, 2.0))  # same loop iteration: replaces epoch 1
+    await store.flush()
+    a = store.load("a")
+    assert a is not None and a.epoch == 2
+    assert (store.commit.batches, store.commit.syncs, store.commit.files_written) == (1, 1, 2)
+    await store.close()
+
+
+async def test_a_save_during_a_batch_in_flight_lands_in_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(monkeypatch)
+    gate.release.clear()
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    await _until(gate.entered.is_set, "the first batch is being written")
+    store.save(TunnelState("a", 2, 2.0))
+    store.save(TunnelState("b", 1, 1.0))
+    assert store.commit.pending == 2 and store.commit.batches == 0
+    gate.release.set()
+    await store.flush()
+    assert gate.batches == [["a"], ["a", "b"]]
+    a = store.load("a")
+    assert a is not None and a.epoch == 2 and store.commit.batches == 2
+    await store.close()
+
+
+async def test_close_writes_everything_pending_then_saves_are_synchronous(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(monkeypatch)
+    gate.release.clear()
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    await _until(gate.entered.is_set, "a batch in flight")
+    for i in range(20):
+        store.save(TunnelState(f"t{i}", i, 1.0))
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)
+    gate.release.set()
+    await closing
+    assert not store.commit.running and store.commit.pending == 0
+    assert _files(tmp_path) == sorted(["a.json"] + [f"t{i}.json" for i in range(20)])
+    batches = store.commit.batches
+    store.save(TunnelState("late", 1, 1.0))  # no committer: written before save returns
+    assert store.commit.batches == batches + 1 and "late.json" in _files(tmp_path)
+
+
+async def test_a_failed_batch_is_reported_saves_refused_until_a_retry_succeeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(commit, "RETRY_INTERVAL", 0.05)
+    gate = Gate(monkeypatch)
+    reports: list[OSError | None] = []
+    store = _store(tmp_path)
+    store.save(TunnelState("a", 1, 1.0))
+    store.start(reports.append)
+    gate.fail = OSError(28, "No space left on device")
+    store.save(TunnelState("a", 2, 2.0))
+    await _until(lambda: bool(reports), "the failure reported")
+    assert isinstance(reports[0], OSError) and reports[0].errno == 28
+    # As a synchronous write did: the caller hears the error (an activation then fails).
+    with pytest.raises(OSError, match="No space left on device"):
+        store.save(TunnelState("b", 1, 1.0))
+    a = store.load("a")
+    assert a is not None and a.epoch == 1 and _files(tmp_path) == ["a.json"]
+    gate.fail = None
+    await _until(lambda: reports[-1] is None, "the recovery reported")
+    a = store.load("a")
+    assert a is not None and a.epoch == 2  # the failed batch was retried
+    store.save(TunnelState("b", 1, 1.0))
+    await store.close()
+    assert _files(tmp_path) == ["a.json", "b.json"]
+    assert store.commit.failures >= 1 and reports.count(None) == 1
+
+
+async def test_a_failed_flush_raises_leaves_old_files_and_no_temporary_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    store.save(TunnelState("a", 1, 1.0))
+
+    def broken(paths: list[str], directory: Path) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(commit, "_sync_files", broken)
+    store.start()
+    store.save(TunnelState("a", 2, 2.0))
+    store.save(TunnelState("b", 2, 2.0))
+    with pytest.raises(OSError, match="Read-only"):
+        await store.flush()
+    a = store.load("a")
+    assert a is not None and a.epoch == 1 and _files(tmp_path) == ["a.json"]
+    monkeypatch.undo()
+    await store.close()  # the files that failed are still pending: written at the stop
+    a = store.load("a")
+    assert a is not None and a.epoch == 2 and _files(tmp_path) == ["a.json", "b.json"]
+
+
+def test_without_the_committer_a_failed_write_raises_and_is_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+
+    def broken(paths: list[str], directory: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(commit, "_sync_files", broken)
+        with pytest.raises(OSError, match="No space"):
+            store.save(TunnelState("a", 1, 1.0))
+    assert _files(tmp_path) == [] and store.commit.pending == 0
+    store.save(TunnelState("b", 1, 1.0))
+    assert _files(tmp_path) == ["b.json"]
+
+
+async def test_remove_drops_a_pending_save_and_one_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = Gate(monkeypatch)
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("gone", 1, 1.0))
+    store.remove("gone")  # still pending: never written
+    await store.flush()
+    assert _files(tmp_path) == [] and gate.batches == []
+    gate.release.clear()
+    store.save(TunnelState("late", 1, 1.0))
+    await _until(gate.entered.is_set, "a batch in flight")
+    store.remove("late")  # being written: deleted again once the batch is done
+    gate.release.set()
+    await store.flush()
+    assert _files(tmp_path) == [] and gate.batches == [["late"]]
+    await store.close()
+
+
+def test_write_durably_replaces_every_file_with_one_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs: list[int] = []
+    real = commit._sync_files
+    monkeypatch.setattr(commit, "_sync_files",
+                        lambda paths, d: (syncs.append(len(paths)), real(paths, d)))
+    (tmp_path / "a.json").write_bytes(b"old")
+    assert commit.write_durably({tmp_path / "a.json": b"new", tmp_path / "b.json": b"b"}) == 1
+    assert syncs == [2] and sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
+    assert (tmp_path / "a.json").read_bytes() == b"new"
+    assert commit.write_durably({}) == 0 and syncs == [2]
+
+
+def test_a_big_batch_takes_one_syncfs_a_small_one_an_fsync_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if commit._SYNCFS is None:
+        pytest.skip("this libc has no syncfs")
+    calls: list[str] = []
+    real_syncfs, real_fsync = commit._SYNCFS, os.fsync
+
+    def syncfs(fd: int) -> int:
+        calls.append("syncfs")
+        return real_syncfs(fd)
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    monkeypatch.setattr(commit, "_SYNCFS", syncfs)
+    monkeypatch.setattr(os, "fsync", fsync)
+    commit.write_durably({tmp_path / f"{i}.json": b"x" for i in range(3)})
+    assert calls == ["fsync"] * 3 + ["fsync"]  # each file, then the directory
+    calls.clear()
+    commit.write_durably({tmp_path / f"{i}.json": b"y" for i in range(commit.SYNCFS_FROM)})
+    assert calls == ["syncfs", "fsync"]  # the whole batch, then the directory
