@@ -35,7 +35,7 @@ PYTEST_ARGS ?=
 SOAK_TUNNELS ?= 1000
 
 .PHONY: setup apt print-debs venv example-keys demo demo-vm test test-host test-systemd test-vm deb \
-        bench soak fuzz lint clean
+        bench bench-hub bench-hub-vm soak fuzz lint clean
 
 setup: apt venv example-keys
 
@@ -96,6 +96,14 @@ bench: setup
 	@systemctl disable --now strongswan-starter >/dev/null 2>&1 || true
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run_all.py
+
+bench-hub: setup
+	$(PY) -m bench.fullstack.hub --tunnels 100 --window 10 --pairs 2 --out bench/results/hub.json
+
+bench-hub-vm: venv
+	mkdir -p .lab bench/results
+	QKD_HUB_KEYED_TIMEOUT=2400 LAB_MEMORY=2G LAB_TIMEOUT=3600 bash scripts/kernel_lab.sh --exec '.venv/bin/python -m bench.fullstack.hub --backend kernel --tunnels 100 --window 20 --interval 60 --out "$$LAB_RESULTS/hub-vm.json"'
+	cp .lab/results/hub-vm.json bench/results/hub-vm.json
 
 soak: setup
 	$(PY) bench/soak.py --tunnels $(SOAK_TUNNELS) --interval 10 --duration 600
