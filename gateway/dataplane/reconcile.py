@@ -28,6 +28,7 @@ __all__ = [
     "DevicePlan",
     "PeerChange",
     "normalize_spec",
+    "peer_not_found",
     "plan_addresses",
     "plan_device",
     "require_peers",
@@ -168,7 +169,11 @@ def require_peers(ifname: str, state: DeviceState, peers: list[str]) -> None:
     """Raise PeerNotFound for the first of ``peers`` not configured in ``state``."""
     for pub in peers:
         if pub not in state.peers:
-            raise PeerNotFound(
-                f"{ifname}: peer {pub} is not configured on the interface"
-                " (in adopt mode add it with `wg set` or your network manager)"
-            )
+            raise peer_not_found(ifname, pub)
+
+
+def peer_not_found(ifname: str, pub: str) -> PeerNotFound:
+    return PeerNotFound(
+        f"{ifname}: peer {pub} is not configured on the interface"
+        " (in adopt mode add it with `wg set` or your network manager)"
+    )

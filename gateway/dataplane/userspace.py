@@ -25,7 +25,7 @@ from gateway.dataplane.errors import (
     SpecError,
 )
 from gateway.dataplane.links import Links
-from gateway.dataplane.reconcile import DevicePlan, normalize_spec, require_peers
+from gateway.dataplane.reconcile import DevicePlan, normalize_spec, peer_not_found
 from gateway.dataplane.types import (
     KEY_LEN,
     PeerState,
@@ -145,9 +145,10 @@ class UserspaceBackend:
 
     async def _peer(self, ifname: str, peer_public_key: str) -> PeerState:
         pub = validate_public_key(peer_public_key)
-        state = await self._uapi(ifname).get()
-        require_peers(ifname, state, [pub])
-        return state.peers[pub]
+        peer = await self._uapi(ifname).get_peer(pub)
+        if peer is None:
+            raise peer_not_found(ifname, pub)
+        return peer
 
     async def set_psk(self, ifname: str, peer_public_key: str, psk: Secret) -> None:
         if len(psk) != KEY_LEN:
