@@ -7,7 +7,9 @@ reconcile pass, by reading the whole interface (``get=1`` on the UAPI socket, pa
 DeviceState by gateway.dataplane.uapi): one read per rekey per side, N reads per pass on a hub of
 N peers. This times that read (client CPU from ``time.process_time`` and wall time) against a bare
 wireguard-go in a throw-away namespace, grown to each peer count in turn (placeholder peers with
-a PSK and one allowed IP each), next to one PSK write for scale. Root and wireguard-go needed.
+a PSK and one allowed IP each), next to one PSK write for scale and to ``get_peer`` (the same
+answer, only the written peer's lines parsed: what a PSK write's confirmation and a keeper's
+verify read since). Root and wireguard-go needed.
 """
 
 from __future__ import annotations
@@ -64,7 +66,13 @@ async def _timed(counts: list[int], reads: int, ifname: str) -> list[dict[str, A
         for _ in range(reads):
             await client.set(body)
         c2, w2 = time.process_time(), time.perf_counter()
+        for _ in range(reads):  # what a PSK write's confirmation reads (one peer parsed)
+            peer = await client.get_peer(last)
+        c3, w3 = time.process_time(), time.perf_counter()
+        assert peer is not None
         out.append({"peers": n,
+                    "peer_read_cpu_ms": round((c3 - c2) / reads * 1e3, 3),
+                    "peer_read_wall_ms": round((w3 - w2) / reads * 1e3, 3),
                     "read_cpu_ms": round((c1 - c0) / reads * 1e3, 3),
                     "read_wall_ms": round((w1 - w0) / reads * 1e3, 3),
                     "psk_write_cpu_ms": round((c2 - c1) / reads * 1e3, 3),
