@@ -340,6 +340,7 @@ _T = TypeVar("_T")
 #: The validation context's key of the table.
 SHARED = "shared"
 
+
 def _table(info: ValidationInfo) -> dict[Any, Any] | None:
     context = info.context
     table = context.get(SHARED) if isinstance(context, dict) else None
