@@ -208,6 +208,45 @@ class Lab:
     def epochs(self, name: str) -> list[int]:
         return [e["epoch"] for e in self.events(name, "tunnel_rekeyed")]
 
+    def state_epoch(self, name: str) -> int | None:
+        """The epoch site ``name``'s state directory records for the lab's tunnel (None: no
+        readable file). The daemon commits it shortly after the activation it logs
+        (gateway.daemon.commit), so right after a rekey it may still show the previous one."""
+        path = self.plan.by_name[name].directory / "state" / "tunnels" / f"{self.tunnel.name}.json"
+        with contextlib.suppress(OSError, ValueError):
+            epoch = json.loads(path.read_text()).get("epoch")
+            return epoch if isinstance(epoch, int) else None
+        return None
+
+    async def wait_state_committed(self, name: str, timeout: float) -> int:
+        """Wait until the state directory of ``name`` records the last epoch it logged."""
+        await self.wait_for(lambda: self.epochs(name) and
+                            self.state_epoch(name) == self.epochs(name)[-1], timeout,
+                            f"{name}'s state directory to record its last activation")
+        return self.epochs(name)[-1]
+
+    async def kill_and_read_state(self, name: str) -> tuple[int | None, int]:
+        """SIGKILL ``name``; returns what its state directory recorded at that moment and the
+        epoch it had logged last (equal unless the kill fell between an activation and its
+        commit)."""
+        self.kill_daemon(name)
+        await self.daemons[name].wait(10)
+        return self.state_epoch(name), self.epochs(name)[-1]
+
+    def check_restart_start(self, name: str, recorded: int | None, logged: int,
+                            resumes_before: int) -> None:
+        """After ``name`` was SIGKILLed and restarted: if its state directory recorded the epoch
+        it had activated last (``logged``), the restart must resume that epoch; if the kill fell
+        between an activation and its commit (``recorded`` behind), it must start closed."""
+        resumed = self.events(name, "tunnel_resumed")[resumes_before:]
+        if recorded == logged:
+            assert resumed and resumed[0]["epoch"] == logged, \
+                f"{name} did not resume epoch {logged} from its state directory"
+        else:
+            assert not resumed, f"{name} resumed although its state was behind its data plane"
+            assert any("no valid key at start" in e.get("reason", "")
+                       for e in self.events(name, "tunnel_failed_closed")), name
+
     async def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():

@@ -145,7 +145,7 @@ async def test_sigkill_and_restart_loses_at_most_one_rekey_interval() -> None:
         pinger = lab.pinger()
         ping = asyncio.create_task(pinger.run())
         await asyncio.sleep(2)
-        lab.kill_daemon(NAMES[1])
+        recorded, logged = await lab.kill_and_read_state(NAMES[1])
         await asyncio.sleep(2)
         before = len(lab.epochs(NAMES[1]))
         await lab.start_daemon(NAMES[1])
@@ -155,8 +155,7 @@ async def test_sigkill_and_restart_loses_at_most_one_rekey_interval() -> None:
         pinger.stop()
         stats = await ping
         assert lab.psk(NAMES[0]) == lab.psk(NAMES[1])
-        resumed = lab.events(NAMES[1], "tunnel_resumed")
-        assert resumed, "the restarted daemon did not resume from its state directory"
+        lab.check_restart_start(NAMES[1], recorded, logged, 0)
         epochs = lab.epochs(NAMES[1])
         assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs), epochs
     assert stats.lost <= 20 * interval, stats

@@ -56,6 +56,8 @@ async def test_sigkill_mid_rekey_and_both_daemons_restarted() -> None:
             # Both SIGKILLed and restarted at once: both resume, then both rekey at once.
             for _ in range(2):
                 resumed = {n: len(lab.events(n, "tunnel_resumed")) for n in NAMES}
+                for n in NAMES:  # a kill between an activation and its commit starts closed
+                    await lab.wait_state_committed(n, 10)
                 await asyncio.gather(*(lab.restart_daemon(n) for n in NAMES))
                 await lab.converge(2, 60, "both daemons SIGKILLed and restarted")
                 for n in NAMES:

@@ -29,7 +29,10 @@ async def test_kernel_wireguard_rotates_and_survives_a_sigkilled_daemon() -> Non
         ping = asyncio.create_task(pinger.run())
         await lab.wait_for(lambda: len(lab.epochs(NAMES[1])) >= 3, 120, "three rotations")
         assert lab.events(NAMES[0], "daemon_starting")[0]["backends"] == {"kernel": "kernel"}
-        lab.kill_daemon(NAMES[1])
+        # Killed once its last activation is on disk, it must resume (a kill between an
+        # activation and its commit must start closed instead: check_restart_start).
+        await lab.wait_state_committed(NAMES[1], 60)
+        recorded, logged = await lab.kill_and_read_state(NAMES[1])
         before = len(lab.epochs(NAMES[1]))
         await lab.start_daemon(NAMES[1])
         await lab.wait_for(lambda: len(lab.epochs(NAMES[1])) >= before + 2, 180,
@@ -37,6 +40,6 @@ async def test_kernel_wireguard_rotates_and_survives_a_sigkilled_daemon() -> Non
         pinger.stop()
         stats = await ping
         assert lab.psk(NAMES[0]) == lab.psk(NAMES[1]) != "(none)"
-        assert lab.events(NAMES[1], "tunnel_resumed")
+        lab.check_restart_start(NAMES[1], recorded, logged, 0)
     assert stats.received > 0
     assert stats.lost <= 20 * interval, stats
