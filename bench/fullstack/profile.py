@@ -2,6 +2,8 @@
 grouped by component and scaled to the measured on-CPU ms per rekey.
 
     .venv/bin/python -m bench.fullstack.profile [--tunnels 16] [--seconds 20]
+    .venv/bin/python -m bench.fullstack.profile --tunnels 10000 --interval 120 --settle 100
+        # the site-router load: sampled once the first rotations after the mass start run
 
 py-spy (PyPI) samples the thread holding the GIL (``--gil``), i.e. Python and the C it calls
 with the GIL held (the crypto, JSON); time in system calls that release the GIL (fsync, socket
@@ -63,12 +65,15 @@ def main() -> int:
     ap.add_argument("--tunnels", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    ap.add_argument("--interval", type=float, default=1.0, help="rekey_interval, seconds")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds between every tunnel keyed and the sampling")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with GatewayPair(args.tunnels, 1.0, 4.0) as pair:
+    with GatewayPair(args.tunnels, args.interval, max(4.0, args.interval * 1.5)) as pair:
         pair.wait_keyed(60 + args.tunnels * 0.05)
-        time.sleep(2)
+        time.sleep(args.settle)
         for s in pair.sites:
             s.log.skip()
         before = {s.name: sample(s.pid) for s in pair.sites}
