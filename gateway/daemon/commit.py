@@ -8,8 +8,9 @@ and wake :class:`GroupCommit`'s task, which writes everything noted so far in a 
 with :func:`write_durably`: temporary files, one sync (a ``syncfs`` for a big batch, an
 ``fsync`` per file for a small one), renames, one directory fsync. Saves made
 while a batch is being written wait for the next one (classic group commit), so the batch grows
-with the load and the number of syncs does not; an idle store adds no delay (the task wakes as
-soon as something is noted).
+with the load and the number of syncs does not. Once woken, the task lingers
+:data:`LINGER` (50 ms) before it takes a batch, so that a steady trickle of activations shares
+thread hand-offs and syncs too (at most ~20 batches a second).
 
 Crash safety is the same as one write at a time: a file is replaced by rename only after its
 content is on disk, so a crash leaves each file old or new, never partial. A save still waiting
@@ -29,12 +30,18 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["RETRY_INTERVAL", "SYNCFS_FROM", "GroupCommit", "write_durably"]
+__all__ = ["LINGER", "RETRY_INTERVAL", "SYNCFS_FROM", "GroupCommit", "write_durably"]
 
 #: After a failed batch (disk full, read-only), the committer tries the files again this often:
 #: that is how the store notices that the directory is writable again (saves refuse meanwhile).
 #: Short, because a tunnel cannot activate keys until then; a failing write costs ~nothing.
 RETRY_INTERVAL = 1.0
+
+#: Once woken, the committer waits this long before it takes the batch, so that the saves of the
+#: next few milliseconds share its thread hand-off and its syncs: at 83 activations a second
+#: (10,000 tunnels every 120 s) a batch holds ~4 files instead of 1-2. It is also how much
+#: longer a save may wait to be on disk (a SIGKILL in that window: the tunnel starts closed).
+LINGER = 0.05
 
 
 def _syncfs_function() -> Callable[[int], int] | None:
@@ -127,6 +134,7 @@ class GroupCommit:
         self._in_flight: frozenset[Path] = frozenset()
         self._unlink_after: set[Path] = set()
         self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -146,6 +154,7 @@ class GroupCommit:
         if self.running:
             return
         self._wake, self._lock, self._closing = asyncio.Event(), asyncio.Lock(), False
+        self._stop = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="state-commit")
         if self._pending:
             self._wake.set()
@@ -175,8 +184,9 @@ class GroupCommit:
         OSError if that last write fails."""
         self._closing = True
         if self._task is not None:
-            assert self._wake is not None
+            assert self._wake is not None and self._stop is not None
             self._wake.set()
+            self._stop.set()
             with contextlib.suppress(OSError):
                 await self._task
             self._task = None
@@ -186,6 +196,11 @@ class GroupCommit:
         assert self._wake is not None
         while not self._closing:
             await self._wake.wait()
+            if LINGER > 0 and not self._closing:
+                assert self._stop is not None
+                with contextlib.suppress(TimeoutError):  # close() cuts the linger short
+                    async with asyncio.timeout(LINGER):
+                        await self._stop.wait()
             self._wake.clear()
             if self._closing:
                 return

@@ -28,6 +28,7 @@ class WgInterface:
         # time, or each would spawn its own wireguard-go for the same name ("TUN busy").
         self._apply_lock = asyncio.Lock()
         self.blocked: set[str] = set()  # peers whose tunnel took the interface down (fail closed)
+        self._down: tuple[WgInterfaceSpec, WgInterfaceSpec] | None = None
 
     @property
     def name(self) -> str:
@@ -45,8 +46,14 @@ class WgInterface:
         killed wireguard-go, a peer removed by hand). While a tunnel on it holds it down to
         fail closed, it is restored down: peers come back, traffic does not."""
         async with self._apply_lock:
-            spec = dataclasses.replace(self.spec, down=True) if self.blocked else self.spec
-            return await self.backend.apply(spec)
+            return await self.backend.apply(self._down_spec() if self.blocked else self.spec)
+
+    def _down_spec(self) -> WgInterfaceSpec:
+        """The spec, down: one object per spec, so the backend's normalisation of it is
+        remembered from pass to pass (gateway.dataplane.reconcile.normalize_spec)."""
+        if self._down is None or self._down[0] is not self.spec:
+            self._down = (self.spec, dataclasses.replace(self.spec, down=True))
+        return self._down[1]
 
     async def handshakes(self) -> dict[str, float | None]:
         """Every peer's latest handshake (public key -> Unix time, None before the first) from

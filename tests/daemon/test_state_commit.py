@@ -88,6 +88,30 @@ async def test_the_last_save_of_a_file_wins_and_a_batch_syncs_once(tmp_path: Pat
     await store.close()
 
 
+async def test_saves_within_the_linger_share_one_batch_and_close_cuts_it_short(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A trickle of activations (83/s at 10,000 tunnels) shares thread hand-offs and syncs: the
+    # committer, once woken, waits LINGER before it takes the batch. (Both sleeps run on this
+    # loop, so the later saves always land before the linger ends, however loaded the machine.)
+    gate = Gate(monkeypatch)
+    monkeypatch.setattr(commit, "LINGER", 0.5)
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    await asyncio.sleep(0.05)
+    store.save(TunnelState("b", 1, 1.0))
+    store.save(TunnelState("c", 1, 1.0))
+    await _until(lambda: store.commit.batches == 1, "the committer wrote the batch")
+    assert gate.batches == [["a", "b", "c"]]
+    # close() during a linger does not wait it out (here an hour), and loses nothing.
+    monkeypatch.setattr(commit, "LINGER", 3600.0)
+    store.save(TunnelState("d", 1, 1.0))
+    await asyncio.sleep(0)
+    async with asyncio.timeout(WAIT):
+        await store.close()
+    assert gate.batches == [["a", "b", "c"], ["d"]] and _files(tmp_path)[-1] == "d.json"
+
+
 async def test_a_save_during_a_batch_in_flight_lands_in_the_next(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = Gate(monkeypatch)

@@ -140,3 +140,27 @@ def test_bad_specs_are_refused_before_any_io(kw: dict[str, object], message: str
         spec(**kw)
     assert KEY.reveal().hex() not in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_normalize_spec_remembers_the_spec_it_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reconciliation pass re-applies the same spec object every 30 s: its peers are parsed
+    # once, and a spec already canonical is its own canonical form (no copy kept).
+    from gateway.dataplane import reconcile
+
+    raw = WgInterfaceSpec("wg7", KEY, 51820, ("10.0.0.1/24",),
+                          (WgPeerSpec(P1, "192.0.2.1:51820", ("10.9.1.2/16",), 0),))
+    first = normalize_spec(raw)
+    assert first.peers[0].allowed_ips == ("10.9.0.0/16",) and first.peers[0].persistent_keepalive \
+        is None
+    calls: list[str] = []
+    monkeypatch.setattr(reconcile, "normalize_cidr", lambda c: calls.append(c) or c)
+    assert normalize_spec(raw) is first and normalize_spec(first) is first and calls == []
+    canonical = WgInterfaceSpec("wg8", KEY, 51820, ("10.0.0.1/24",),
+                                (WgPeerSpec(P2, None, ("10.8.0.0/16",), None),))
+    assert normalize_spec(canonical) is canonical and calls == ["10.8.0.0/16"]
+    # An invalid spec is refused every time (errors are not remembered as results).
+    bad = WgInterfaceSpec("wg9", KEY, 51820, (), (WgPeerSpec(P3, None, ("nope",), None),))
+    monkeypatch.undo()
+    for _ in range(2):
+        with pytest.raises(SpecError):
+            normalize_spec(bad)
