@@ -63,6 +63,13 @@ HANDSHAKE_LOOK_MAX_PEERS = 64
 #: A starting daemon waits this long for ``qkd-gateway failsafe`` (which holds the state lock for
 #: well under a second) before it concludes that another daemon owns the state directory.
 LOCK_WAIT = 5.0
+#: A tunnel that starts closed with an epoch recorded continues this far above it. Its state
+#: file is written by the committer shortly after an activation (gateway.daemon.commit), so a
+#: daemon killed in between activated an epoch its file does not show; if the peer lost it too
+#: (both killed at once), both would otherwise number the next exchange as that one again. An
+#: epoch names one exchange (its key is fresh either way); the gap covers any activations one
+#: commit window can hold (a rekey takes a round trip and a KMS request; rotation is >= 1 s).
+EPOCH_SKIP_AFTER_CLOSED_START = 64
 
 
 def timers_for(cfg: GatewayConfig) -> Timers:
@@ -282,7 +289,8 @@ class Daemon:
             self.node.restore_epoch(name, keeper.epoch, age=age,
                                     now=asyncio.get_running_loop().time())
         else:
-            self.node.restore_epoch(name, keeper.epoch)
+            self.node.restore_epoch(name, keeper.epoch + EPOCH_SKIP_AFTER_CLOSED_START
+                                    if keeper.epoch else 0)
         self.schedule(name)
         self.tunnels.watch(self._tg, name)
 
