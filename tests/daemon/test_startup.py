@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon import commit
 from gateway.daemon.startup import start_in_batches
 from gateway.daemon.state import StateStore, TunnelState
+from tests.daemon.disk import break_syncs
 
 pytestmark = pytest.mark.unit
 
@@ -59,10 +59,7 @@ async def test_a_failed_flush_is_reported_and_the_start_goes_on(
     store = _store(tmp_path)
     store.save(TunnelState("t0", 1, 1.0))
 
-    def broken(paths: list[str], directory: Path) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(commit, "_sync_files", broken)
+    break_syncs(monkeypatch)
     store.start()
     failed: list[OSError] = []
     order: list[str] = []

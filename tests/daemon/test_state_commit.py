@@ -13,6 +13,7 @@ import pytest
 
 from gateway.daemon import commit
 from gateway.daemon.state import StateStore, TunnelState
+from tests.daemon.disk import break_syncs
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +58,17 @@ class Gate:
             return real(items)
 
         monkeypatch.setattr(commit, "write_durably", gated)
+
+
+async def _batch_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Gate, StateStore]:
+    """A running store whose first batch (``a``, epoch 1) is held in the worker thread."""
+    gate = Gate(monkeypatch)
+    gate.release.clear()
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    await _until(gate.entered.is_set, "a batch in flight")
+    return gate, store
 
 
 async def test_a_save_returns_before_any_sync_and_the_committer_writes_it(
@@ -114,12 +126,7 @@ async def test_saves_within_the_linger_share_one_batch_and_close_cuts_it_short(
 
 async def test_a_save_during_a_batch_in_flight_lands_in_the_next(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(monkeypatch)
-    gate.release.clear()
-    store = _store(tmp_path)
-    store.start()
-    store.save(TunnelState("a", 1, 1.0))
-    await _until(gate.entered.is_set, "the first batch is being written")
+    gate, store = await _batch_held(tmp_path, monkeypatch)
     store.save(TunnelState("a", 2, 2.0))
     store.save(TunnelState("b", 1, 1.0))
     assert store.commit.pending == 2 and store.commit.batches == 0
@@ -133,12 +140,7 @@ async def test_a_save_during_a_batch_in_flight_lands_in_the_next(
 
 async def test_close_writes_everything_pending_then_saves_are_synchronous(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = Gate(monkeypatch)
-    gate.release.clear()
-    store = _store(tmp_path)
-    store.start()
-    store.save(TunnelState("a", 1, 1.0))
-    await _until(gate.entered.is_set, "a batch in flight")
+    gate, store = await _batch_held(tmp_path, monkeypatch)
     for i in range(20):
         store.save(TunnelState(f"t{i}", i, 1.0))
     closing = asyncio.create_task(store.close())
@@ -184,10 +186,7 @@ async def test_a_failed_flush_raises_leaves_old_files_and_no_temporary_ones(
     store = _store(tmp_path)
     store.save(TunnelState("a", 1, 1.0))
 
-    def broken(paths: list[str], directory: Path) -> None:
-        raise OSError(30, "Read-only file system")
-
-    monkeypatch.setattr(commit, "_sync_files", broken)
+    break_syncs(monkeypatch, 30, "Read-only file system")
     store.start()
     store.save(TunnelState("a", 2, 2.0))
     store.save(TunnelState("b", 2, 2.0))
@@ -204,12 +203,8 @@ async def test_a_failed_flush_raises_leaves_old_files_and_no_temporary_ones(
 def test_without_the_committer_a_failed_write_raises_and_is_dropped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = _store(tmp_path)
-
-    def broken(paths: list[str], directory: Path) -> None:
-        raise OSError(28, "No space left on device")
-
     with monkeypatch.context() as m:
-        m.setattr(commit, "_sync_files", broken)
+        break_syncs(m)
         with pytest.raises(OSError, match="No space"):
             store.save(TunnelState("a", 1, 1.0))
     assert _files(tmp_path) == [] and store.commit.pending == 0

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from gateway.config import load_config
-from gateway.daemon import commit
 from gateway.daemon.app import Daemon
 from gateway.daemon.state import TunnelState
 from tests.config.sitefiles import copy_examples
+from tests.daemon.disk import break_syncs
 
 pytestmark = pytest.mark.unit
 
@@ -60,10 +60,7 @@ async def test_a_last_write_that_fails_at_the_stop_is_reported(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d, events = _daemon(tmp_path)
 
-    def broken(paths: list[str], directory: Path) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(commit, "_sync_files", broken)
+    break_syncs(monkeypatch)
     await d._shutdown()
     failed = [f for e, f in events if e == "state_save_failed"]
     assert failed and "No space left on device" in failed[-1]["error"]

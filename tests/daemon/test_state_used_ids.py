@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.daemon import commit, state
+from gateway.daemon import state
 from gateway.daemon.state import StateStore, UsedKeyIds, UsedKeyIdsSaver
+from tests.daemon.disk import break_syncs
 
 pytestmark = pytest.mark.unit
 
@@ -76,10 +77,7 @@ async def test_a_stop_saves_what_moved_since_and_cancels_the_timer(tmp_path: Pat
 async def test_a_refused_save_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, mem, saver, failures = _saver(tmp_path)
 
-    def broken(paths: list[str], directory: Path) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(commit, "_sync_files", broken)
+    break_syncs(monkeypatch)
     mem.use("k1")
     saver.moved()
     assert len(failures) == 1 and "No space" in str(failures[0]) and saver.saves == 0

@@ -155,7 +155,7 @@ async def test_sigkill_and_restart_loses_at_most_one_rekey_interval() -> None:
         pinger.stop()
         stats = await ping
         assert lab.psk(NAMES[0]) == lab.psk(NAMES[1])
-        lab.check_restart_start(NAMES[1], recorded, logged, 0)
+        lab.check_restart_start(NAMES[1], recorded, logged)
         epochs = lab.epochs(NAMES[1])
         assert epochs == sorted(epochs) and len(set(epochs)) == len(epochs), epochs
     assert stats.lost <= 20 * interval, stats

@@ -40,6 +40,6 @@ async def test_kernel_wireguard_rotates_and_survives_a_sigkilled_daemon() -> Non
         pinger.stop()
         stats = await ping
         assert lab.psk(NAMES[0]) == lab.psk(NAMES[1]) != "(none)"
-        lab.check_restart_start(NAMES[1], recorded, logged, 0)
+        lab.check_restart_start(NAMES[1], recorded, logged)
     assert stats.received > 0
     assert stats.lost <= 20 * interval, stats
