@@ -1,13 +1,23 @@
 """Kernel WireGuard backend: generic netlink (pyroute2 AsyncWireGuard), one peer per request,
 base64 keys; the link itself, addresses and routes over rtnetlink (see links.py).
 
+One generic netlink socket per backend, opened at its first call and kept: opening one resolves
+the ``wireguard`` family (a round trip to the kernel's controller) and, in a named network
+namespace, starts pyroute2's namespace helper, which cost more than the request itself on every
+PSK write. pyroute2's WireGuard requests read "the next answer" from the socket, so requests take
+turns (a lock); a request that fails in any way other than a kernel error code (a timeout, a
+cancellation) may leave an answer unread, and the socket is then closed and a new one opened by
+the next call.
+
 The host this project is developed on has no WireGuard module, so this backend is exercised in
 the kernel lab (scripts/kernel_lab.sh, tests/vm/).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import errno as errno_mod
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -21,6 +31,7 @@ from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSIO
 from gateway.dataplane.device import adopt_or_reconcile, confirm_psk
 from gateway.dataplane.errors import (
     BackendCallFailed,
+    DataplaneError,
     InterfaceConflict,
     InterfaceNotFound,
     SpecError,
@@ -54,17 +65,56 @@ class KernelBackend:
         self.netns = netns
         self._links = Links(netns)
         self._adopted: set[str] = set()
+        self._sock: Any = None  # AsyncWireGuard, bound to the event loop in self._sock_loop
+        self._sock_loop: asyncio.AbstractEventLoop | None = None
+        self._turn: asyncio.Lock | None = None
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
+        #: generic netlink sockets opened so far (one, unless a request broke one)
+        self.sockets_opened = 0
 
-    @asynccontextmanager
-    async def _wg(self) -> AsyncIterator[Any]:
+    async def _open(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._sock is not None and self._sock_loop is loop:
+            return self._sock
+        self.close()  # a socket of another (finished) event loop is of no use here
         sock = AsyncWireGuard(netns=self.netns) if self.netns else AsyncWireGuard()
         # pyroute2 logs at ERROR when the family is missing; we raise a typed error instead.
         sock.module_err_level = "debug"
         try:
             await netlink_call("bind the wireguard generic netlink family", sock.setup_endpoint())
-            yield sock
-        finally:
+        except BaseException:
             sock.close()
+            raise
+        self._sock, self._sock_loop = sock, loop
+        self.sockets_opened += 1
+        return sock
+
+    @asynccontextmanager
+    async def _wg(self) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        if self._turn is None or self._turn_loop is not loop:
+            # a lock can wait only in the event loop it first waited in
+            self._turn, self._turn_loop = asyncio.Lock(), loop
+        async with self._turn:
+            sock = await self._open()
+            try:
+                yield sock
+            except DataplaneError as exc:
+                # The kernel answered with an error code: the answer was read, the socket is
+                # in step. Anything else (a timeout, a cancellation) may have left one unread.
+                if not isinstance(exc, BackendCallFailed | InterfaceNotFound):
+                    self.close()
+                raise
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Close the generic netlink socket (the next call opens a new one)."""
+        sock, self._sock, self._sock_loop = self._sock, None, None
+        if sock is not None:
+            with contextlib.suppress(RuntimeError):  # its event loop may be closed already
+                sock.close()
 
     async def _call(self, ifname: str, what: str, call: Awaitable[T]) -> T:
         try:
@@ -74,13 +124,18 @@ class KernelBackend:
                 raise InterfaceNotFound(f"{ifname}: no such WireGuard interface") from None
             raise
 
-    async def _get(self, ifname: str) -> DeviceState:
+    async def _get(self, ifname: str, only: str | None = None) -> DeviceState:
+        """The device (``only``: with that one peer, if present), from one dump."""
         async with self._wg() as wg:
 
             async def dump() -> list[Any]:
                 return [msg async for msg in await wg.info(ifname)]
 
-            return parse_device(await self._call(ifname, "read device", dump()))
+            msgs = await self._call(ifname, "read device", dump())
+        try:
+            return parse_device(msgs, only)
+        except ValueError as exc:
+            raise BackendCallFailed(f"netlink: {ifname}: read device: {exc}") from None
 
     async def apply(self, spec: WgInterfaceSpec) -> list[str]:
         spec = normalize_spec(spec)
@@ -127,7 +182,7 @@ class KernelBackend:
 
     async def _peer(self, ifname: str, peer_public_key: str) -> PeerState:
         pub = validate_public_key(peer_public_key)
-        state = await self._get(validate_ifname(ifname))
+        state = await self._get(validate_ifname(ifname), only=pub)
         require_peers(ifname, state, [pub])
         return state.peers[pub]
 

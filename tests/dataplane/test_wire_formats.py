@@ -108,6 +108,38 @@ def test_netlink_device_parse_merges_split_peers() -> None:
     assert state.peers[B2].preshared_key is None and state.peers[B2].endpoint is None
 
 
+def test_netlink_device_parse_reads_every_field_and_one_peer_alone() -> None:
+    s = sock()
+    v4 = recreate_peer_attrs(s, peer_state(PSK))[1:]
+    v4[0]["attrs"] += [["WGPEER_A_LAST_HANDSHAKE_TIME", {"tv_sec": 1700000000,
+                                                          "tv_nsec": 250000000}],
+                       ["WGPEER_A_RX_BYTES", 20], ["WGPEER_A_TX_BYTES", 10]]
+    v6 = [{"attrs": [["WGPEER_A_PUBLIC_KEY", B2],
+                     ["WGPEER_A_ENDPOINT", {"addr": "fd00::1", "port": 5}],
+                     ["WGPEER_A_ALLOWEDIPS", s._wg_build_allowedips(["10.9.0.0/16"])]]}]
+    msg = encode_device(v4 + v6)
+    state = parse_device([msg])
+    p1, p2 = state.peers[B1], state.peers[B2]
+    assert p1.status == PeerStatus(B1, 1700000000.25, 20, 10, "192.0.2.1:51821")
+    assert p1.persistent_keepalive == 25 and p1.allowed_ips == {"10.0.0.2/32"}
+    assert p2.endpoint == "[fd00::1]:5" and p2.allowed_ips == {"10.9.0.0/16"}
+    assert p2.preshared_key is None and p2.status.last_handshake is None
+    assert parse_device([msg], only=B2).peers == {B2: p2}
+    assert parse_device([msg], only=base64.b64encode(os.urandom(32)).decode()).peers == {}
+
+
+def test_netlink_device_parse_refuses_a_cut_attribute() -> None:
+    data = bytearray(encode_device(recreate_peer_attrs(sock(), peer_state(PSK))[1:]).data)
+    off = 20  # netlink and generic netlink headers, then the device's attributes
+    while int.from_bytes(data[off + 2:off + 4], "little") & 0x3FFF != 8:  # WGDEVICE_A_PEERS
+        off += (int.from_bytes(data[off:off + 2], "little") + 3) & ~3
+    data[off:off + 2] = (len(data) - off + 4).to_bytes(2, "little")  # runs past the message
+    broken = wgmsg(data)
+    broken.decode()
+    with pytest.raises(ValueError, match="malformed netlink attribute"):
+        parse_device([broken])
+
+
 def test_netlink_recreate_is_one_message_remove_then_add() -> None:
     attrs = recreate_peer_attrs(sock(), peer_state(None))
     msg = encode_device(attrs)

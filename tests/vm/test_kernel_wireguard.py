@@ -17,6 +17,7 @@ from gateway.dataplane import (
     InterfaceConflict,
     InterfaceNotFound,
     KernelBackend,
+    PeerNotFound,
     WgInterfaceSpec,
     WgPeerSpec,
     select_backend,
@@ -84,6 +85,8 @@ async def test_kernel_tunnel_psk_rotation_and_drift() -> None:
             sent, lost, summary = await ping.aresult()
         assert lost == 0, summary
         assert sent == 80
+        # One generic netlink socket per backend, kept across every call so far.
+        assert (wa.sockets_opened, wb.sockets_opened) == (1, 1)
         assert wg_show(nb, ib, "preshared-keys") == {pa: base64.b64encode(psk.reveal()).decode()}
 
         # A forced handshake (what failing closed uses to end a session) runs under the current
@@ -143,3 +146,12 @@ async def test_kernel_adopt_touches_only_psk() -> None:
             await backend.remove(name)
         with pytest.raises(InterfaceNotFound):
             await backend.peer_status(lab.ifname("wgnone"))
+        # A peer that is not on the interface: refused, and not created by the PSK write. The
+        # kernel's error answers leave the socket in step: still the one socket.
+        _, stranger = wg_keypair()
+        with pytest.raises(PeerNotFound):
+            await backend.set_psk(name, stranger, Secret.random(32))
+        assert stranger not in ns.run("wg", "show", name)
+        assert await backend.get_psk(name, peer) == psk
+        assert backend.sockets_opened == 1
+        backend.close()
