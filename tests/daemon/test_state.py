@@ -22,6 +22,23 @@ def test_round_trip_and_permissions(tmp_path: Path) -> None:
     assert store.load("other") is None
 
 
+def test_file_holds_every_field_and_spis_only_when_set(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.prepare()
+    wg = TunnelState("wg", 3, 2.5, ("k1", "k2"), "qkd+pqc", "qkd+pqc", "boot", 9.5, "ab", True)
+    esp = TunnelState("esp", 4, 3.5, ("k3",), "qkd", "qkd", spi_in=0x1234, spi_out=0x5678)
+    for st in (wg, esp):
+        store.save(st)
+        assert store.load(st.tunnel) == st
+    on_disk = json.loads((tmp_path / "tunnels" / "wg.json").read_text())
+    assert on_disk == {"version": 2, "tunnel": "wg", "epoch": 3, "activated_at": 2.5,
+                       "key_ids": ["k1", "k2"], "policy": "qkd+pqc", "achieved": "qkd+pqc",
+                       "boot_id": "boot", "activated_boot": 9.5, "key_fingerprint": "ab",
+                       "closed": True}
+    esp_disk = json.loads((tmp_path / "tunnels" / "esp.json").read_text())
+    assert (esp_disk["spi_in"], esp_disk["spi_out"]) == (0x1234, 0x5678)
+
+
 def test_overwrite_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.prepare()
