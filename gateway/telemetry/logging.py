@@ -12,10 +12,12 @@ Event names are stable snake_case (``rekey_completed``); context is bound as key
   inside any text (exception messages, stdlib ``%r`` arguments), become ``<bytes redacted>`` and
   the line gets ``log_redaction_violation: true`` so the leak attempt is itself visible.
 
-Each line passes the redaction once: our events at the end of structlog's chain (so the stdlib
-record carries safe values to every handler on the root logger), stdlib records at the end of
-the formatter's chain for them. The daemon logs an event per rekey; at 10,000 tunnels that is
-~80 lines a second at the issue's rate, and a second pass cost a third of each line.
+Two doors, one stream, one lock: our events are rendered at the end of structlog's chain and
+written by :class:`_LineLogger` straight to the stream; stdlib records (libraries) go through
+the root logger's handler and the same processors in its formatter. Each line passes the
+redaction once. The daemon logs an event per rekey (at 10,000 tunnels every 120 s, ~80 lines a
+second); routing our events through stdlib as well made two LogRecords per line and cost
+~half of each line (bench/telemetry_cost.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -113,8 +115,6 @@ class _SanitizeForeignRecord(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if hasattr(record, "_logger"):  # a structlog event: the processors handle it
-            return True
         report = Redaction()
         if not isinstance(record.msg, str):
             record.msg = to_safe(record.msg, report, "msg")
@@ -170,7 +170,7 @@ def configure_logging(
             exception_formatter=structlog.dev.plain_traceback,
         )
     formatter = structlog.stdlib.ProcessorFormatter(
-        # Our events were made safe in structlog's chain below; stdlib records are here.
+        # Only stdlib records come here (our events are written by _LineLogger).
         foreign_pre_chain=[*shared, _flag_from_record, render_exception,
                            _reject_raw_values_foreign],
         processors=[
@@ -192,18 +192,46 @@ def configure_logging(
 
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
             *shared,
             structlog.processors.StackInfoRenderer(),
             render_exception,
-            # Also here, not only in the formatter: the stdlib record then carries safe values
-            # to *every* handler on the root logger, including ones we did not install.
             reject_raw_values,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=_LineLoggerFactory(handler),
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name.upper())),
         # Not cached: configure_logging() may run again (tests, SIGHUP re-reading the level).
         cache_logger_on_first_use=False,
     )
+
+
+class _LineLogger:
+    """Writes our rendered events to the stream of the handler stdlib records go through, under
+    that handler's lock (a line is never cut by another thread's). A failing stream (a closed
+    journal pipe) loses the line, never the caller's work: logging does not raise."""
+
+    def __init__(self, name: str, handler: logging.StreamHandler[TextIO]) -> None:
+        self.name = name  # the "logger" field (structlog.stdlib.add_logger_name)
+        self._handler = handler
+
+    def msg(self, line: str) -> None:
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(line + "\n")
+            handler.stream.flush()
+        except (OSError, ValueError):
+            pass
+        finally:
+            handler.release()
+
+    debug = info = warning = error = critical = exception = log = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, handler: logging.StreamHandler[TextIO]) -> None:
+        self._handler = handler
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        return _LineLogger(str(args[0]) if args else "", self._handler)

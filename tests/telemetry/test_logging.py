@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import threading
 
 import pytest
 import structlog
@@ -127,6 +128,47 @@ def test_reconfiguring_replaces_the_handler() -> None:
     structlog.get_logger().info("once")
     assert first.getvalue() == ""
     assert second.getvalue().count("once") == 1
+
+
+def test_a_broken_stream_loses_lines_not_the_callers_work() -> None:
+    class Closed(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")  # the journal went away
+
+    configure_logging("json", "info", Closed())
+    structlog.get_logger("gateway.test").info("tunnel_rekeyed", tunnel="wg-a")  # no raise
+
+
+def test_our_lines_and_library_lines_share_one_lock() -> None:
+    """Our events skip the stdlib handler but take its lock: a line is written whole."""
+    seen: list[bool] = []
+    handlers: list[logging.Handler] = []
+
+    class Probe(io.StringIO):
+        def write(self, s: str) -> int:
+            lock = handlers[0].lock
+            assert lock is not None
+            got: list[bool] = []
+
+            def probe() -> None:  # another thread tries the lock, and gives it back at once
+                if lock.acquire(blocking=False):
+                    lock.release()
+                    got.append(True)
+                else:
+                    got.append(False)
+
+            t = threading.Thread(target=probe)
+            t.start()
+            t.join()
+            seen.append(not got[0])
+            return super().write(s)
+
+    configure_logging("json", "info", Probe())
+    handlers += [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+                 and getattr(h, "_qkd_gateway_handler", False)]
+    structlog.get_logger("gateway.test").info("tunnel_up")
+    logging.getLogger("aiohttp.server").warning("library line")
+    assert seen and all(seen)
 
 
 def test_auto_picks_console_on_a_tty_and_json_otherwise() -> None:
