@@ -102,7 +102,7 @@ bench-hub: setup
 
 bench-hub-vm: venv
 	mkdir -p .lab bench/results
-	QKD_HUB_KEYED_TIMEOUT=2400 LAB_MEMORY=2G LAB_TIMEOUT=3600 bash scripts/kernel_lab.sh --exec '.venv/bin/python -m bench.fullstack.hub --backend kernel --tunnels 100 --window 20 --interval 60 --out "$$LAB_RESULTS/hub-vm.json"'
+	QKD_HUB_KEYED_TIMEOUT=2400 LAB_MEMORY=2G LAB_TIMEOUT=3600 bash scripts/kernel_lab.sh --exec '.venv/bin/python -m bench.fullstack.hub --backend kernel --tunnels 100 --window 30 --interval 5 --out "$$LAB_RESULTS/hub-vm.json"'
 	cp .lab/results/hub-vm.json bench/results/hub-vm.json
 
 soak: setup
