@@ -108,16 +108,22 @@ def parse_device(msgs: Iterable[Any], only: str | None = None) -> DeviceState:
             elif kind == _DEV_PEERS:
                 for _, ps, pe in _attrs(buf, s, e):
                     _read_peer(buf, ps, pe, want, peers)
+    b64 = {pub: base64.b64encode(pub).decode() for pub in peers}
     return DeviceState(
         private_key=private_key,
         listen_port=listen_port,
-        peers={base64.b64encode(pub).decode(): _peer_state(base64.b64encode(pub).decode(), entry)
-               for pub, entry in peers.items()},
+        peers={b64[pub]: _peer_state(b64[pub], entry) for pub, entry in peers.items()},
     )
 
 
 def _read_peer(buf: bytes, start: int, end: int, want: bytes | None,
                peers: dict[bytes, dict[str, Any]]) -> None:
+    if want is not None and start + 8 <= end:
+        # The kernel writes the public key first: another peer's is skipped at a glance.
+        length, kind = _NLA.unpack_from(buf, start)
+        if kind & _NLA_TYPE == _PEER_PUBLIC_KEY and length == 36 and start + 36 <= end \
+                and buf[start + 4:start + 36] != want:
+            return
     found = list(_attrs(buf, start, end))
     pub = next((buf[s:e] for kind, s, e in found if kind == _PEER_PUBLIC_KEY), None)
     if pub is None or (want is not None and pub != want):
