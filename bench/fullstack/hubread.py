@@ -10,6 +10,11 @@ wireguard-go in a throw-away namespace, grown to each peer count in turn (placeh
 a PSK and one allowed IP each), next to one PSK write for scale and to ``get_peer`` (the same
 answer, only the written peer's lines parsed: what a PSK write's confirmation and a keeper's
 verify read since). Root and wireguard-go needed.
+
+``--pass``: also one reconciliation pass's key checks both ways, the keepers each reading their
+own peer (``get_peer`` per peer: what a pass did before) against one read of the whole interface
+shared by all of them (``get`` once: what it does now), with wireguard-go's own CPU (it writes
+the whole device for every read) from /proc/<pid>/schedstat.
 """
 
 from __future__ import annotations
@@ -47,7 +52,36 @@ def _peers(first: int, last: int) -> str:
                    for i in range(first, last))
 
 
-async def _timed(counts: list[int], reads: int, ifname: str) -> list[dict[str, Any]]:
+def _wg_cpu_ms(ifname: str) -> float:
+    pids = subprocess.run(["pgrep", "-f", f"wireguard-go {ifname}"], capture_output=True,
+                          text=True, timeout=5).stdout.split()
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0]) / 1e6
+    return total
+
+
+async def _pass(client: UapiClient, ifname: str, pubs: list[str]) -> dict[str, float]:
+    """One pass's key checks: per keeper (before), then one shared read (after)."""
+    g0, c0 = _wg_cpu_ms(ifname), time.process_time()
+    for pub in pubs:
+        await client.get_peer(pub)
+    g1, c1 = _wg_cpu_ms(ifname), time.process_time()
+    state = await client.get()
+    held = {pub: state.peers[pub].preshared_key for pub in pubs}
+    g2, c2 = _wg_cpu_ms(ifname), time.process_time()
+    assert len(held) == len(pubs)
+    return {"pass_per_keeper_cpu_ms": round((c1 - c0) * 1e3, 1),
+            "pass_per_keeper_wireguard_go_ms": round(g1 - g0, 1),
+            "pass_shared_cpu_ms": round((c2 - c1) * 1e3, 1),
+            "pass_shared_wireguard_go_ms": round(g2 - g1, 1)}
+
+
+async def _timed(counts: list[int], reads: int, ifname: str,
+                 passes: bool = False) -> list[dict[str, Any]]:
     client = UapiClient(ifname)
     out: list[dict[str, Any]] = []
     have = 0
@@ -77,11 +111,13 @@ async def _timed(counts: list[int], reads: int, ifname: str) -> list[dict[str, A
                     "read_wall_ms": round((w1 - w0) / reads * 1e3, 3),
                     "psk_write_cpu_ms": round((c2 - c1) / reads * 1e3, 3),
                     "psk_write_wall_ms": round((w2 - w1) / reads * 1e3, 3)})
+        if passes:
+            out[-1].update(await _pass(client, ifname, list(state.peers)))
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     return out
 
 
-def measure(counts: list[int], reads: int) -> list[dict[str, Any]]:
+def measure(counts: list[int], reads: int, passes: bool = False) -> list[dict[str, Any]]:
     tag = os.getpid()
     netns, ifname = f"qgdread{tag}", f"qgr{tag}"
     subprocess.run(["ip", "netns", "add", netns], check=True, timeout=10)
@@ -89,7 +125,7 @@ def measure(counts: list[int], reads: int) -> list[dict[str, Any]]:
         subprocess.run(["ip", "netns", "exec", netns, "wireguard-go", ifname], check=True,
                        capture_output=True, timeout=START_TIMEOUT_S,
                        env={**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"})
-        return asyncio.run(_timed(counts, reads, ifname))
+        return asyncio.run(_timed(counts, reads, ifname, passes))
     finally:
         # Deleting the link makes wireguard-go exit and remove its socket; the namespace goes.
         subprocess.run(["ip", "-n", netns, "link", "del", ifname], capture_output=True,
@@ -108,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", default="10,100,1000", help="peer counts, ascending")
     ap.add_argument("--reads", type=int, default=20, help="reads (and writes) per count")
+    ap.add_argument("--pass", dest="passes", action="store_true",
+                    help="also a reconciliation pass's key checks, per keeper and shared")
     args = ap.parse_args(argv)
     counts = sorted(int(x) for x in args.peers.split(","))
-    print(json.dumps({"reads": args.reads, "results": measure(counts, args.reads)}, indent=1))
+    print(json.dumps({"reads": args.reads,
+                      "results": measure(counts, args.reads, args.passes)}, indent=1))
     return 0
 
 

@@ -48,6 +48,13 @@ __all__ = ["ALARM_CLOSE_FAILED", "ALARM_EXPIRED", "Alarm", "Emit", "FailClosedEr
            "KeyInstaller", "TunnelKeeper", "refusal"]
 
 
+class _Unread:
+    """:meth:`TunnelKeeper.verify` was given no read of the slot: it reads it itself."""
+
+
+UNREAD = _Unread()
+
+
 class KeyInstaller(Protocol):
     """What the keeper needs from a data plane for one tunnel."""
 
@@ -175,9 +182,16 @@ class TunnelKeeper(KeyLifetime):
         await self._fail_closed_locked("a key write failed and the previous key cannot be "
                                        "restored", rewrite=True)
 
-    async def verify(self) -> bool:
+    async def verify(self, seen: Secret | _Unread | None = UNREAD) -> bool:
         """Read the data plane back; restore the key it should hold if it differs (e.g. the peer
-        was re-added by reconciliation with an empty slot). True if something was restored."""
+        was re-added by reconciliation with an empty slot). True if something was restored.
+
+        ``seen``: the slot as a read of the whole interface found it a moment ago (one read for
+        every tunnel of a hub, gateway.daemon.periodic). Holding the key this keeper holds
+        settles it; anything else (an activation since, a real drift) is read again here."""
+        if seen is not UNREAD and self._key is not None and seen == self._key \
+                and self._close_pending is None:
+            return False
         async with self._write:
             if self._close_pending is not None:
                 return False  # the deadline scheduler is already retrying

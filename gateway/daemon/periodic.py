@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from gateway.daemon.keeper import UNREAD, TunnelKeeper
+from gateway.keymaterial import Secret
+
 if TYPE_CHECKING:
     from gateway.daemon.app import Daemon
+    from gateway.daemon.tunnels import Keeper
 
 __all__ = ["observe_handshake", "observe_handshakes", "reconcile_loop"]
 
@@ -33,11 +37,12 @@ async def reconcile_loop(d: Daemon) -> None:
             if fixed:
                 d.bus.emit("tunnel_drift_corrected", level="warning",
                            interface=iface.name, corrections=fixed)
+        slots: dict[str, dict[str, Secret | None] | None] = {}
         for name, keeper in list(d.keepers.items()):
             try:
                 # A peer re-added above has an empty PSK slot: the keeper puts back the key
                 # it should hold (or fails closed), so a slot never silently reads empty.
-                if await keeper.verify():
+                if await _verify(d, name, keeper, slots):
                     d.bus.emit("tunnel_key_restored", level="warning", tunnel=name)
             except Exception as exc:
                 d.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
@@ -47,6 +52,25 @@ async def reconcile_loop(d: Daemon) -> None:
                 d.publish_status(name)  # a slow sweep: published only if it changed
             except Exception as exc:
                 d.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
+
+
+async def _verify(d: Daemon, name: str, keeper: Keeper,
+                  slots: dict[str, dict[str, Secret | None] | None]) -> bool:
+    """One keeper's check. A WireGuard tunnel's slot comes from one read of its interface per
+    pass (``slots``, by interface): read per tunnel, a hub's N slots cost N reads of N peers
+    (wireguard-go writes its whole device for each; the kernel dumps it)."""
+    inst = d.tunnels.installers.get(name)
+    if inst is None or not isinstance(keeper, TunnelKeeper):
+        return await keeper.verify()  # ESP: one SA pair, read by the keeper
+    iface = inst.interface
+    if iface.name not in slots:
+        try:
+            slots[iface.name] = await iface.psks()
+        except Exception as exc:  # the keepers read their own slots, and report
+            slots[iface.name] = None
+            d.bus.emit("reconcile_failed", level="error", interface=iface.name, error=str(exc))
+    seen = slots[iface.name]
+    return await keeper.verify(inst.key_in(seen) if seen is not None else UNREAD)
 
 
 async def observe_handshake(d: Daemon, name: str) -> None:

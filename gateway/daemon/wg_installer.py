@@ -64,6 +64,13 @@ class WgInterface:
             return {}
         return {s.public_key: s.last_handshake for s in statuses}
 
+    async def psks(self) -> dict[str, Secret | None]:
+        """Every peer's PSK from one read of the interface; empty if the interface is gone."""
+        try:
+            return await self.backend.psks(self.name)
+        except (InterfaceNotFound, PeerNotFound):
+            return {}
+
     async def close(self, teardown: bool) -> None:
         if teardown and not self.spec.adopt and not self._closed:
             self._closed = True
@@ -108,6 +115,10 @@ class WireGuardInstaller:
             return None
         mine = validate_public_key(self.peer_public_key)
         return next((s.last_handshake for s in statuses if s.public_key == mine), None)
+
+    def key_in(self, seen: dict[str, Secret | None]) -> Secret | None:
+        """This peer's PSK in one read of its interface (WgInterface.psks); None if absent."""
+        return seen.get(validate_public_key(self.peer_public_key))
 
     def handshake_in(self, seen: dict[str, float | None]) -> float | None:
         """This peer's latest handshake in a dump of its interface (WgInterface.handshakes)."""

@@ -202,6 +202,10 @@ class KernelBackend:
     async def get_psk(self, ifname: str, peer_public_key: str) -> Secret | None:
         return (await self._peer(ifname, peer_public_key)).preshared_key
 
+    async def psks(self, ifname: str) -> dict[str, Secret | None]:
+        state = await self._get(validate_ifname(ifname))
+        return {pub: peer.preshared_key for pub, peer in state.peers.items()}
+
     async def force_handshake(self, ifname: str, peer_public_key: str) -> None:
         peer = await self._peer(ifname, peer_public_key)
         async with self._wg() as wg:

@@ -64,6 +64,9 @@ class RecordBackend:
             raise PeerNotFound(f"{ifname}: peer {pub} is not configured")
         return peers[pub]
 
+    async def psks(self, ifname: str) -> dict[str, Secret | None]:
+        return dict(self._peers(ifname))
+
     async def force_handshake(self, ifname: str, peer_public_key: str) -> None:
         await self.get_psk(ifname, peer_public_key)
 

@@ -122,6 +122,11 @@ class WireGuardBackend(Protocol):
         """The peer's current PSK, None when the slot is empty."""
         ...
 
+    async def psks(self, ifname: str) -> dict[str, Secret | None]:
+        """Every peer's PSK (public key -> PSK, None for an empty slot) from one read of the
+        interface: the reconciliation pass checks all of a hub's slots with it."""
+        ...
+
     async def force_handshake(self, ifname: str, peer_public_key: str) -> None:
         """Make the next packet to the peer start a new handshake (under the current PSK)."""
         ...

@@ -165,6 +165,10 @@ class UserspaceBackend:
     async def get_psk(self, ifname: str, peer_public_key: str) -> Secret | None:
         return (await self._peer(ifname, peer_public_key)).preshared_key
 
+    async def psks(self, ifname: str) -> dict[str, Secret | None]:
+        state = await self._uapi(ifname).get()
+        return {pub: peer.preshared_key for pub, peer in state.peers.items()}
+
     async def force_handshake(self, ifname: str, peer_public_key: str) -> None:
         peer = await self._peer(ifname, peer_public_key)
         await self._uapi(ifname).set(recreate_peer(peer))

@@ -240,6 +240,35 @@ async def test_verify_restores_a_key_the_data_plane_lost(tmp_path: Path) -> None
     assert [e for e, _ in events].count("tunnel_key_drift") == 2
 
 
+async def test_verify_trusts_a_matching_read_of_the_whole_interface(tmp_path: Path) -> None:
+    clock = FakeClock()
+    keeper, inst, events, _alarms, _ = make(tmp_path, clock, reject_after=180)
+    reads = 0
+    read_slot = inst.read_key
+
+    async def counted() -> Secret | None:
+        nonlocal reads
+        reads += 1
+        return await read_slot()
+
+    inst.read_key = counted  # type: ignore[method-assign]
+    await keeper.start()
+    key, new = Secret(b"v" * 32), Secret(b"w" * 32)
+    await keeper.activate(1, key, (), "qkd+pqc", "qkd+pqc")
+    before = reads
+    assert not await keeper.verify(key)  # the interface's read found this key: settled
+    assert reads == before
+    # A read from before the next activation is stale: the keeper reads the slot itself.
+    await keeper.activate(2, new, (), "qkd+pqc", "qkd+pqc")
+    assert not await keeper.verify(key)
+    assert reads == before + 1 and inst.key == new
+    # A drift seen in the interface's read: read again, then restored.
+    inst.key = None
+    assert await keeper.verify(None)
+    assert reads == before + 2 and inst.key == new
+    assert [e for e, _ in events].count("tunnel_key_drift") == 1
+
+
 async def test_failsafe_closes_expiring_keys_only_and_is_idempotent(tmp_path: Path) -> None:
     clock = FakeClock()
     keeper, inst, *_ = make(tmp_path, clock, reject_after=60)
