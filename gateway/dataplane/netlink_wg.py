@@ -53,6 +53,13 @@ def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
         off += (length + 3) & ~3
 
 
+def _fixed(st: struct.Struct, buf: bytes, start: int, end: int) -> tuple[Any, ...]:
+    """The values of a fixed-size attribute payload; a short one is malformed."""
+    if end - start < st.size:
+        raise ValueError("a netlink attribute in a WireGuard device dump is too short")
+    return st.unpack_from(buf, start)
+
+
 def _key(raw: bytes) -> Secret | None:
     if len(raw) != 32:
         raise ValueError("a WireGuard key in a device dump is not 32 bytes")
@@ -99,12 +106,14 @@ def parse_device(msgs: Iterable[Any], only: str | None = None) -> DeviceState:
         if msg.data is not data:  # the messages of one receive share its buffer (a bytearray)
             data, buf = msg.data, bytes(msg.data)
         off = msg.offset
-        end = off + _U32.unpack_from(buf, off)[0]
+        end = off + _fixed(_U32, buf, off, len(buf))[0]
+        if end > len(buf):
+            raise ValueError("a WireGuard device dump message runs past its buffer")
         for kind, s, e in _attrs(buf, off + 16 + _GENL_HEADER, end):
             if kind == _DEV_PRIVATE_KEY:
                 private_key = _key(buf[s:e])
             elif kind == _DEV_LISTEN_PORT:
-                listen_port = _U16.unpack_from(buf, s)[0]
+                listen_port = _fixed(_U16, buf, s, e)[0]
             elif kind == _DEV_PEERS:
                 for _, ps, pe in _attrs(buf, s, e):
                     _read_peer(buf, ps, pe, want, peers)
@@ -137,14 +146,14 @@ def _read_peer(buf: bytes, start: int, end: int, want: bytes | None,
         elif kind == _PEER_ENDPOINT:
             entry["endpoint"] = _endpoint(buf[s:e])
         elif kind == _PEER_KEEPALIVE:
-            entry["keepalive"] = _U16.unpack_from(buf, s)[0]
+            entry["keepalive"] = _fixed(_U16, buf, s, e)[0]
         elif kind == _PEER_HANDSHAKE:
-            sec, nsec = _TIMESPEC.unpack_from(buf, s)
+            sec, nsec = _fixed(_TIMESPEC, buf, s, e)
             entry["handshake"] = sec + nsec / 1e9 if sec else None
         elif kind == _PEER_RX:
-            entry["rx"] = _U64.unpack_from(buf, s)[0]
+            entry["rx"] = _fixed(_U64, buf, s, e)[0]
         elif kind == _PEER_TX:
-            entry["tx"] = _U64.unpack_from(buf, s)[0]
+            entry["tx"] = _fixed(_U64, buf, s, e)[0]
         elif kind == _PEER_ALLOWEDIPS:
             _allowed(buf, s, e, entry["allowed"])
 

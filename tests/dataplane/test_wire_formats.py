@@ -128,15 +128,20 @@ def test_netlink_device_parse_reads_every_field_and_one_peer_alone() -> None:
     assert parse_device([msg], only=base64.b64encode(os.urandom(32)).decode()).peers == {}
 
 
-def test_netlink_device_parse_refuses_a_cut_attribute() -> None:
+@pytest.mark.parametrize(("kind", "length", "error"), [
+    (8, None, "malformed netlink attribute"),  # WGDEVICE_A_PEERS runs past the message
+    (6, 5, "too short"),  # WGDEVICE_A_LISTEN_PORT with a 1-byte payload
+])
+def test_netlink_device_parse_refuses_a_cut_attribute(kind: int, length: int | None,
+                                                      error: str) -> None:
     data = bytearray(encode_device(recreate_peer_attrs(sock(), peer_state(PSK))[1:]).data)
     off = 20  # netlink and generic netlink headers, then the device's attributes
-    while int.from_bytes(data[off + 2:off + 4], "little") & 0x3FFF != 8:  # WGDEVICE_A_PEERS
+    while int.from_bytes(data[off + 2:off + 4], "little") & 0x3FFF != kind:
         off += (int.from_bytes(data[off:off + 2], "little") + 3) & ~3
-    data[off:off + 2] = (len(data) - off + 4).to_bytes(2, "little")  # runs past the message
+    data[off:off + 2] = (length or len(data) - off + 4).to_bytes(2, "little")
     broken = wgmsg(data)
     broken.decode()
-    with pytest.raises(ValueError, match="malformed netlink attribute"):
+    with pytest.raises(ValueError, match=error):
         parse_device([broken])
 
 
