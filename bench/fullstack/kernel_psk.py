@@ -4,7 +4,8 @@ read-back) and get_psk against one interface with N peers, in a network namespac
 Runs where kernel WireGuard exists (the kernel lab), as root:
 
     scripts/kernel_lab.sh --exec '.venv/bin/python -m bench.fullstack.kernel_psk --peers 10,100'
-    ... --source /tmp/base     # the backend of another checkout, for a before/after in one boot
+    ... --source /work/old    # the backend of another checkout (a `git worktree` the guest
+                              # sees: not under /tmp), for a before/after in one boot
 
 Prints one JSON object: per peer count, the client's CPU (``time.process_time``) and wall time
 per call, and how many generic netlink sockets the backend opened. Kernel WireGuard's own work
