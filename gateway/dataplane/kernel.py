@@ -31,7 +31,6 @@ from pyroute2.netlink.generic.wireguard import WG_CMD_SET_DEVICE, WG_GENL_VERSIO
 from gateway.dataplane.device import adopt_or_reconcile, confirm_psk
 from gateway.dataplane.errors import (
     BackendCallFailed,
-    DataplaneError,
     InterfaceConflict,
     InterfaceNotFound,
     SpecError,
@@ -65,18 +64,14 @@ class KernelBackend:
         self.netns = netns
         self._links = Links(netns)
         self._adopted: set[str] = set()
-        self._sock: Any = None  # AsyncWireGuard, bound to the event loop in self._sock_loop
-        self._sock_loop: asyncio.AbstractEventLoop | None = None
+        self._sock: Any = None  # AsyncWireGuard
         self._turn: asyncio.Lock | None = None
-        self._turn_loop: asyncio.AbstractEventLoop | None = None
+        # The event loop the socket and the lock serve (a backend outlives a test's loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: generic netlink sockets opened so far (one, unless a request broke one)
         self.sockets_opened = 0
 
     async def _open(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._sock is not None and self._sock_loop is loop:
-            return self._sock
-        self.close()  # a socket of another (finished) event loop is of no use here
         sock = AsyncWireGuard(netns=self.netns) if self.netns else AsyncWireGuard()
         # pyroute2 logs at ERROR when the family is missing; we raise a typed error instead.
         sock.module_err_level = "debug"
@@ -85,33 +80,31 @@ class KernelBackend:
         except BaseException:
             sock.close()
             raise
-        self._sock, self._sock_loop = sock, loop
         self.sockets_opened += 1
         return sock
 
     @asynccontextmanager
     async def _wg(self) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
-        if self._turn is None or self._turn_loop is not loop:
-            # a lock can wait only in the event loop it first waited in
-            self._turn, self._turn_loop = asyncio.Lock(), loop
+        if self._loop is not loop:
+            self.close()
+            self._turn, self._loop = asyncio.Lock(), loop
+        assert self._turn is not None
         async with self._turn:
-            sock = await self._open()
+            if self._sock is None:
+                self._sock = await self._open()
             try:
-                yield sock
-            except DataplaneError as exc:
-                # The kernel answered with an error code: the answer was read, the socket is
-                # in step. Anything else (a timeout, a cancellation) may have left one unread.
+                yield self._sock
+            except BaseException as exc:
+                # A kernel error code means the answer was read: the socket is in step.
+                # Anything else (a timeout, a cancellation) may have left one unread.
                 if not isinstance(exc, BackendCallFailed | InterfaceNotFound):
                     self.close()
-                raise
-            except BaseException:
-                self.close()
                 raise
 
     def close(self) -> None:
         """Close the generic netlink socket (the next call opens a new one)."""
-        sock, self._sock, self._sock_loop = self._sock, None, None
+        sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(RuntimeError):  # its event loop may be closed already
                 sock.close()

@@ -69,6 +69,7 @@ async def test_kernel_tunnel_psk_rotation_and_drift() -> None:
         assert wg_show(na, ia, "preshared-keys") == {pb: b64}
         assert wg_show(nb, ib, "preshared-keys") == {pa: b64}
         assert await wb.get_psk(ib, pa) == psk
+        assert await wa.psks(ia) == {pb: psk}  # one read of every slot (the reconcile pass)
 
         # Three rotations under a continuous 20/s ping, as the daemon does them: the PSK is set
         # at both ends and the running session is left alone (WireGuard mixes the PSK into its
