@@ -90,6 +90,16 @@ class WireGuardInstaller:
         self.peer_public_key = peer_public_key
 
     @property
+    def peer_public_key(self) -> str:
+        return self._peer_public_key
+
+    @peer_public_key.setter
+    def peer_public_key(self, key: str) -> None:
+        # Canonical once (a reload may set another key): the reconciliation pass looks every
+        # tunnel up in its interface's dumps, 2 x 10,000 base64 round trips a pass on a hub.
+        self._peer_public_key, self._canonical = key, validate_public_key(key)
+
+    @property
     def ifname(self) -> str:
         return self.interface.name
 
@@ -113,16 +123,16 @@ class WireGuardInstaller:
             statuses = await self.backend.peer_status(self.ifname)
         except (InterfaceNotFound, PeerNotFound):
             return None
-        mine = validate_public_key(self.peer_public_key)
-        return next((s.last_handshake for s in statuses if s.public_key == mine), None)
+        return next((s.last_handshake for s in statuses if s.public_key == self._canonical),
+                    None)
 
     def key_in(self, seen: dict[str, Secret | None]) -> Secret | None:
         """This peer's PSK in one read of its interface (WgInterface.psks); None if absent."""
-        return seen.get(validate_public_key(self.peer_public_key))
+        return seen.get(self._canonical)
 
     def handshake_in(self, seen: dict[str, float | None]) -> float | None:
         """This peer's latest handshake in a dump of its interface (WgInterface.handshakes)."""
-        return seen.get(validate_public_key(self.peer_public_key))
+        return seen.get(self._canonical)
 
     async def set_blocked(self, blocked: bool) -> None:
         iface = self.interface

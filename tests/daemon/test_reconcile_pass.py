@@ -74,3 +74,22 @@ async def test_one_read_per_interface_and_a_drifted_slot_restored(
     assert backend.calls == {"psks": 2, "get_psk": 1}  # the drifted slot is read again
     assert await backend.get_psk("wg-hub", pubs[3]) == keys["t3"]
     assert [e for e, _ in events].count("tunnel_key_drift") == 1
+
+
+def test_a_reloaded_peer_key_is_looked_up_by_its_new_canonical_form(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BENCH_ENV, "record")
+    a, b = (base64.b64encode(os.urandom(32)).decode() for _ in range(2))
+    spec = WgInterfaceSpec("wg-hub", Secret(os.urandom(32)), 51820, peers=())
+    inst = WireGuardInstaller(WgInterface(RecordBackend(), spec), a)
+    ka, kb = Secret(os.urandom(32)), Secret(os.urandom(32))
+    slots: dict[str, Secret | None] = {a: ka, b: kb}
+    handshakes: dict[str, float | None] = {a: 1.0, b: 2.0}
+    assert inst.key_in(slots) is ka and inst.handshake_in(handshakes) == 1.0
+    # The same key written with the spare bits of its last base64 character set (canonical
+    # base64 of 32 bytes leaves them 0: that character is one of A, E, I, ... 8).
+    spelled = b[:-2] + chr(ord(b[-2]) + 1) + "="
+    assert spelled != b
+    inst.peer_public_key = spelled  # what a reload that changes the peer's key does
+    assert inst.peer_public_key == spelled
+    assert inst.key_in(slots) is kb and inst.handshake_in(handshakes) == 2.0
