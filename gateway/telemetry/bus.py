@@ -23,10 +23,15 @@ from gateway.telemetry.redact import Redaction, to_safe
 
 __all__ = ["VOLATILE_STATUS_KEYS", "Level", "TelemetryBus"]
 
-# Status fields that change by themselves as time passes: they are published with the status but
-# never cause a publish (a countdown would make every status "changed" every second).
+# Status fields that move while nothing happens to the tunnel: they are published with the
+# status but never cause a publish. A countdown would make every status "changed" every second;
+# the KMS's stock (one figure shared by every tunnel on that QKD link, polled every 30 s) would
+# republish every tunnel of a busy link at every reconciliation pass (10,000 retained messages
+# per pass at 10,000 tunnels). Its gauge stays current; its crossing of low_stock is the
+# tunnel's own ``low_stock`` field and the ``kms_low_stock`` alarm.
 VOLATILE_STATUS_KEYS = frozenset(
-    {"key_age_s", "expires_in_s", "next_rekey_in_s", "next_rekey_s", "uptime_s", "ts"}
+    {"key_age_s", "expires_in_s", "next_rekey_in_s", "next_rekey_s", "uptime_s", "ts",
+     "kms_stock"}
 )
 
 _PLAIN = (str, int, float, bool)

@@ -206,6 +206,10 @@ def test_status_without_mqtt_only_feeds_gauges() -> None:
     with capture_logs():
         assert bus.tunnel_status("wg-a", _status(1))
         assert not bus.tunnel_status("wg-a", _status(1, key_age_s=99.0, expires_in_s=3.0))
+        # The KMS's stock moved, nothing else: no publish, but the gauge follows it.
+        assert not bus.tunnel_status("wg-a", _status(1, kms_stock=12))
+        assert parse(metrics.registry.render()).value(
+            "qkd_gateway_tunnel_kms_stock_keys", tunnel="wg-a") == 12
         key_ids = ["k-1"]
         assert bus.tunnel_status("wg-a", _status(1, key_ids=key_ids))
         key_ids.append("k-2")  # mutated by the caller: still seen as a change
