@@ -182,7 +182,7 @@ class MqttPublisher:
 
     def _client(self) -> aiomqtt.Client:
         s = self.settings
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             s.host,
             s.port,
             identifier=s.client_id or f"qkd-gateway-{s.site}",
@@ -192,6 +192,12 @@ class MqttPublisher:
             clean_session=True,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
         )
+        # _batched keeps up to _STATE_BATCH publishes waiting for their PUBACK on purpose.
+        # aiomqtt warns from 11 pending calls on, one log line per publish past that: ~54
+        # warnings for every batch of retained states (thousands per rotation wave at 10,000
+        # tunnels). More than a batch still warns: that would be a real pile-up.
+        client.pending_calls_threshold = _STATE_BATCH
+        return client
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value
