@@ -72,11 +72,13 @@ def measure(n: int, interval: float, seconds: float, source: Path | None) -> dic
                     sub = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t",
                                             "qkd-gateway/alpha/tunnel/+/status", "-v"],
                                            stdout=out)
-                    time.sleep(1)
-                    alpha.log.skip()
-                    time.sleep(seconds)
-                    sub.terminate()
-                    sub.wait(timeout=10)
+                    try:
+                        time.sleep(1)
+                        alpha.log.skip()
+                        time.sleep(seconds)
+                    finally:  # an interrupted run leaves no subscriber behind
+                        sub.terminate()
+                        sub.wait(timeout=10)
                 rekeys = len(alpha.log.read(REKEYED))
                 warnings = sum("pending publish calls" in line for line in
                                (alpha.directory / "daemon.log").read_text().splitlines())
@@ -84,6 +86,7 @@ def measure(n: int, interval: float, seconds: float, source: Path | None) -> dic
         finally:
             broker.terminate()
             broker.wait(timeout=10)
+    # Every tunnel is keyed, so a new subscriber first gets N retained statuses, then live ones.
     return {"source": str(source or "this checkout"), "tunnels": n, "interval_s": interval,
             "keyed_s": round(keyed_s, 1), "window_s": seconds, "status_messages": messages,
             "live_status_messages": messages - n, "alpha_rekeys": rekeys,
