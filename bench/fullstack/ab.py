@@ -36,6 +36,9 @@ def main() -> int:
                     help="checkout of the 'after' daemons (default: this one)")
     ap.add_argument("--tunnels", type=int, default=16)
     ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--interval", type=float, default=1.0,
+                    help="rekey interval (s): 1 rotates as fast as the pair can; longer ones "
+                         "give a site router's pace (use a window of whole intervals)")
     ap.add_argument("--reject-after", type=float, default=600.0,
                     help="long: at large N every tunnel stays due and nothing fails closed")
     ap.add_argument("--window", type=float, default=8.0)
@@ -50,8 +53,8 @@ def main() -> int:
             idle: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for i in range(args.pairs):
                 for side, src in (("before", base), ("after", args.after)):
-                    r = measure_rotating(args.tunnels, args.window, 1.0, args.reject_after,
-                                         source=src)
+                    r = measure_rotating(args.tunnels, args.window, args.interval,
+                                         args.reject_after, source=src)
                     res[side].append(r)
                     r["keys_wasted"] = r["qkd"]["keys_wasted"]  # whole run, by key ID
                     r["qkd_bits_per_rekey"] = r["qkd"]["qkd_bits_per_rekey"]

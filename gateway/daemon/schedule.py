@@ -14,20 +14,28 @@ The rule (documented for operators in docs/operations.md, "Key-stock-aware rotat
   rotation attempt while its current key is still accepted, and a failed attempt still has
   ``REKEY_MARGIN`` to succeed on retry. Stretching never weakens the fail-closed deadline.
 * As soon as the stock is back at or above ``low_water``, the normal interval applies again.
+* Within its jitter window a rotation is moved to a point of a ``COALESCE_GRID`` (1 s) grid of
+  the monotonic clock (:func:`coalesce`), so the rotations of a busy gateway come in bursts:
+  one wake-up, one KMS request and one state commit serve a whole burst, and the work runs on
+  warm caches. Measured at 1,000 tunnels every 12 s (83 rekeys/s, the rate of 10,000 tunnels
+  every 120 s): 0.70x the CPU per rekey of evenly spread rotations (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 __all__ = [
+    "COALESCE_GRID",
     "JITTER_FRACTION",
     "REKEY_MARGIN_FRACTION",
     "WG_FRESH_MARGIN",
     "WG_REKEY_AFTER_TIME",
     "RotationPlan",
     "align_to_handshake",
+    "coalesce",
     "plan_rotation",
 ]
 
@@ -41,10 +49,21 @@ JITTER_FRACTION = 0.10
 REKEY_MARGIN_FRACTION = 0.25
 
 
+#: Rotations fall on this grid of the monotonic clock (seconds) when their window holds a point
+#: of it. Small against any interval worth coalescing (a window is 10 % of the interval: 12 s
+#: at the default 120 s), large enough that a gateway rotating 83 tunnels a second (10,000
+#: every 120 s) handles them as one burst per second instead of one wake-up each.
+COALESCE_GRID = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class RotationPlan:
     delay: float  # seconds until the next rotation attempt
     low_stock: bool  # True when the interval was stretched because of low key stock
+    #: The window the rotation may be moved within (seconds from now, earliest <= delay <=
+    #: latest): the jitter window, or just ``delay`` for an unjittered (backup) side.
+    earliest: float = 0.0
+    latest: float = 0.0
 
 
 def plan_rotation(
@@ -72,9 +91,26 @@ def plan_rotation(
         ceiling = reject_after - (reject_after - rekey_interval) * REKEY_MARGIN_FRACTION
         base = min(rekey_interval * low_water / max(stored_key_count, 1), ceiling)
     if not jitter:
-        return RotationPlan(delay=base, low_stock=low)
+        return RotationPlan(delay=base, low_stock=low, earliest=base, latest=base)
     rng = rng or random.Random()
-    return RotationPlan(delay=base * (1.0 - JITTER_FRACTION * rng.random()), low_stock=low)
+    return RotationPlan(delay=base * (1.0 - JITTER_FRACTION * rng.random()), low_stock=low,
+                        earliest=base * (1.0 - JITTER_FRACTION), latest=base)
+
+
+def coalesce(start: float, delay: float, earliest: float, latest: float,
+             grid: float = COALESCE_GRID) -> float:
+    """``delay`` (seconds after ``start``, a monotonic time) moved to a point of the grid: the
+    latest one in ``[start + earliest, start + delay]``, else the first one after ``start +
+    delay`` up to ``start + latest``; a window holding no grid point leaves ``delay`` as it is.
+    The draw stays random (the jitter picks the grid point) and never leaves the window."""
+    if not earliest <= delay <= latest:
+        raise ValueError("need earliest <= delay <= latest")
+    point = math.floor((start + delay) / grid) * grid
+    if point < start + earliest:
+        point += grid
+        if point > start + latest:
+            return delay
+    return point - start
 
 
 #: WireGuard's REKEY_AFTER_TIME: a session that carries traffic re-handshakes this long after its

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from gateway.daemon.schedule import JITTER_FRACTION, plan_rotation
+from gateway.daemon.schedule import COALESCE_GRID, JITTER_FRACTION, coalesce, plan_rotation
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +55,36 @@ def test_wireguard_rotation_is_brought_forward_to_just_before_the_next_handshake
     # ... and when the handshake is imminent, the key just installed is the one it takes.
     assert align_to_handshake(118.0, 1000.0, 1110.0) == 118.0
     assert align_to_handshake(118.0, None, 1110.0) == 118.0
+
+
+def test_plan_names_the_window_the_rotation_may_move_in() -> None:
+    plan = plan_rotation(120, 180, None, 64, random.Random(4))
+    assert (plan.earliest, plan.latest) == (120 * (1 - JITTER_FRACTION), 120)
+    assert plan.earliest <= plan.delay <= plan.latest
+    backup = plan_rotation(120, 180, None, 64, jitter=False)
+    assert backup.earliest == backup.delay == backup.latest == 120
+
+
+def test_coalesced_rotations_fall_on_the_grid_inside_their_window() -> None:
+    rng = random.Random(5)
+    points = set()
+    for _ in range(2000):
+        start = rng.uniform(0, 10_000)
+        plan = plan_rotation(120, 180, None, 64, rng)
+        delay = coalesce(start, plan.delay, plan.earliest, plan.latest)
+        assert plan.earliest - 1e-9 <= delay <= plan.latest + 1e-9
+        assert delay <= plan.delay or delay - plan.delay < COALESCE_GRID
+        at = start + delay
+        assert abs(at - round(at / COALESCE_GRID) * COALESCE_GRID) < 1e-6
+        points.add(round(delay - plan.earliest))
+    # The jitter still spreads rotations over the whole window, now in grid steps.
+    assert len(points) >= 12
+
+
+def test_a_window_without_a_grid_point_leaves_the_delay() -> None:
+    assert coalesce(100.2, 0.5, 0.4, 0.6) == 0.5  # 100.6-100.8: no whole second
+    assert coalesce(100.2, 0.5, 0.5, 0.5) == 0.5  # an unjittered (backup) side never moves
+    assert coalesce(100.2, 1.0, 0.5, 1.0) == pytest.approx(0.8)  # 101.0 lies inside
+    assert coalesce(100.2, 0.7, 0.7, 1.0) == pytest.approx(0.8)  # later, within the window
+    with pytest.raises(ValueError):
+        coalesce(0.0, 2.0, 0.5, 1.0)
