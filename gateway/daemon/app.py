@@ -205,7 +205,7 @@ class Daemon:
         # Only the preferred side jitters: the backup's 13/12 must stay after it (see
         # plan_rotation), else the two collide and a QKD key is wasted.
         plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water,
-                             jitter=core.preferred)
+                             jitter=core.preferred, first=core.completed == 1)
         delay, earliest, latest = plan.delay, plan.earliest, plan.latest
         if t.kind == "wireguard" and not plan.low_stock:
             aligned = align_to_handshake(delay, self.tunnels.handshakes[name].last_handshake,

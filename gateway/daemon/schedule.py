@@ -14,6 +14,11 @@ The rule (documented for operators in docs/operations.md, "Key-stock-aware rotat
   rotation attempt while its current key is still accepted, and a failed attempt still has
   ``REKEY_MARGIN`` to succeed on retry. Stretching never weakens the fail-closed deadline.
 * As soon as the stock is back at or above ``low_water``, the normal interval applies again.
+* A tunnel's first rotation after its first exchange in this process (a start, a restart, a
+  tunnel added by a reload) is drawn from a wider window, ``FIRST_ROTATION_SPREAD`` (the second
+  half of the interval): a start keys every tunnel at once, and with the normal 10 % window
+  they would keep rotating in one wave per interval for hours (10,000 tunnels: 333 rekeys/s for
+  30 s every 120 s, then nothing), a burst of CPU and of KMS keys that only slowly dissolves.
 * Within its jitter window a rotation is moved to a point of a ``COALESCE_GRID`` (1 s) grid of
   the monotonic clock (:func:`coalesce`), so the rotations of a busy gateway come in bursts:
   one wake-up, one KMS request and one state commit serve a whole burst, and the work runs on
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "COALESCE_GRID",
+    "FIRST_ROTATION_SPREAD",
     "JITTER_FRACTION",
     "REKEY_MARGIN_FRACTION",
     "WG_FRESH_MARGIN",
@@ -42,6 +48,10 @@ __all__ = [
 #: Up to 10 % earlier than configured. WireGuard's own timers are fixed (REKEY_AFTER_TIME 120 s);
 #: Rosenpass staggers its two roles by 10 s (120/130 s) for the same reason: avoid collisions.
 JITTER_FRACTION = 0.10
+
+#: The first rotation after a tunnel's first exchange in this process comes this share of the
+#: interval early at most: a start's keying wave spreads over half an interval.
+FIRST_ROTATION_SPREAD = 0.5
 
 #: Part of the window between rekey_interval and reject_after that stays reserved for retries
 #: when the interval is stretched: with the defaults (120 s / 180 s) the stretch stops at 165 s,
@@ -73,6 +83,7 @@ def plan_rotation(
     low_water: int,
     rng: random.Random | None = None,
     jitter: bool = True,
+    first: bool = False,
 ) -> RotationPlan:
     """The delay before the next rotation of one tunnel (see the module docstring for the rule).
 
@@ -80,7 +91,10 @@ def plan_rotation(
     (no status answer yet, or a PQC-only tunnel): then the normal interval applies.
     ``jitter=False`` for the backup side of a tunnel: it steps in at 13/12 of its interval, and
     a jittered (shortened) interval could make it start before the preferred side, whose
-    attempt then collides with it and the backup's QKD key is wasted.
+    attempt then collides with it and the backup's QKD key is wasted. ``first``: the tunnel's
+    first rotation after its first exchange in this process, drawn from the wider
+    ``FIRST_ROTATION_SPREAD`` window (not while the stock is low: that interval is stretched to
+    save keys).
     """
     if rekey_interval <= 0 or reject_after <= rekey_interval:
         raise ValueError("need 0 < rekey_interval < reject_after")
@@ -93,8 +107,9 @@ def plan_rotation(
     if not jitter:
         return RotationPlan(delay=base, low_stock=low, earliest=base, latest=base)
     rng = rng or random.Random()
-    return RotationPlan(delay=base * (1.0 - JITTER_FRACTION * rng.random()), low_stock=low,
-                        earliest=base * (1.0 - JITTER_FRACTION), latest=base)
+    spread = FIRST_ROTATION_SPREAD if first and not low else JITTER_FRACTION
+    return RotationPlan(delay=base * (1.0 - spread * rng.random()), low_stock=low,
+                        earliest=base * (1.0 - spread), latest=base)
 
 
 def coalesce(start: float, delay: float, earliest: float, latest: float,

@@ -1,5 +1,6 @@
 """The daemon hands the protocol core rotation times on the coalescing grid, counted from the
-core's own activation time, and shows operators the time the core will actually rekey."""
+core's own activation time, shows operators the time the core will actually rekey, and spreads
+a tunnel's first rotation after a start over the second half of the interval."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import pytest
 
 from gateway.config import load_config
 from gateway.daemon.app import Daemon
-from gateway.daemon.schedule import COALESCE_GRID, JITTER_FRACTION
+from gateway.daemon.schedule import COALESCE_GRID, FIRST_ROTATION_SPREAD, JITTER_FRACTION
 from gateway.daemon.state import TunnelState
 from tests.config.sitefiles import copy_examples
 
 pytestmark = pytest.mark.unit
 
 
-async def test_a_resumed_tunnel_rotates_on_the_grid_and_its_status_says_when(
+async def test_rotation_times_on_the_grid_from_the_core_clock_first_one_spread(
         tmp_path: Path) -> None:
     cfg = load_config(copy_examples(tmp_path) / "pair" / "bucharest.yaml")
     d = Daemon(cfg.model_copy(update={"state_dir": tmp_path / "state"}))
@@ -42,6 +43,17 @@ async def test_a_resumed_tunnel_rotates_on_the_grid_and_its_status_says_when(
             # The status counts from the restored activation, not from the restart.
             assert d.rekey_due[name] == pytest.approx(due)
             assert d.rekey_due[name] < time.monotonic() + interval - 39
+            # Its first exchange in this process done (a start): the next rotation is drawn
+            # from the second half of the interval; from the second one on, the last 10 %.
+            for completed, low in ((1, interval * (1 - FIRST_ROTATION_SPREAD)),
+                                   (2, interval * (1 - JITTER_FRACTION))):
+                core.completed = completed
+                delays = []
+                for _ in range(200):
+                    d.schedule(name)
+                    delays.append(core.timers.rekey_after)
+                assert low - 1e-6 <= min(delays) < low + 0.2 * (interval - low)
+                assert max(delays) <= interval
             raise asyncio.CancelledError  # leave the TaskGroup (its deadline task) at once
     except asyncio.CancelledError:
         pass

@@ -2,7 +2,13 @@ import random
 
 import pytest
 
-from gateway.daemon.schedule import COALESCE_GRID, JITTER_FRACTION, coalesce, plan_rotation
+from gateway.daemon.schedule import (
+    COALESCE_GRID,
+    FIRST_ROTATION_SPREAD,
+    JITTER_FRACTION,
+    coalesce,
+    plan_rotation,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -88,3 +94,14 @@ def test_a_window_without_a_grid_point_leaves_the_delay() -> None:
     assert coalesce(100.2, 0.7, 0.7, 1.0) == pytest.approx(0.8)  # later, within the window
     with pytest.raises(ValueError):
         coalesce(0.0, 2.0, 0.5, 1.0)
+
+
+def test_the_first_rotation_after_a_start_spreads_over_half_the_interval() -> None:
+    rng = random.Random(6)
+    firsts = [plan_rotation(120, 180, None, 64, rng, first=True) for _ in range(500)]
+    assert all(p.earliest == 120 * (1 - FIRST_ROTATION_SPREAD) <= p.delay <= 120 for p in firsts)
+    assert min(p.delay for p in firsts) < 70  # the start's wave really spreads
+    # A low stock stretches instead (keys are short); a backup side never moves.
+    low = plan_rotation(120, 180, 10, 64, rng, first=True)
+    assert low.low_stock and low.earliest >= 165 * (1 - JITTER_FRACTION)
+    assert plan_rotation(120, 180, None, 64, rng, jitter=False, first=True).delay == 120
