@@ -67,10 +67,14 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="rekey_interval, seconds")
     ap.add_argument("--settle", type=float, default=2.0,
                     help="seconds between every tunnel keyed and the sampling")
+    ap.add_argument("--source", type=Path, default=ROOT,
+                    help="checkout whose daemons run (default: this one, not the installed "
+                         "package)")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with GatewayPair(args.tunnels, args.interval, max(4.0, args.interval * 1.5)) as pair:
+    with GatewayPair(args.tunnels, args.interval, max(4.0, args.interval * 1.5),
+                     source=args.source) as pair:
         pair.wait_keyed(60 + args.tunnels * 0.05)
         time.sleep(args.settle)
         for s in pair.sites:

@@ -17,10 +17,12 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from bench.fullstack.gateways import GatewayPair
 from bench.fullstack.procstat import sample
 
+ROOT = Path(__file__).resolve().parents[2]
 REKEYED = frozenset({"tunnel_rekeyed"})
 
 
@@ -30,8 +32,12 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=120.0, help="rekey_interval, seconds")
     ap.add_argument("--seconds", type=float, default=240.0)
     ap.add_argument("--step", type=float, default=10.0)
+    ap.add_argument("--source", type=Path, default=ROOT,
+                    help="checkout whose daemons run (default: this one, not the installed "
+                         "package)")
     args = ap.parse_args()
-    with GatewayPair(args.tunnels, args.interval, args.interval * 1.5) as pair:
+    with GatewayPair(args.tunnels, args.interval, args.interval * 1.5,
+                     source=args.source) as pair:
         keyed = pair.wait_keyed(120 + args.tunnels * 0.09)
         print(json.dumps({"tunnels": args.tunnels, "keyed_s": round(keyed, 1)}), flush=True)
         for s in pair.sites:
