@@ -53,6 +53,10 @@ JITTER_FRACTION = 0.10
 #: interval early at most: a start's keying wave spreads over half an interval.
 FIRST_ROTATION_SPREAD = 0.5
 
+#: One generator for every draw (a ``random.Random()`` per call seeded itself from the OS each
+#: time: ~1 % of a daemon's CPU per rekey). Jitter spreads load; it is not a secret.
+_RNG = random.Random()
+
 #: Part of the window between rekey_interval and reject_after that stays reserved for retries
 #: when the interval is stretched: with the defaults (120 s / 180 s) the stretch stops at 165 s,
 #: leaving 15 s for a second attempt before the tunnel fails closed.
@@ -106,7 +110,7 @@ def plan_rotation(
         base = min(rekey_interval * low_water / max(stored_key_count, 1), ceiling)
     if not jitter:
         return RotationPlan(delay=base, low_stock=low, earliest=base, latest=base)
-    rng = rng or random.Random()
+    rng = rng or _RNG
     spread = FIRST_ROTATION_SPREAD if first and not low else JITTER_FRACTION
     return RotationPlan(delay=base * (1.0 - spread * rng.random()), low_stock=low,
                         earliest=base * (1.0 - spread), latest=base)
