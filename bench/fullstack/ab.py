@@ -1,7 +1,7 @@
 """Before/after of a daemon change, in one command: the full-stack gateway pair run alternately
 from another revision (a temporary git worktree) and from this checkout.
 
-    .venv/bin/python -m bench.fullstack.ab --base HEAD~1 [--tunnels 16] [--pairs 4]
+    .venv/bin/python -m bench.fullstack.ab --base HEAD~1 [--tunnels 16] [--pairs 4] [--interval 1]
 
 Prints, per side, the median CPU ms per rekey (both daemons + KME), the daemons' share of it,
 p50/p99 rekey latency and the idle wake-ups/s, and the median of the per-pair ratios
