@@ -20,10 +20,10 @@ The rule (documented for operators in docs/operations.md, "Key-stock-aware rotat
   they would keep rotating in one wave per interval for hours (10,000 tunnels: 333 rekeys/s for
   30 s every 120 s, then nothing), a burst of CPU and of KMS keys that only slowly dissolves.
 * Within its jitter window a rotation is moved to a point of a ``COALESCE_GRID`` (1 s) grid of
-  the monotonic clock (:func:`coalesce`), so the rotations of a busy gateway come in bursts:
-  one wake-up, one KMS request and one state commit serve a whole burst, and the work runs on
-  warm caches. Measured at 1,000 tunnels every 12 s (83 rekeys/s, the rate of 10,000 tunnels
-  every 120 s): 0.70x the CPU per rekey of evenly spread rotations (docs/performance.md).
+  the monotonic clock (:func:`coalesce`), so the rotations of a busy gateway come in bursts
+  that share their timer wake-ups, the group commits of the state file and the batched KMS
+  requests, and run on warm caches. At 10,000 tunnels every 120 s: 0.47-0.57x the CPU per
+  rekey of evenly spread rotations (docs/performance.md, "Sixth round").
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class RotationPlan:
     low_stock: bool  # True when the interval was stretched because of low key stock
     #: The window the rotation may be moved within (seconds from now, earliest <= delay <=
     #: latest): the jitter window, or just ``delay`` for an unjittered (backup) side.
-    earliest: float = 0.0
-    latest: float = 0.0
+    earliest: float
+    latest: float
 
 
 def plan_rotation(
