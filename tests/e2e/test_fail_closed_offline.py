@@ -98,8 +98,12 @@ async def test_stop_with_keep_is_bounded_by_reject_after() -> None:
         await keyed_lab(lab)
         for n in NAMES:
             os.kill(lab.daemons[n].pid, signal.SIGTERM)
+        # Each must stop cleanly (lab.wait_for would take the first one's clean exit for a
+        # failure while it waits for the second one's stop).
         for n in NAMES:
-            await lab.wait_for(lambda n=n: bool(lab.events(n, "daemon_stopped")), 20, "a stop")
+            await lab.daemons[n].wait(20)
+            assert lab.daemons[n].returncode == 0, lab.daemons[n].log_tail(20)
+            assert lab.events(n, "daemon_stopped"), lab.daemons[n].log_tail(20)
         stopped_at = time.monotonic()
         # on_shutdown: keep left the key in place ...
         assert lab.psk(NAMES[0]) == lab.psk(NAMES[1]) != "(none)"
