@@ -1,7 +1,7 @@
 """Soak: N tunnels between two real gateways rotating every R seconds for D seconds.
 
     .venv/bin/python bench/soak.py [--tunnels 16] [--interval 10] [--duration 600]
-                                   [--out docs/img/soak.svg] [--json soak.json] [--logs DIR]
+                                   [--out bench/results/soak.svg] [--json soak.json] [--logs DIR]
 
 Two real `qkd-gateway run` daemons in network namespaces talk the real peer protocol over TCP
 and fetch real keys from the embedded KME network (`qkd-gateway kms-sim` in its own namespace,
@@ -308,7 +308,9 @@ def main() -> int:
     p.add_argument("--tunnels", type=int, default=16)
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--duration", type=float, default=600.0)
-    p.add_argument("--out", type=Path, default=Path("docs/img/soak.svg"))
+    # Not under docs/: a plain `make soak` must not replace a plot the docs show for an older
+    # run (the docs name each plot's command with its --out).
+    p.add_argument("--out", type=Path, default=Path("bench/results/soak.svg"))
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--logs", type=Path, default=None, help="copy the daemons' logs here")
     args = p.parse_args()
