@@ -35,7 +35,12 @@ from gateway.daemon.build import build_kms, build_peers, build_pools, load_ident
 from gateway.daemon.control import ControlServer
 from gateway.daemon.periodic import observe_handshake, observe_handshakes, reconcile_loop
 from gateway.daemon.reload import ConfigReloader
-from gateway.daemon.schedule import COALESCE_GRID, align_to_handshake, coalesce, plan_rotation
+from gateway.daemon.schedule import (
+    align_to_handshake,
+    brought_forward,
+    coalesce,
+    plan_rotation,
+)
 from gateway.daemon.startup import settle_memory, start_in_batches
 from gateway.daemon.state import StateError, StateLock, StateStore, UsedKeyIdsSaver
 from gateway.daemon.status import daemon_status
@@ -206,25 +211,21 @@ class Daemon:
         # plan_rotation), else the two collide and a QKD key is wasted.
         plan = plan_rotation(t.rekey_interval, t.reject_after, stock, low_water,
                              jitter=core.preferred, first=core.completed == 1)
-        delay, earliest, latest = plan.delay, plan.earliest, plan.latest
         if t.kind == "wireguard" and not plan.low_stock:
-            aligned = align_to_handshake(delay, self.tunnels.handshakes[name].last_handshake,
-                                         time.time())
-            if aligned != delay:  # one grid step earlier is still long before the handshake
-                delay = latest = aligned
-                earliest = max(1.0, aligned - COALESCE_GRID) if core.preferred else aligned
+            plan = brought_forward(plan, align_to_handshake(
+                plan.delay, self.tunnels.handshakes[name].last_handshake, time.time()))
         # The core counts the interval from its activation time (its clock is the loop's, the
         # monotonic clock): the grid point is placed on that timeline.
         now = time.monotonic()
         start = core.active_at if core.active_at is not None else now
-        delay = coalesce(start, delay, earliest, latest)
+        delay = coalesce(start, plan.delay, plan.earliest, plan.latest)
         self.node.set_tunnel_timers(name, delay, t.reject_after)
         self.rekey_due[name] = start + delay
         self._wall_due[name] = time.time() + (start + delay - now)
         if plan.low_stock != self.low_stock.get(name, False):
             self.low_stock[name] = plan.low_stock
             self.bus.alarm("kms_low_stock", plan.low_stock, tunnel=name, stored_key_count=stock,
-                           low_stock=low_water, next_rekey_s=round(plan.delay, 1))
+                           low_stock=low_water, next_rekey_s=round(start + delay - now, 1))
         self.publish_status(name)
 
     # -- run ----------------------------------------------------------------------------------

@@ -105,3 +105,15 @@ def test_the_first_rotation_after_a_start_spreads_over_half_the_interval() -> No
     low = plan_rotation(120, 180, 10, 64, rng, first=True)
     assert low.low_stock and low.earliest >= 165 * (1 - JITTER_FRACTION)
     assert plan_rotation(120, 180, None, 64, rng, jitter=False, first=True).delay == 120
+
+
+def test_a_rotation_brought_forward_to_the_handshake_keeps_a_window_only_when_jittered() -> None:
+    from gateway.daemon.schedule import brought_forward
+
+    plan = plan_rotation(120, 180, None, 64, random.Random(7))
+    moved = brought_forward(plan, 65.0)
+    assert (moved.earliest, moved.delay, moved.latest) == (65.0 - COALESCE_GRID, 65.0, 65.0)
+    assert brought_forward(plan, plan.delay) is plan  # not brought forward: the plan stands
+    backup = brought_forward(plan_rotation(120, 180, None, 64, jitter=False), 65.0)
+    assert backup.earliest == backup.delay == backup.latest == 65.0
+    assert brought_forward(plan, 1.5).earliest == 1.0  # never sooner than a second
