@@ -1,13 +1,14 @@
 """The daemon's state directory: what a restarted daemon needs to resume without a flap.
 
-One JSON file per tunnel, ``<state_dir>/tunnels/<name>.json``, written atomically (temp file,
-sync, rename) with mode 0600 in a 0700 directory. While the store's committer runs (a daemon:
-:meth:`StateStore.start`), a save only notes the file and returns; the committer writes the noted
-files in batches in a worker thread, one sync per batch (gateway.daemon.commit: group commit),
-and :meth:`StateStore.close` writes what is left. Without it (``qkd-gateway failsafe``, tools)
-each save is written before it returns. It records epochs, QKD key IDs and times,
-**never keys**: a restarted daemon cannot and must not recover key material; it resumes the epoch
-counter (so epochs never repeat) and knows how long the installed key has left before
+One JSON file per tunnel, ``<state_dir>/tunnels/<name>.json``, written atomically (the new version
+into the hidden spare ``.spare-<name>.json``, sync, names swapped) with mode 0600 in a 0700
+directory; the spare then holds the previous version and is never read. While the store's committer
+runs (a daemon: :meth:`StateStore.start`), a save only notes the file and returns; the committer
+writes the noted files in batches in a worker thread, one sync per batch (gateway.daemon.commit:
+group commit), and :meth:`StateStore.close` writes what is left. Without it (``qkd-gateway
+failsafe``, tools) each save is written before it returns. It records epochs, QKD key IDs and
+times, **never keys**: a restarted daemon cannot and must not recover key material; it resumes the
+epoch counter (so epochs never repeat) and knows how long the installed key has left before
 ``reject_after`` (on the boot clock, see gateway.daemon.clock). It also records a one-way
 fingerprint of the installed key, so that a restarted daemon can check, by reading the key back
 from the data plane, that the data plane still holds that very key before it reports it.
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from gateway.daemon.commit import GroupCommit
+from gateway.daemon.commit import GroupCommit, remove
 from gateway.keymaterial import Secret
 
 __all__ = ["USED_KEY_IDS_INTERVAL", "StateError", "StateLock", "StateStore", "TunnelState",
@@ -160,8 +161,7 @@ class StateStore:
         is dropped)."""
         path = self._path(tunnel)
         self.commit.discard(path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        remove(path)  # and its spare
 
     def load_used_key_ids(self) -> UsedKeyIds:
         """The protocol's memory of used QKD key IDs ({peer: {kms: [ids]}}), {} if none or

@@ -1,5 +1,5 @@
 """A state directory whose disk fails: every sync of a batch raises, as a full or read-only
-file system does (gateway.daemon.commit._sync_files)."""
+file system does (gateway.daemon.commit._sync_batch)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def break_syncs(monkeypatch: pytest.MonkeyPatch, errno: int = 28,
     """From now on (until ``monkeypatch`` is undone) every state-directory sync raises
     ``OSError(errno, text)``."""
 
-    def broken(paths: list[str], directory: object) -> None:
+    def broken(fds: list[int], directory: object) -> None:
         raise OSError(errno, text)
 
-    monkeypatch.setattr(commit, "_sync_files", broken)
+    monkeypatch.setattr(commit, "_sync_batch", broken)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.daemon import commit
 from gateway.daemon.state import StateError, StateStore, TunnelState
 
 pytestmark = pytest.mark.unit
@@ -39,13 +40,25 @@ def test_file_holds_every_field_and_spis_only_when_set(tmp_path: Path) -> None:
     assert (esp_disk["spi_in"], esp_disk["spi_out"]) == (0x1234, 0x5678)
 
 
-def test_overwrite_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+def test_overwrite_leaves_the_file_and_its_spare_only(tmp_path: Path) -> None:
+    """Each save writes the spare and swaps the names: the spare then holds the previous
+    version (mode 0600, never read); no other file is left behind, and no inode is made or
+    freed per save (the two files trade names)."""
     store = StateStore(tmp_path)
     store.prepare()
+    tunnels = tmp_path / "tunnels"
+    inodes: set[int] = set()
     for epoch in range(5):
         store.save(TunnelState("t", epoch, 1.0))
+        inodes |= {p.stat().st_ino for p in tunnels.iterdir()}
     assert store.load("t") == TunnelState("t", 4, 1.0)
-    assert [p.name for p in (tmp_path / "tunnels").iterdir()] == ["t.json"]
+    assert sorted(p.name for p in tunnels.iterdir()) == [".spare-t.json", "t.json"]
+    assert json.loads((tunnels / ".spare-t.json").read_text())["epoch"] == 3
+    assert stat.S_IMODE((tunnels / ".spare-t.json").stat().st_mode) == 0o600
+    if commit._RENAMEAT2 is not None:
+        assert len(inodes) == 2
+    store.remove("t")
+    assert list(tunnels.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -177,7 +177,7 @@ async def test_a_failed_batch_is_reported_saves_refused_until_a_retry_succeeds(
     assert a is not None and a.epoch == 2  # the failed batch was retried
     store.save(TunnelState("b", 1, 1.0))
     await store.close()
-    assert _files(tmp_path) == ["a.json", "b.json"]
+    assert _files(tmp_path) == [".spare-a.json", "a.json", "b.json"]
     assert store.commit.failures >= 1 and reports.count(None) == 1
 
 
@@ -197,7 +197,8 @@ async def test_a_failed_flush_raises_leaves_old_files_and_no_temporary_ones(
     monkeypatch.undo()
     await store.close()  # the files that failed are still pending: written at the stop
     a = store.load("a")
-    assert a is not None and a.epoch == 2 and _files(tmp_path) == ["a.json", "b.json"]
+    assert a is not None and a.epoch == 2
+    assert _files(tmp_path) == [".spare-a.json", "a.json", "b.json"]
 
 
 def test_without_the_committer_a_failed_write_raises_and_is_dropped(
@@ -231,17 +232,34 @@ async def test_remove_drops_a_pending_save_and_one_in_flight(
     await store.close()
 
 
-def test_write_durably_replaces_every_file_with_one_sync(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    syncs: list[int] = []
-    real = commit._sync_files
-    monkeypatch.setattr(commit, "_sync_files",
-                        lambda paths, d: (syncs.append(len(paths)), real(paths, d)))
+def test_write_durably_swaps_each_file_in_and_keeps_the_old_version_as_its_spare(
+        tmp_path: Path) -> None:
     (tmp_path / "a.json").write_bytes(b"old")
     assert commit.write_durably({tmp_path / "a.json": b"new", tmp_path / "b.json": b"b"}) == 1
-    assert syncs == [2] and sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
+    # a had a version: it is now a's spare; b had none: its spare took the name.
+    assert sorted(os.listdir(tmp_path)) == [".spare-a.json", "a.json", "b.json"]
     assert (tmp_path / "a.json").read_bytes() == b"new"
-    assert commit.write_durably({}) == 0 and syncs == [2]
+    assert (tmp_path / ".spare-a.json").read_bytes() == b"old"
+    # The spare is written in place: a shorter version is cut to its length.
+    commit.write_durably({tmp_path / "a.json": b"x" * 100})
+    commit.write_durably({tmp_path / "a.json": b"y"})
+    assert (tmp_path / "a.json").read_bytes() == b"y"
+    assert (tmp_path / ".spare-a.json").read_bytes() == b"x" * 100
+    assert commit.write_durably({}) == 0
+
+
+@pytest.mark.parametrize("renameat2", ["missing", "einval"])
+def test_without_rename_exchange_a_plain_rename_replaces_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: str) -> None:
+    """A libc without renameat2, or a file system that refuses RENAME_EXCHANGE (EINVAL):
+    each save renames its spare over the file, as before (no spare is left)."""
+    def refuse(*args: object) -> int:
+        return -1
+
+    monkeypatch.setattr(commit, "_RENAMEAT2", None if renameat2 == "missing" else refuse)
+    (tmp_path / "a.json").write_bytes(b"old")
+    commit.write_durably({tmp_path / "a.json": b"new"})
+    assert os.listdir(tmp_path) == ["a.json"] and (tmp_path / "a.json").read_bytes() == b"new"
 
 
 def test_a_big_batch_takes_one_syncfs_a_small_one_an_fsync_per_file(
@@ -262,7 +280,33 @@ def test_a_big_batch_takes_one_syncfs_a_small_one_an_fsync_per_file(
     monkeypatch.setattr(commit, "_SYNCFS", syncfs)
     monkeypatch.setattr(os, "fsync", fsync)
     commit.write_durably({tmp_path / f"{i}.json": b"x" for i in range(3)})
-    assert calls == ["fsync"] * 3 + ["fsync"]  # each file, then the directory
+    # The directory (first batch there in this process), each file, the directory.
+    assert calls == ["fsync"] + ["fsync"] * 3 + ["fsync"]
     calls.clear()
     commit.write_durably({tmp_path / f"{i}.json": b"y" for i in range(commit.SYNCFS_FROM)})
     assert calls == ["syncfs", "fsync"]  # the whole batch, then the directory
+
+
+def test_after_a_failed_batch_spares_are_removed_and_the_next_batch_syncs_the_directory_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spare is written in place only once the swap that made it one is durable: after a
+    failure (the swaps' directory fsync may not have happened) the batch's spares are deleted
+    and the next batch in that directory starts with a directory fsync."""
+    commit.write_durably({tmp_path / "a.json": b"1"})
+    commit.write_durably({tmp_path / "a.json": b"2"})  # a.json and its spare: 1
+    with monkeypatch.context() as m:
+        break_syncs(m)
+        with pytest.raises(OSError, match="No space"):
+            commit.write_durably({tmp_path / "a.json": b"3"})
+    assert os.listdir(tmp_path) == ["a.json"] and (tmp_path / "a.json").read_bytes() == b"2"
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    commit.write_durably({tmp_path / "a.json": b"4"})
+    assert len(synced) == 3  # the directory first, the file, the directory
+    assert (tmp_path / "a.json").read_bytes() == b"4"
