@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.daemon.commit import write_durably
 from tests.faults.harness import NAMES, FaultLab, flowing, ping_window
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
@@ -39,11 +40,21 @@ def in_daemon_ns(lab: FaultLab, name: str, *argv: str) -> None:
 
 
 def fill(directory: Path) -> None:
-    """Fill the file system holding ``directory`` until ENOSPC."""
-    with contextlib.suppress(OSError), (directory / "filler").open("wb") as f:
+    """Fill the file system holding ``directory`` until ENOSPC (appending to its filler)."""
+    with contextlib.suppress(OSError), (directory / "filler").open("ab") as f:
         while True:
             f.write(b"\0" * 4096)
             f.flush()
+
+
+def full(state: Path) -> None:
+    """The state directory's file system full, and every record needing new space: a record
+    whose spare holds its blocks is rewritten in place even on a full file system
+    (gateway.daemon.commit), so the spares are deleted and the space they freed filled too."""
+    fill(state)
+    for spare in [*state.glob(".spare-*"), *(state / "tunnels").glob(".spare-*")]:
+        spare.unlink(missing_ok=True)
+    fill(state)
 
 
 def log_since(lab: FaultLab, name: str, mark: int) -> str:
@@ -88,7 +99,7 @@ async def test_state_dir_full_then_read_only() -> None:
         try:
             await lab.start_daemons()
             await lab.converge(2, 40, "start")
-            await state_fault(lab, "No space left on device", lambda: fill(state),
+            await state_fault(lab, "No space left on device", lambda: full(state),
                               lambda: (state / "filler").unlink())
             await state_fault(
                 lab, "Read-only file system",
@@ -99,3 +110,25 @@ async def test_state_dir_full_then_read_only() -> None:
             for proc in lab.daemons.values():
                 await proc.stop()
             subprocess.run(["umount", "-l", str(state)], capture_output=True, check=False)
+
+
+def test_a_full_file_system_still_takes_a_record_whose_spare_holds_its_blocks(
+        tmp_path: Path) -> None:
+    """gateway.daemon.commit writes a record into its spare in place: on a full file system a
+    file saved before (its spare allocated) is still replaced, completely; a record that needs
+    new space (a new file) fails with ENOSPC and leaves nothing behind."""
+    mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(tmp_path))
+    try:
+        old = {tmp_path / f"t{i}.json": b'{"epoch": 1}' for i in range(2)}
+        write_durably(old)
+        write_durably({p: b'{"epoch": 2}' for p in old})  # each file now has its spare
+        fill(tmp_path)
+        write_durably({p: b'{"epoch": 3}' for p in old})
+        assert all(p.read_bytes() == b'{"epoch": 3}' for p in old)
+        with pytest.raises(OSError) as err:
+            write_durably({tmp_path / "new.json": b'{"epoch": 1}' * 400})
+        assert err.value.errno == 28
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            ".spare-t0.json", ".spare-t1.json", "filler", "t0.json", "t1.json"]
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path)], capture_output=True, check=False)
