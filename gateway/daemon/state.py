@@ -96,7 +96,6 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.root = directory
         self._dir = directory / "tunnels"
-        self._paths: dict[str, Path] = {}  # tunnel name -> its file (valid names only)
         #: The pending writes and their committer (its counters: saves, batches, syncs, ...).
         self.commit = GroupCommit()
 
@@ -129,12 +128,9 @@ class StateStore:
             ) from None
 
     def _path(self, tunnel: str) -> Path:
-        path = self._paths.get(tunnel)
-        if path is None:  # checked once per name (a save per rekey: the regex and the join were
-            if not _NAME.match(tunnel):  # ~1 % of the daemon's CPU under full rotation)
-                raise StateError(f"tunnel name {tunnel!r} cannot be used as a file name")
-            path = self._paths[tunnel] = self._dir / f"{tunnel}.json"
-        return path
+        if not _NAME.match(tunnel):
+            raise StateError(f"tunnel name {tunnel!r} cannot be used as a file name")
+        return self._dir / f"{tunnel}.json"
 
     def load(self, tunnel: str) -> TunnelState | None:
         path = self._path(tunnel)
@@ -164,7 +160,6 @@ class StateStore:
         """Forget a tunnel that left the configuration (idempotent; a pending save of its file
         is dropped)."""
         path = self._path(tunnel)
-        self._paths.pop(tunnel, None)
         self.commit.discard(path)
         remove(path)  # and its spare
 
