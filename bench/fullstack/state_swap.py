@@ -44,7 +44,7 @@ def fresh(items: Mapping[Path, bytes]) -> int:
                 f.write(data)
         directory = next(iter(items)).parent
         if commit._SYNCFS is not None and len(items) >= commit.SYNCFS_FROM:
-            commit._sync_batch([], directory)
+            commit._sync_batch([], (directory,))
         else:
             for tmp, _ in written:
                 fd = os.open(tmp, os.O_RDONLY)

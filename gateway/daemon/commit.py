@@ -29,11 +29,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 __all__ = ["LINGER", "RETRY_INTERVAL", "SYNCFS_FROM", "GroupCommit", "remove", "spare_path",
-           "write_durably"]
+           "unsettle", "write_durably"]
 
 #: After a failed batch (disk full, read-only), the committer tries the files again this often:
 #: that is how the store notices that the directory is writable again (saves refuse meanwhile).
@@ -83,6 +84,22 @@ SYNCFS_FROM = 8
 #: it: the first batch of a process (a predecessor killed between its exchanges and its
 #: directory fsync) and the first after a failed one.
 _SETTLED: set[Path] = set()
+#: One :func:`write_durably` at a time in this process: two writes of one file would share its
+#: spare (a batch whose await was cancelled goes on in its worker thread while the next starts).
+#: Also guards :data:`_SETTLED`.
+_WRITE_LOCK = threading.Lock()
+
+
+def unsettle() -> None:
+    """Forget which directories are settled: called when this process takes the state
+    directory's lock, after which another process may have written there."""
+    with _WRITE_LOCK:
+        _SETTLED.clear()
+
+
+def _wait_for_writes() -> None:
+    with _WRITE_LOCK:  # returns once no write_durably runs in this process
+        pass
 
 
 def spare_path(path: Path) -> Path:
@@ -99,18 +116,25 @@ def remove(path: Path) -> None:
             os.unlink(p)
 
 
-def _sync_batch(fds: list[int], directory: Path) -> None:
+def _sync_batch(fds: list[int], directories: Iterable[Path]) -> None:
     """Files written durable: ``fds`` fsynced each; none given (a big batch, its files closed
-    already): one ``syncfs`` of ``directory``'s file system. Raises OSError if that fails."""
+    already): one ``syncfs`` per file system holding ``directories``. Raises OSError if that
+    fails."""
     for fd in fds:
         os.fsync(fd)
-    if not fds:
-        assert _SYNCFS is not None
+    if fds:
+        return
+    assert _SYNCFS is not None
+    devices: set[int] = set()
+    for directory in directories:
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
-            if _SYNCFS(dir_fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), str(directory))
+            device = os.fstat(dir_fd).st_dev
+            if device not in devices:
+                devices.add(device)
+                if _SYNCFS(dir_fd) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err), str(directory))
         finally:
             os.close(dir_fd)
 
@@ -131,7 +155,7 @@ def _write_spare(spare: Path, data: bytes, directory: Path, sync: bool) -> None:
             view = view[os.write(fd, view):]
         os.ftruncate(fd, len(data))
         if sync:
-            _sync_batch([fd], directory)
+            _sync_batch([fd], (directory,))
     finally:
         os.close(fd)
 
@@ -157,9 +181,14 @@ def write_durably(items: Mapping[Path, bytes]) -> int:
     others untouched, the batch's spares removed (the next write in those directories starts
     with a directory fsync). Crash safety: a name always refers to a complete version (old or
     new); a spare is written in place only once the exchange that made it one is durable
-    (:data:`_SETTLED`)."""
+    (:data:`_SETTLED`). One call at a time per process (:data:`_WRITE_LOCK`)."""
     if not items:
         return 0
+    with _WRITE_LOCK:
+        return _write_locked(items)
+
+
+def _write_locked(items: Mapping[Path, bytes]) -> int:
     directories = {p.parent for p in items}
     bulk = _SYNCFS is not None and len(items) >= SYNCFS_FROM
     spares: list[Path] = []
@@ -172,7 +201,7 @@ def write_durably(items: Mapping[Path, bytes]) -> int:
             spares.append(spare)
             _write_spare(spare, data, path.parent, sync=not bulk)
         if bulk:
-            _sync_batch([], next(iter(items)).parent)
+            _sync_batch([], directories)
         for spare, path in zip(spares, items, strict=True):
             _swap_in(spare, path)
         for directory in directories:
@@ -237,12 +266,15 @@ class GroupCommit:
         if self._wake is not None:
             self._wake.set()
 
-    def discard(self, path: Path) -> None:
-        """The file is being deleted: drop its pending write, and delete it again after the
-        batch in flight if that batch writes it."""
+    def discard(self, path: Path) -> bool:
+        """The file is being deleted: drop its pending write. Returns True if the batch in
+        flight writes it: it is deleted (with its spare) once that batch is done, and the
+        caller must leave it alone meanwhile (the batch is using its spare)."""
         self._pending.pop(path, None)
         if path in self._in_flight:
             self._unlink_after.add(path)
+            return True
+        return False
 
     async def flush(self) -> None:
         """Wait for the batch in flight, then write everything still pending. Raises OSError if
@@ -261,6 +293,8 @@ class GroupCommit:
                 await self._task
             self._task = None
         await self._commit()
+        if _WRITE_LOCK.locked():  # a batch whose await was cancelled still writing: the state
+            await asyncio.to_thread(_wait_for_writes)  # lock must not go before it is done
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -317,7 +351,8 @@ class GroupCommit:
     def _failed(self, items: dict[Path, bytes], exc: OSError, *, keep: bool = True,
                 report: bool = False) -> None:
         for path, data in items.items() if keep else ():
-            self._pending.setdefault(path, data)  # a save made meanwhile is newer: it wins
+            if path not in self._unlink_after:  # removed meanwhile: not written again
+                self._pending.setdefault(path, data)  # a save made meanwhile is newer: wins
         self.failures += 1
         self.error = exc
         if report and self.report is not None:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from gateway.daemon.commit import GroupCommit, remove
+from gateway.daemon.commit import GroupCommit, remove, unsettle
 from gateway.keymaterial import Secret
 
 __all__ = ["USED_KEY_IDS_INTERVAL", "StateError", "StateLock", "StateStore", "TunnelState",
@@ -160,8 +160,8 @@ class StateStore:
         """Forget a tunnel that left the configuration (idempotent; a pending save of its file
         is dropped)."""
         path = self._path(tunnel)
-        self.commit.discard(path)
-        remove(path)  # and its spare
+        if not self.commit.discard(path):  # else deleted once the batch writing it is done
+            remove(path)  # and its spare
 
     def load_used_key_ids(self) -> UsedKeyIds:
         """The protocol's memory of used QKD key IDs ({peer: {kms: [ids]}}), {} if none or
@@ -290,6 +290,7 @@ class StateLock:
             os.close(fd)
             return False
         self._fd = fd
+        unsettle()  # another process may have written here since this one last did
         return True
 
     def release(self) -> None:

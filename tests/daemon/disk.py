@@ -13,7 +13,7 @@ def break_syncs(monkeypatch: pytest.MonkeyPatch, errno: int = 28,
     """From now on (until ``monkeypatch`` is undone) every state-directory sync raises
     ``OSError(errno, text)``."""
 
-    def broken(fds: list[int], directory: object) -> None:
+    def broken(fds: list[int], directories: object) -> None:
         raise OSError(errno, text)
 
     monkeypatch.setattr(commit, "_sync_batch", broken)

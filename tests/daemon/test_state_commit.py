@@ -4,6 +4,7 @@ returns at once and the files are written in batches, one sync each, in a worker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.daemon import commit
-from gateway.daemon.state import StateStore, TunnelState
+from gateway.daemon.state import StateLock, StateStore, TunnelState
 from tests.daemon.disk import break_syncs
 
 pytestmark = pytest.mark.unit
@@ -310,3 +311,124 @@ def test_after_a_failed_batch_spares_are_removed_and_the_next_batch_syncs_the_di
     commit.write_durably({tmp_path / "a.json": b"4"})
     assert len(synced) == 3  # the directory first, the file, the directory
     assert (tmp_path / "a.json").read_bytes() == b"4"
+
+
+async def test_a_file_removed_while_its_batch_is_written_fails_nothing_and_is_gone_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tunnel removed (a reload) while the batch writing its file is between its sync and
+    its swap: the batch uses the file's spare, so the file is deleted once the batch is done,
+    not under it (which failed the whole batch and refused every tunnel's saves)."""
+    store = _store(tmp_path)
+    store.save(TunnelState("x", 1, 1.0))
+    store.save(TunnelState("x", 2, 1.0))  # x and its spare exist
+    entered, release = threading.Event(), threading.Event()
+    real = commit._swap_in
+
+    def held(spare: Path, path: Path) -> None:
+        if path.stem == "x" and not entered.is_set():
+            entered.set()
+            assert release.wait(WAIT)
+        real(spare, path)
+
+    monkeypatch.setattr(commit, "_swap_in", held)
+    reports: list[OSError | None] = []
+    store.start(reports.append)
+    store.save(TunnelState("x", 3, 1.0))
+    store.save(TunnelState("y", 1, 1.0))
+    await _until(entered.is_set, "x's batch between its sync and its swap")
+    store.remove("x")
+    release.set()
+    await store.flush()
+    store.save(TunnelState("y", 2, 1.0))  # not refused
+    await store.close()
+    assert reports == [] and store.commit.failures == 0
+    assert _files(tmp_path) == [".spare-y.json", "y.json"]
+    y = store.load("y")
+    assert y is not None and y.epoch == 2
+
+
+def test_two_writes_of_one_file_take_turns(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two write_durably calls at once (a batch whose await was cancelled still runs in its
+    thread while the next starts) would write the same spare: the second waits."""
+    path = tmp_path / "a.json"
+    commit.write_durably({path: b"v1"})
+    commit.write_durably({path: b"v2"})
+    entered, release = threading.Event(), threading.Event()
+    calls: list[bytes] = []
+    real = commit._write_spare
+
+    def held(spare: Path, data: bytes, directory: Path, sync: bool) -> None:
+        calls.append(data)
+        if data == b"v3":
+            entered.set()
+            assert release.wait(WAIT)
+        real(spare, data, directory, sync)
+
+    monkeypatch.setattr(commit, "_write_spare", held)
+    first = threading.Thread(target=commit.write_durably, args=({path: b"v3"},))
+    first.start()
+    assert entered.wait(WAIT)
+    second = threading.Thread(target=commit.write_durably, args=({path: b"v4"},))
+    second.start()
+    second.join(0.3)
+    assert calls == [b"v3"]  # the second write has not touched the spare
+    release.set()
+    first.join(WAIT)
+    second.join(WAIT)
+    assert calls == [b"v3", b"v4"]
+    assert path.read_bytes() == b"v4" and commit.spare_path(path).read_bytes() == b"v3"
+
+
+async def test_close_waits_for_a_batch_whose_await_was_cancelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush cancelled while its batch is in the worker thread (a TaskGroup sibling failed
+    during start-up): the thread goes on, and close() (after which the daemon releases the
+    state lock, and `qkd-gateway failsafe` may write) returns only once it is done."""
+    monkeypatch.setattr(commit, "LINGER", 30.0)  # the committer task stays out of the way
+    entered, release = threading.Event(), threading.Event()
+    real = commit._write_spare
+
+    def held(spare: Path, data: bytes, directory: Path, sync: bool) -> None:
+        entered.set()
+        assert release.wait(WAIT)
+        real(spare, data, directory, sync)
+
+    monkeypatch.setattr(commit, "_write_spare", held)
+    store = _store(tmp_path)
+    store.start()
+    store.save(TunnelState("a", 1, 1.0))
+    flush = asyncio.create_task(store.flush())
+    await _until(entered.is_set, "the batch in the worker thread")
+    flush.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flush
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0.3)
+    assert not closing.done()  # the cancelled batch is still writing
+    release.set()
+    await asyncio.wait_for(closing, WAIT)
+    a = store.load("a")
+    assert a is not None and a.epoch == 1
+
+
+def test_taking_the_state_lock_makes_the_next_batch_sync_the_directory_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process may have swapped names here without its directory fsync (killed):
+    once this one takes the lock, its first batch fsyncs the directory before it writes."""
+    commit.write_durably({tmp_path / "a.json": b"1"})  # the directory is settled
+    lock = StateLock(tmp_path)
+    assert lock.try_acquire()
+    try:
+        synced: list[int] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            synced.append(fd)
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        commit.write_durably({tmp_path / "a.json": b"2"})
+        assert len(synced) == 3  # the directory first, the file, the directory
+    finally:
+        lock.release()
