@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,6 +38,19 @@ async def _until(cond: Callable[[], bool], what: str) -> None:
         while not cond():
             await asyncio.sleep(0.01)
     assert cond(), what
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on every os.fsync is recorded, in order, as "dir" or "file"."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
 
 
 class Gate:
@@ -300,16 +314,9 @@ def test_after_a_failed_batch_spares_are_removed_and_the_next_batch_syncs_the_di
         with pytest.raises(OSError, match="No space"):
             commit.write_durably({tmp_path / "a.json": b"3"})
     assert os.listdir(tmp_path) == ["a.json"] and (tmp_path / "a.json").read_bytes() == b"2"
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = _record_fsyncs(monkeypatch)
     commit.write_durably({tmp_path / "a.json": b"4"})
-    assert len(synced) == 3  # the directory first, the file, the directory
+    assert synced == ["dir", "file", "dir"]  # the directory first
     assert (tmp_path / "a.json").read_bytes() == b"4"
 
 
@@ -420,15 +427,8 @@ def test_taking_the_state_lock_makes_the_next_batch_sync_the_directory_first(
     lock = StateLock(tmp_path)
     assert lock.try_acquire()
     try:
-        synced: list[int] = []
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            synced.append(fd)
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", fsync)
+        synced = _record_fsyncs(monkeypatch)
         commit.write_durably({tmp_path / "a.json": b"2"})
-        assert len(synced) == 3  # the directory first, the file, the directory
+        assert synced == ["dir", "file", "dir"]  # the directory first
     finally:
         lock.release()
