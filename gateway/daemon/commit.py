@@ -163,8 +163,8 @@ def _write_spare(spare: Path, data: bytes, directory: Path, sync: bool) -> None:
 def _swap_in(spare: Path, path: Path) -> None:
     """``path`` names the spare's content from now on, atomically. With RENAME_EXCHANGE the
     spare's name keeps the old inode, to be written in place next time (no inode is allocated
-    or freed: on ext4 a fresh file per save cost 2-3x the CPU, most of it in the inode
-    allocator skipping recently freed inodes: bench/fullstack/state_swap.py); without (no
+    or freed: on ext4 a fresh file per save cost 1.3-12x the CPU, most of it in the inode
+    allocator skipping recently freed inodes, bench/fullstack/state_swap.py); without (no
     previous file, a file system without it), a plain rename."""
     if _RENAMEAT2 is not None and _RENAMEAT2(_AT_FDCWD, os.fsencode(spare), _AT_FDCWD,
                                              os.fsencode(path), _RENAME_EXCHANGE) == 0:
