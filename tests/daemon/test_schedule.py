@@ -6,6 +6,7 @@ from gateway.daemon.schedule import (
     COALESCE_GRID,
     FIRST_ROTATION_SPREAD,
     JITTER_FRACTION,
+    brought_forward,
     coalesce,
     plan_rotation,
 )
@@ -108,8 +109,6 @@ def test_the_first_rotation_after_a_start_spreads_over_half_the_interval() -> No
 
 
 def test_a_rotation_brought_forward_to_the_handshake_keeps_a_window_only_when_jittered() -> None:
-    from gateway.daemon.schedule import brought_forward
-
     plan = plan_rotation(120, 180, None, 64, random.Random(7))
     moved = brought_forward(plan, 65.0)
     assert (moved.earliest, moved.delay, moved.latest) == (65.0 - COALESCE_GRID, 65.0, 65.0)

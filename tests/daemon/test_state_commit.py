@@ -300,6 +300,11 @@ def test_a_big_batch_takes_one_syncfs_a_small_one_an_fsync_per_file(
     calls.clear()
     commit.write_durably({tmp_path / f"{i}.json": b"y" for i in range(commit.SYNCFS_FROM)})
     assert calls == ["syncfs", "fsync"]  # the whole batch, then the directory
+    calls.clear()
+    (tmp_path / "sub").mkdir()  # two directories of one file system: still one syncfs
+    batch = {tmp_path / f"{i}.json": b"z" for i in range(commit.SYNCFS_FROM)}
+    commit.write_durably({**batch, tmp_path / "sub" / "a.json": b"z"})
+    assert calls.count("syncfs") == 1
 
 
 def test_after_a_failed_batch_spares_are_removed_and_the_next_batch_syncs_the_directory_first(
