@@ -10,11 +10,10 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
-
 from gateway.keymaterial import Secret
 from gateway.protocol import combiner as cb
 from gateway.protocol.constants import EPOCH_CEILING, MAX_EPOCH_STEP, SPI_MIN
+from gateway.protocol.ephemeral import EphemeralPair, Ephemerals
 from gateway.protocol.errors import PolicyError
 from gateway.protocol.events import Action, TunnelKeys
 from gateway.protocol.inner import AbortCode, InnerMessage, RekeyInit, RekeyResp
@@ -44,6 +43,9 @@ class Sink(Protocol):
     def may_initiate(self) -> bool:
         """Whether another exchange towards this peer may start now (MAX_CONCURRENT_EXCHANGES)."""
         ...
+    def ephemerals(self) -> Ephemerals:
+        """This peer's rekey ephemerals (gateway.protocol.ephemeral)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -60,8 +62,7 @@ class Exchange:
     spi: int = 0
     init: RekeyInit | None = None
     stage: str = "gather"  # gather -> await_resp | installing -> await_confirm
-    x25519: x25519.X25519PrivateKey | None = None
-    kem: mlkem.MLKEM768PrivateKey | None = None
+    eph: EphemeralPair | None = None  # this side's ephemerals (shared by a burst)
     keys: cb.SessionKeys | None = None
     resp: RekeyResp | None = None
 

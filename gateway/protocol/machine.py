@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from gateway.identity import SiteIdentity
 from gateway.protocol.constants import KEYCHECK_MAX_ENTRIES, MAX_CONCURRENT_EXCHANGES, Timers
+from gateway.protocol.ephemeral import Ephemerals
 from gateway.protocol.events import (
     Action,
     Alarm,
@@ -74,6 +75,12 @@ class _PeerSink:
         return not self._node._halted(self._peer) and len(
             self._node._initiating.get(self._peer, ())) < MAX_CONCURRENT_EXCHANGES
 
+    def ephemerals(self) -> Ephemerals:
+        e = self._node._ephemerals.get(self._peer)
+        if e is None:
+            e = self._node._ephemerals[self._peer] = Ephemerals()
+        return e
+
 
 class Node(SessionLayer):
     """This site's protocol core. ``peers`` maps a peer name to its pinned config."""
@@ -93,6 +100,7 @@ class Node(SessionLayer):
         self._initiating: dict[str, set[str]] = {}  # peer -> tunnels with our exchange running
         self._queue: dict[str, deque[str]] = {}  # peer -> tunnels due but over the limit
         self._unacked: dict[str, set[str]] = {}  # peer -> tunnels awaiting an acknowledgement
+        self._ephemerals: dict[str, Ephemerals] = {}  # peer -> its rekeys' shared ephemerals
         self._order: dict[str, list[str]] = {}  # peer -> tunnel names, for round-robin checks
         self._digests: dict[str, bytes] = {}
         self.draining = False  # a clean stop began (see drain)

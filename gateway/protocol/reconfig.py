@@ -90,7 +90,7 @@ def apply_config(node: Node, peers: Mapping[str, PeerConfig], now: float, out: O
                 pairs[(n, kms)] = pairs.get((n, kms), 0) + 1
     node._used.configure(pairs)
     for name in [n for n in node._initiating if n not in new_peers]:
-        for table in (node._initiating, node._queue, node._unacked):
+        for table in (node._initiating, node._queue, node._unacked, node._ephemerals):
             table.pop(name, None)
     for name in new_peers:
         node._initiating.setdefault(name, set())

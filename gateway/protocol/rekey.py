@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import os
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
-
-from gateway.keymaterial import Secret
 from gateway.protocol import combiner as cb
 from gateway.protocol.constants import NONCE_LEN, QKD_KEY_LEN, SPI_MIN
 from gateway.protocol.errors import PolicyError
@@ -78,8 +74,6 @@ from gateway.protocol.tunnel import TunnelState
 
 __all__ = ["Tunnel"]
 
-_RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-
 
 class Tunnel(TunnelState):
     """One tunnel towards one peer: the exchange transitions."""
@@ -103,16 +97,13 @@ class Tunnel(TunnelState):
             sink.act(AllocateSpi(self.name, epoch))
         self._gathered(now, sink)
 
-    def _send_init(self, p: Exchange, sink: Sink) -> None:
-        p.x25519 = x25519.X25519PrivateKey.generate()
-        ek = b""
-        if self.policy.mode.uses_mlkem:
-            p.kem = mlkem.MLKEM768PrivateKey.generate()
-            ek = p.kem.public_key().public_bytes(*_RAW)
+    def _send_init(self, p: Exchange, now: float, sink: Sink) -> None:
+        eph = p.eph = sink.ephemerals().initiator(self.name, now)
+        ek = eph.ek() if self.policy.mode.uses_mlkem else b""
         key_ids = tuple(p.key_ids.get(k, "") if p.qkd.get(k) is not None else ""
                         for k in self.policy.kms)
-        p.init = RekeyInit(self.name, p.epoch, self.policy.mode, key_ids, ek,
-                           p.x25519.public_key().public_bytes(*_RAW), os.urandom(NONCE_LEN), p.spi)
+        p.init = RekeyInit(self.name, p.epoch, self.policy.mode, key_ids, ek, eph.x_pub,
+                           os.urandom(NONCE_LEN), p.spi)
         p.stage = "await_resp"
         sink.send(p.init)
 
@@ -120,7 +111,7 @@ class Tunnel(TunnelState):
         p = self.pending
         if p is None or not p.initiator or p.stage != "await_resp" or m.epoch != p.epoch:
             return  # late or foreign: the exchange it belongs to is gone
-        assert p.init is not None and p.x25519 is not None
+        assert p.init is not None and p.eph is not None
         offered = offered_mask(p.init)
         try:
             if bool(m.mlkem_ct) != bool(p.init.mlkem_ek) or not spi_ok(self.policy, m.spi):
@@ -128,8 +119,8 @@ class Tunnel(TunnelState):
             if m.qkd_mask & ~offered or (m.qkd_mask != offered and self.policy.mode is not
                                           Mode.ANY):
                 raise PolicyError("responder left out a QKD path the mode requires")
-            ss_kem = Secret(p.kem.decapsulate(m.mlkem_ct)) if p.kem is not None else None
-            ss_x = Secret(p.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(m.x25519)))
+            ss_kem = p.eph.decapsulate(m.mlkem_ct) if p.init.mlkem_ek else None
+            ss_x = p.eph.exchange(m.x25519)
         except (ValueError, PolicyError):
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return
@@ -201,17 +192,16 @@ class Tunnel(TunnelState):
         assert m is not None
         try:
             ct, ss_kem = b"", None
+            ephemerals = sink.ephemerals()
             if m.mlkem_ek:
-                ss, ct = mlkem.MLKEM768PublicKey.from_public_bytes(m.mlkem_ek).encapsulate()
-                ss_kem = Secret(ss)
-            p.x25519 = x25519.X25519PrivateKey.generate()
-            ss_x = Secret(p.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(m.x25519)))
+                ss_kem, ct = ephemerals.encapsulate(m.mlkem_ek)
+            eph = p.eph = ephemerals.responder(self.name, now)
+            ss_x = eph.exchange(m.x25519)
         except ValueError:
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return
         mask = sum(1 << n for n, k in enumerate(self.policy.kms) if p.qkd.get(k) is not None)
-        resp = RekeyResp(self.name, p.epoch, mask, ct,
-                         p.x25519.public_key().public_bytes(*_RAW), os.urandom(NONCE_LEN), p.spi,
+        resp = RekeyResp(self.name, p.epoch, mask, ct, eph.x_pub, os.urandom(NONCE_LEN), p.spi,
                          b"")
         t = transcript(self.policy, m, resp, self.peer_sae, self.local_sae)
         keys = cb.combine(cb.CombinerSecrets(ss_kem, qkd_secrets(self.policy, p, mask), ss_x), t)
@@ -367,7 +357,7 @@ class Tunnel(TunnelState):
                 self.salvage(p, now)
                 self.pending = None
                 return
-            self._send_init(p, sink)
+            self._send_init(p, now, sink)
         else:
             self._respond(p, now, sink)
 

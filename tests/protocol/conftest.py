@@ -23,8 +23,8 @@ def inits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int, tuple[st
     seen: list[tuple[str, str, int, tuple[str, ...]]] = []
     real = Tunnel._send_init
 
-    def spy(self: Tunnel, p: Exchange, sink: Sink) -> None:
-        real(self, p, sink)
+    def spy(self: Tunnel, p: Exchange, now: float, sink: Sink) -> None:
+        real(self, p, now, sink)
         assert p.init is not None
         seen.append((self.local_sae, self.name, p.epoch, tuple(i for i in p.init.key_ids if i)))
 
