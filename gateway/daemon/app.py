@@ -124,6 +124,7 @@ class Daemon:
         self.low_stock: dict[str, bool] = {}
         self.rekey_due: dict[str, float] = {}
         self._wall_due: dict[str, float | None] = {}
+        self._status_stamps: dict[str, tuple[Any, ...]] = {}  # per tunnel, at its last publish
         self.used_key_ids = UsedKeyIdsSaver(
             self.store, self.node.export_used_key_ids,
             lambda: self.node.used_key_ids_generation,
@@ -140,8 +141,37 @@ class Daemon:
                 self._wall_due:
             self.publish_status(fields["tunnel"])
 
+    def _status_stamp(self, name: str) -> tuple[Any, ...]:
+        """Every input of :meth:`publish_status` but the volatile ones (ages, ``kms_stock``),
+        as one cheap comparable value."""
+        core, hs = self.node.tunnels[name], self.tunnels.handshakes.get(name)
+        return (self.keepers[name].status_stamp(), core.enabled_at is not None, core.policy,
+                core.peer, self._wall_due.get(name), self.low_stock.get(name, False),
+                hs.stamp() if hs is not None else None)
+
+    def refresh_status(self, name: str, stocks: dict[tuple[str, ...], Any]) -> None:
+        """The reconciliation sweep's look at one tunnel: its status is published again only
+        if an input changed since its last publish (what changes without an event: the session,
+        a handshake seen); otherwise only the ``kms_stock`` gauge follows the KMS. ``stocks``:
+        the pass's answers of :meth:`_stock` by (peer, KMS paths), shared by its tunnels."""
+        if self._status_stamps.get(name) != self._status_stamp(name):
+            self.publish_status(name)
+            return
+        t = self.tunnels.configs[name]
+        key = (t.peer, *t.kms)
+        if key not in stocks:
+            stocks[key] = self._stock(t)[0]
+        self.metrics.tunnel_status(name, {"kms_stock": stocks[key]})
+
+    def forget_status(self, name: str) -> None:
+        """A tunnel left the configuration: its schedule and status inputs go too."""
+        for table in (self.rekey_due, self._wall_due, self.low_stock, self._status_stamps):
+            table.pop(name, None)
+        self.bus.tunnel_removed(name)
+
     def publish_status(self, name: str) -> None:
         """The tunnel's retained MQTT status and gauges (published only when it changed)."""
+        stamp = self._status_stamp(name)
         keeper, t = self.keepers[name], self.node.tunnel_status(name)
         st = keeper.status()
         stock, _low = self._stock(self.tunnels.configs[name])
@@ -163,6 +193,7 @@ class Daemon:
             "key_age_s": st["key_age_s"], "keys_installed": st["keys_installed"],
             "dataplane": keeper.kind, **in_use,
         })
+        self._status_stamps[name] = stamp
 
     def _feed(self, event: Any) -> None:
         self.endpoint.handle(event)

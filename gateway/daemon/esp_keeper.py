@@ -258,6 +258,9 @@ class EspKeeper(KeyLifetime):
         self._orphans.clear()
         self._closed_done(reason, sas_removed=removed)
 
+    def status_stamp(self) -> tuple[Any, ...]:
+        return (*super().status_stamp(), self._active)
+
     def status(self) -> dict[str, Any]:
         out = super().status()
         active = None if self.closed else self._active

@@ -100,6 +100,10 @@ class HandshakeTracker:
     def last_handshake(self) -> float | None:
         return self._last_seen
 
+    def stamp(self) -> tuple[int, int, int | None]:
+        """The counts and the PSK in use, which change only when a handshake is attributed."""
+        return (self.handshakes, self.fresh, self.in_use_epoch)
+
     def status(self, now_wall: float) -> dict[str, Any]:
         return {
             "handshakes": self.handshakes,

@@ -86,6 +86,11 @@ class KeyLifetime:
         """True while the tunnel is failed closed, or failing."""
         return self._closed or self._close_pending is not None
 
+    def status_stamp(self) -> tuple[Any, ...]:
+        """What :meth:`status` shows, but for its ages, as one cheap comparable value: equal
+        stamps, equal statuses (the record is a frozen object, replaced at each change)."""
+        return (self._state, self.closed, self.keys_installed)
+
     def clock_now(self) -> float:
         """The keeper's clock (boot clock) now: ages of ``activated`` are measured on it."""
         return self._clock.now()

@@ -135,8 +135,7 @@ class ConfigReloader:
         await self._swap_kms(new)
         for name in diff.removed:
             await d.tunnels.remove(name)
-            d.bus.tunnel_removed(name)
-            d.rekey_due.pop(name, None)
+            d.forget_status(name)
         kinds = {t.name: t.kind for t in new.tunnels}
         for name in diff.changed:
             if d.tunnels.configs[name].kind != kinds[name]:
