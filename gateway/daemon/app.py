@@ -138,7 +138,7 @@ class Daemon:
     def _keeper_event(self, event: str, **fields: Any) -> None:
         self.bus.emit(event, **fields)
         if event in ("tunnel_failed_closed", "tunnel_resumed") and fields.get("tunnel") in \
-                self._wall_due:
+                self._wall_due and fields["tunnel"] in self.keepers:
             self.publish_status(fields["tunnel"])
 
     def _status_stamp(self, name: str) -> tuple[Any, ...]:
@@ -164,10 +164,10 @@ class Daemon:
         self.metrics.tunnel_status(name, {"kms_stock": stocks[key]})
 
     def forget_status(self, name: str) -> None:
-        """A tunnel left the configuration: its schedule and status inputs go too."""
+        """A tunnel leaves the configuration: its schedule and status inputs go (before its
+        keeper does: the fail-closed of a removal publishes nothing for it)."""
         for table in (self.rekey_due, self._wall_due, self.low_stock, self._status_stamps):
             table.pop(name, None)
-        self.bus.tunnel_removed(name)
 
     def publish_status(self, name: str) -> None:
         """The tunnel's retained MQTT status and gauges (published only when it changed)."""

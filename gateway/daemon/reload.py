@@ -134,8 +134,9 @@ class ConfigReloader:
         # still arrives for one finds no keeper and is refused back to the core).
         await self._swap_kms(new)
         for name in diff.removed:
-            await d.tunnels.remove(name)
             d.forget_status(name)
+            await d.tunnels.remove(name)
+            d.bus.tunnel_removed(name)
         kinds = {t.name: t.kind for t in new.tunnels}
         for name in diff.changed:
             if d.tunnels.configs[name].kind != kinds[name]:

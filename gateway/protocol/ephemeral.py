@@ -9,25 +9,29 @@ starts (or answers) towards one peer while the pair is young, within these bound
 
 * **Young**: a pair serves new exchanges for :data:`SHARE_WINDOW_S` after it was made, at most
   :data:`SHARE_MAX_USES` of them, and never two of one tunnel (a retry gets a new pair).
-* **Short-lived**: the peer's pairs are held weakly here; the exchanges using a pair hold it.
-  Once the last of them ends, its private keys are gone, as a per-exchange key's were: a private
-  key lives for its window plus the exchanges it started, never until the next burst.
+* **Short-lived**: the peer's pairs are held weakly here; the exchanges using a pair hold it
+  until they have used it (the initiator's: until its RekeyResp is processed; the responder's:
+  until the exchange ends). Then its private keys are gone, never kept until the next burst.
 * **Per peer, per role**: a pair never serves two peers, and the pairs for exchanges this side
   starts and those it answers are distinct.
 
-Why the keys stay as strong (docs/protocol.md, "Security"):
+Why each exchange's keys stay as strong, and what is weaker (docs/protocol.md §6):
 
 * ML-KEM-768 is IND-CCA2: one encapsulation key serves any number of encapsulations, each with its
   own secret. Every exchange still gets its own ss_MLKEM (the responder encapsulates per
   exchange, to a fresh random message).
 * Two exchanges of a burst may share ss_X25519 (both sides' pairs shared). Their keys are still
-  distinct and independent: the key schedule extracts over every input and expands over the
-  transcript hash, which binds the tunnel, the epoch, both nonces, the key IDs, ek and ct. The
-  "secret while any one of QKD, ML-KEM, X25519 holds" argument is per exchange and unchanged.
-* Forward secrecy: compromising the process reveals the private keys of pairs younger than the
-  window plus the exchanges in flight; the keys those pairs helped make are the tunnels' current
-  keys (made within the last SHARE_WINDOW_S), which the process holds anyway. Earlier epochs never
-  share a pair with a later one (one pair per tunnel at most once).
+  distinct and independent: the key schedule's final expansion runs over the transcript hash,
+  which binds the tunnel, the epoch, both nonces, the key IDs, ek and ct. The "secret while any
+  one of QKD, ML-KEM, X25519 holds" argument is per exchange and unchanged.
+* What is weaker (docs/protocol.md §6): recovering one ML-KEM decapsulation key or one X25519
+  private key (a future quantum computer against recorded traffic) opens that input of up to
+  SHARE_MAX_USES exchanges instead of one; and a pair outlives the exchanges that finished
+  early, up to the window plus the slowest exchange it started (at most ``rekey_timeout``, 30 s
+  by default). A tunnel that completes another exchange within that time (an immediate rekey,
+  a ``rekey_interval`` shorter than that) has a superseded epoch whose ML-KEM and X25519 inputs a
+  compromise of the process before the pair is gone reveals (with QKD in its mode its QKD keys
+  are gone already, so its keys stay secret; in mode ``pqc`` they do not).
 
 Pure: no clock (``now`` is an argument), no I/O; the randomness is the library's.
 """
@@ -44,8 +48,8 @@ from gateway.keymaterial import Secret
 __all__ = ["SHARE_MAX_USES", "SHARE_WINDOW_S", "EphemeralPair", "Ephemerals"]
 
 #: Seconds after its making during which a pair may serve a new exchange: one grid step of
-#: rotations (gateway.daemon.schedule, COALESCE_GRID 1 s) lands within it, and it is shorter
-#: than the shortest rekey_interval (1 s), so no tunnel could rotate twice on one pair anyway.
+#: rotations (gateway.daemon.schedule, COALESCE_GRID 1 s) lands within it. A tunnel may still
+#: start two exchanges within it (a retry, an immediate rekey): the second gets another pair.
 SHARE_WINDOW_S = 0.5
 #: Exchanges one pair may serve: MAX_CONCURRENT_EXCHANGES, a full burst towards one peer.
 SHARE_MAX_USES = 64

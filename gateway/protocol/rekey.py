@@ -121,6 +121,7 @@ class Tunnel(TunnelState):
                 raise PolicyError("responder left out a QKD path the mode requires")
             ss_kem = p.eph.decapsulate(m.mlkem_ct) if p.init.mlkem_ek else None
             ss_x = p.eph.exchange(m.x25519)
+            p.eph = None  # consumed: the burst's pair dies with the last exchange holding it
         except (ValueError, PolicyError):
             self._abort(sink, AbortCode.POLICY, now, tell_peer=True)
             return

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.daemon.app import Daemon
+from gateway.daemon.esp_keeper import EspKeeper
 from gateway.telemetry.tunnel_series import KMS_STOCK
 from tests.config.sitefiles import copy_examples
 
@@ -82,12 +83,24 @@ def test_session_closed_state_and_low_stock_changes_are_published(
     d.low_stock[ESP] = True
     _sweep(d)
     assert published == [ESP, WG, ESP]
+    d.keepers[WG].keys_installed += 1  # a key written without an activation (a fail-closed)
+    _sweep(d)
+    assert published == [ESP, WG, ESP, WG]
+    esp = d.keepers[ESP]
+    assert isinstance(esp, EspKeeper)
+    esp._active = (0x1001, 0x2002)  # the outbound SA in use changed
+    _sweep(d)
+    assert published == [ESP, WG, ESP, WG, ESP]
+    d._wall_due[WG] = 123.0  # a rotation scheduled (schedule() publishes it too)
+    _sweep(d)
+    assert published == [ESP, WG, ESP, WG, ESP, WG]
 
 
 def test_a_removed_tunnel_leaves_nothing_behind(daemon: tuple[Daemon, list[str]]) -> None:
     d, _ = daemon
     d.rekey_due[WG] = 1.0
     d.low_stock[WG] = True
-    d.forget_status(WG)
+    d.forget_status(WG)  # before the keeper goes: its fail-closed publishes nothing
+    d._keeper_event("tunnel_failed_closed", tunnel=WG)
     assert WG not in d.rekey_due and WG not in d.low_stock
     assert WG not in d._status_stamps and WG not in d._wall_due
