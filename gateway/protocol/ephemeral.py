@@ -117,23 +117,15 @@ class Ephemerals:
         self._peer_ek: tuple[bytes, mlkem.MLKEM768PublicKey] | None = None
 
     def initiator(self, tunnel: str, now: float) -> EphemeralPair:
-        """The pair for an exchange ``tunnel`` starts at ``now``; the caller holds it for the
-        exchange's life."""
-        pair = self._initiator() if self._initiator is not None else None
-        if pair is None or not pair.serves(tunnel, now):
-            pair = EphemeralPair(now)
-            self._initiator = weakref.ref(pair)
-        pair.tunnels.add(tunnel)
+        """The pair for an exchange ``tunnel`` starts at ``now``; the caller holds it for as
+        long as the exchange needs it."""
+        pair, self._initiator = _serving(self._initiator, tunnel, now)
         return pair
 
     def responder(self, tunnel: str, now: float) -> EphemeralPair:
         """The pair for an exchange of ``tunnel`` this side answers at ``now`` (held by the
         caller for the exchange's life)."""
-        pair = self._responder() if self._responder is not None else None
-        if pair is None or not pair.serves(tunnel, now):
-            pair = EphemeralPair(now)
-            self._responder = weakref.ref(pair)
-        pair.tunnels.add(tunnel)
+        pair, self._responder = _serving(self._responder, tunnel, now)
         return pair
 
     def encapsulate(self, ek: bytes) -> tuple[Secret, bytes]:
@@ -143,3 +135,15 @@ class Ephemerals:
             self._peer_ek = (bytes(ek), mlkem.MLKEM768PublicKey.from_public_bytes(ek))
         ss, ct = self._peer_ek[1].encapsulate()
         return Secret(ss), ct
+
+
+def _serving(ref: weakref.ref[EphemeralPair] | None, tunnel: str,
+             now: float) -> tuple[EphemeralPair, weakref.ref[EphemeralPair]]:
+    """The young pair behind ``ref`` if it may serve ``tunnel`` now, else a new one; either way
+    booked for ``tunnel``."""
+    pair = ref() if ref is not None else None
+    if ref is None or pair is None or not pair.serves(tunnel, now):
+        pair = EphemeralPair(now)
+        ref = weakref.ref(pair)
+    pair.tunnels.add(tunnel)
+    return pair, ref
