@@ -127,17 +127,35 @@ def make_pair(directory: Path, n: int) -> GatewayPair:
     return pair
 
 
-def measure(config: Path, source: Path, trace: bool, keyed_limit: float) -> dict[str, Any]:
+def closed_kms_config(pair: GatewayPair) -> Path:
+    """The first site's configuration with its KMS at a closed port (no tunnel is keyed: every
+    one starts failed closed); its path."""
+    pair.kme_urls = {s.kme_id: "https://127.0.0.1:9" for s in pair.sites}
+    pair._write_configs()
+    return pair.sites[0].directory / "config.yaml"
+
+
+def run_child(child: str, config: Path, source: Path, *args: str, timeout: float) -> Any:
+    """Run ``child`` (Python source) with ``source``'s code and the record data plane, in the
+    configuration's directory, with ``config`` and ``args`` as its argv; the JSON it printed
+    after ``RESULT ``. Raises RuntimeError with the end of its output if it printed none."""
     env = {**os.environ, "PYTHONPATH": str(source), "QKD_GATEWAY_BENCH_DATAPLANE": "record"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(config), "1" if trace else "0",
-                           str(keyed_limit)],
+    proc = subprocess.run([sys.executable, "-c", child, str(config), *args],
                           capture_output=True, text=True, cwd=config.parent, env=env,
-                          check=False, timeout=1800 + keyed_limit)
+                          check=False, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            res: dict[str, Any] = json.loads(line[7:])
-            return res
-    return {"error": (proc.stderr or proc.stdout)[-2000:]}
+            return json.loads(line[7:])
+    raise RuntimeError((proc.stderr or proc.stdout)[-2000:])
+
+
+def measure(config: Path, source: Path, trace: bool, keyed_limit: float) -> dict[str, Any]:
+    try:
+        res: dict[str, Any] = run_child(_CHILD, config, source, "1" if trace else "0",
+                                        str(keyed_limit), timeout=1800 + keyed_limit)
+        return res
+    except RuntimeError as exc:
+        return {"error": str(exc)}
 
 
 def main() -> int:
@@ -164,10 +182,9 @@ def main() -> int:
                                        peer.directory / "daemon.log",
                                        {"QKD_GATEWAY_BENCH_DATAPLANE": "record",
                                         "PYTHONPATH": str(src.resolve())})
+                    config = pair.sites[0].directory / "config.yaml"
                 else:
-                    pair.kme_urls = {s.kme_id: "https://127.0.0.1:9" for s in pair.sites}
-                    pair._write_configs()
-                config = pair.sites[0].directory / "config.yaml"
+                    config = closed_kms_config(pair)
                 res = measure(config, src.resolve(), args.trace,
                               args.timeout if args.keyed else 0.0)
                 res = {"source": str(src), "tunnels": args.tunnels, **res}

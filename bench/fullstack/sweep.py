@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.memory import make_pair
+from bench.memory import closed_kms_config, make_pair, run_child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,15 +76,8 @@ asyncio.run(main())
 
 
 def measure(config: Path, source: Path, passes: int) -> list[dict[str, Any]]:
-    env = {**os.environ, "PYTHONPATH": str(source), "QKD_GATEWAY_BENCH_DATAPLANE": "record"}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(config), str(passes)],
-                          capture_output=True, text=True, cwd=config.parent, env=env,
-                          check=False, timeout=1800)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            rows: list[dict[str, Any]] = json.loads(line[7:])
-            return rows
-    raise RuntimeError((proc.stderr or proc.stdout)[-2000:])
+    rows: list[dict[str, Any]] = run_child(_CHILD, config, source, str(passes), timeout=1800)
+    return rows
 
 
 def main() -> int:
@@ -97,10 +88,7 @@ def main() -> int:
                     help="another checkout to measure first with the same file (before)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="qkd-bench-sweep-") as tmp:
-        pair = make_pair(Path(tmp), args.tunnels)
-        pair.kme_urls = {s.kme_id: "https://127.0.0.1:9" for s in pair.sites}
-        pair._write_configs()
-        config = pair.sites[0].directory / "config.yaml"
+        config = closed_kms_config(make_pair(Path(tmp), args.tunnels))
         for src in [*args.source, ROOT]:
             rows = measure(config, src.resolve(), args.passes)
             median = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in rows[0]}

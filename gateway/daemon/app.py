@@ -149,7 +149,7 @@ class Daemon:
                 core.peer, self._wall_due.get(name), self.low_stock.get(name, False),
                 hs.stamp() if hs is not None else None)
 
-    def refresh_status(self, name: str, stocks: dict[tuple[str, ...], Any]) -> None:
+    def refresh_status(self, name: str, stocks: dict[tuple[str, ...], int | None]) -> None:
         """The reconciliation sweep's look at one tunnel: its status is published again only
         if an input changed since its last publish (what changes without an event: the session,
         a handshake seen); otherwise only the ``kms_stock`` gauge follows the KMS. ``stocks``:

@@ -7,7 +7,7 @@ out of app.py so that the daemon's wiring stays readable.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.daemon.keeper import UNREAD, TunnelKeeper
 from gateway.keymaterial import Secret
@@ -47,7 +47,7 @@ async def reconcile_loop(d: Daemon) -> None:
             except Exception as exc:
                 d.bus.emit("reconcile_failed", level="error", tunnel=name, error=str(exc))
         await observe_handshakes(d)
-        stocks: dict[tuple[str, ...], Any] = {}
+        stocks: dict[tuple[str, ...], int | None] = {}
         for name in d.keepers:
             try:
                 d.refresh_status(name, stocks)  # published again only if it changed

@@ -39,7 +39,7 @@ def daemon(tmp_path: Path) -> tuple[Daemon, list[str]]:
 
 
 def _sweep(d: Daemon) -> None:
-    stocks: dict[tuple[str, ...], Any] = {}
+    stocks: dict[tuple[str, ...], int | None] = {}
     for name in d.keepers:
         d.refresh_status(name, stocks)
 
@@ -101,6 +101,16 @@ def test_a_removed_tunnel_leaves_nothing_behind(daemon: tuple[Daemon, list[str]]
     d.rekey_due[WG] = 1.0
     d.low_stock[WG] = True
     d.forget_status(WG)  # before the keeper goes: its fail-closed publishes nothing
-    d._keeper_event("tunnel_failed_closed", tunnel=WG)
     assert WG not in d.rekey_due and WG not in d.low_stock
     assert WG not in d._status_stamps and WG not in d._wall_due
+
+
+def test_a_fail_closed_reported_after_its_keeper_went_publishes_nothing(
+        daemon: tuple[Daemon, list[str]]) -> None:
+    """A reload that changes a tunnel's kind removes its old keeper, whose fail-closed event
+    arrives with the keeper already gone and the tunnel still scheduled."""
+    d, published = daemon
+    d._wall_due[WG] = 1.0
+    d.keepers.pop(WG)
+    d._keeper_event("tunnel_failed_closed", tunnel=WG)  # was: KeyError out of the reload
+    assert published == []
